@@ -1,0 +1,3 @@
+from phi3e2e.cli import main
+
+main()

@@ -1,0 +1,157 @@
+"""Pydantic models of the Olive 0.13 workflow config that phi3e2e renders.
+
+They mirror the installed Olive's pass parameters (olive/passes/pytorch/lora.py,
+merge_adapter_weights.py, onnx/model_builder.py) for the subset we emit, and forbid anything
+else, so a template typo fails here with the field's path instead of deep inside `olive run`.
+Importing Olive itself to validate would cost seconds; tests check these models agree with it.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from phi3e2e.errors import UserError
+
+TorchDtype = Literal["bfloat16", "float16", "float32"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HfModel(_Strict):
+    type: Literal["HfModel"]
+    model_path: str = Field(min_length=1)
+
+
+class Accelerator(_Strict):
+    device: Literal["cpu", "gpu"]
+    execution_providers: list[Literal["CPUExecutionProvider", "CUDAExecutionProvider"]] = Field(min_length=1)
+
+
+class LocalSystem(_Strict):
+    type: Literal["LocalSystem"]
+    accelerators: list[Accelerator] = Field(min_length=1, max_length=1)
+
+
+class LoadDatasetConfig(_Strict):
+    data_name: Literal["json"]
+    data_files: str = Field(min_length=1)
+    split: Literal["train"]
+
+
+class PreProcessDataConfig(_Strict):
+    text_template: str
+    max_seq_len: PositiveInt
+    strategy: Literal["line-by-line", "line-by-line-random", "join", "join-random"]
+    pad_to_max_len: bool
+
+    @model_validator(mode="after")
+    def _template_has_fields(self):
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(self.text_template) if name is not None]
+        except ValueError as e:
+            raise ValueError(f"text_template is not a valid format string: {e}") from None
+        if not fields:
+            raise ValueError("text_template names no dataset column, e.g. {Question}")
+        return self
+
+
+class DataConfig(_Strict):
+    name: str
+    type: Literal["HuggingfaceContainer"]
+    load_dataset_config: LoadDatasetConfig
+    pre_process_data_config: PreProcessDataConfig
+
+
+class TrainingArgs(_Strict):
+    learning_rate: PositiveFloat
+    per_device_train_batch_size: PositiveInt
+    gradient_accumulation_steps: PositiveInt
+    max_grad_norm: PositiveFloat
+    num_train_epochs: PositiveFloat
+    max_steps: int = Field(ge=-1)
+    lr_scheduler_type: str
+    warmup_ratio: float = Field(ge=0, lt=1)
+    logging_steps: PositiveInt
+    eval_strategy: Optional[Literal["steps", "epoch"]] = None
+    gradient_checkpointing: bool
+    seed: int
+    data_seed: int
+    save_strategy: Literal["no", "steps", "epoch"]
+    output_dir: str
+
+
+class LoraPass(_Strict):
+    type: Literal["LoRA"]
+    r: PositiveInt
+    alpha: PositiveFloat
+    lora_dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1)
+    torch_dtype: TorchDtype
+    train_data_config: str
+    eval_data_config: Optional[str] = None
+    training_args: TrainingArgs
+
+
+class QLoraPass(LoraPass):
+    type: Literal["QLoRA"]
+    compute_dtype: TorchDtype
+    quant_type: Literal["nf4", "fp4"]
+    double_quant: bool
+
+
+class MergePass(_Strict):
+    type: Literal["MergeAdapterWeights"]
+
+
+class ModelBuilderPass(_Strict):
+    type: Literal["ModelBuilder"]
+    precision: Literal["int4", "fp16", "fp32", "bf16"]
+    int4_block_size: Optional[Literal[16, 32, 64, 128, 256]] = None
+    int4_accuracy_level: Optional[Literal[0, 1, 2, 3, 4]] = None
+
+
+class Passes(_Strict):
+    finetune: Annotated[Union[LoraPass, QLoraPass], Field(discriminator="type")]
+    merge: MergePass
+    int4: ModelBuilderPass
+
+
+class OliveWorkflow(_Strict):
+    input_model: HfModel
+    systems: dict[str, LocalSystem]
+    data_configs: list[DataConfig] = Field(min_length=1)
+    passes: Passes
+    host: str
+    target: str
+    cache_dir: str
+    output_dir: str
+    log_severity_level: Literal[0, 1, 2, 3, 4]
+
+    @model_validator(mode="after")
+    def _references_exist(self):
+        for role in ("host", "target"):
+            if getattr(self, role) not in self.systems:
+                raise ValueError(f"{role} {getattr(self, role)!r} is not one of systems {sorted(self.systems)}")
+        names = {data.name for data in self.data_configs}
+        finetune = self.passes.finetune
+        for role in ("train_data_config", "eval_data_config"):
+            ref = getattr(finetune, role)
+            if ref is not None and ref not in names:
+                raise ValueError(f"passes.finetune.{role} {ref!r} is not one of data_configs {sorted(names)}")
+        return self
+
+
+def validate_workflow(config: dict, source: str) -> OliveWorkflow:
+    """Validate a rendered workflow; the error names `source` and the failing field's path."""
+    try:
+        return OliveWorkflow.model_validate(config)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise UserError(f"{source}: {where}: {first['msg']}{more}") from None

@@ -1,0 +1,155 @@
+"""Run `olive run --config` as a subprocess, show its progress, and collect the three model forms.
+
+Olive prints a lot; the user sees the pass boundaries and the training loss as it goes, and
+everything lands in the run's olive.log. Olive can log "No output model produced" and still
+exit 0, so the outputs are checked file by file afterwards.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from phi3e2e.errors import UserError
+
+PASS_LABELS = {"finetune": "fine-tune", "merge": "merge adapter", "int4": "build int4 ONNX"}
+# The Olive pass types (as footprint.json spells them) that produce each run-folder form.
+FORM_FROM_PASS = {"adapter": ("lora", "qlora"), "merged": ("mergeadapterweights",), "onnx-int4": ("modelbuilder",)}
+REQUIRED_FILES = {
+    "adapter": ["adapter_config.json", "adapter_model.safetensors"],
+    "merged": ["config.json", "*.safetensors", "tokenizer.json"],
+    "onnx-int4": ["genai_config.json", "model.onnx", "tokenizer.json"],
+}
+
+_RUNNING_PASS = re.compile(r"Running pass (\w+):")
+_PASS_DONE = re.compile(r"Pass (\w+):\w+ finished in ([\d.]+) seconds")
+_PROGRESS = re.compile(r"^\s*\d+%\|[^|]*\| *(\d+)/(\d+) \[")  # the Trainer's bars carry no label
+_LOG_DICT = re.compile(r"\{'(?:loss|train_runtime|eval_loss)'.*\}")
+
+
+def olive_env() -> dict:
+    env = dict(os.environ)
+    # Olive sends usage telemetry by default; our users' runs are theirs unless they opt in.
+    if env.get("PHI3E2E_OLIVE_TELEMETRY") != "1":
+        env["OLIVE_DISABLE_TELEMETRY"] = "1"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+class ProgressReader:
+    """Turns Olive's output into short progress lines and a training-loss history."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say = say
+        self.step = 0
+        self.total_steps = 0
+        self.history: list[dict] = []
+        self.last_error = ""
+
+    def feed(self, line: str) -> None:
+        if match := _RUNNING_PASS.search(line):
+            self.say(f"- {PASS_LABELS.get(match[1], match[1])} ...")
+            self.total_steps = 0
+        elif match := _PASS_DONE.search(line):
+            self.say(f"  {PASS_LABELS.get(match[1], match[1])} done in {float(match[2]):.1f}s")
+        if match := _PROGRESS.search(line):
+            # The first bar of the fine-tune pass is training; evaluation bars in between are not.
+            self.total_steps = self.total_steps or int(match[2])
+            if int(match[2]) == self.total_steps:
+                self.step = int(match[1])
+        if match := _LOG_DICT.search(line):
+            self._training_log(match[0])
+        if "ERROR" in line or "Error:" in line:
+            self.last_error = line.strip()
+
+    def _training_log(self, text: str) -> None:
+        try:
+            entry = {key: _number(value) for key, value in ast.literal_eval(text).items()}
+        except (ValueError, SyntaxError):
+            return
+        entry["step"] = self.step
+        self.history.append(entry)
+        if "loss" in entry:
+            self.say(f"  step {self.step}/{self.total_steps}  loss {entry['loss']:.4f}")
+        elif "eval_loss" in entry:
+            self.say(f"  step {self.step}/{self.total_steps}  eval loss {entry['eval_loss']:.4f}")
+        elif "train_runtime" in entry:
+            self.say(f"  trained {self.step} steps in {entry['train_runtime']:.1f}s")
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False) -> list[dict]:
+    """Run Olive to completion; return the training-loss history. Raises UserError on failure."""
+    command = [sys.executable, "-m", "olive", "run", "--config", str(config_file)]
+    reader = ProgressReader(say)
+    with open(log_file, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=olive_env(), cwd=config_file.parent
+        )
+        try:
+            buffer = ""
+            while chunk := process.stdout.read1(65536):
+                text = chunk.decode("utf-8", errors="replace")
+                log.write(text)
+                log.flush()
+                if verbose:
+                    sys.stdout.write(text)
+                buffer += text
+                *lines, buffer = re.split(r"[\r\n]", buffer)
+                for line in lines:
+                    reader.feed(line)
+            reader.feed(buffer)
+            returncode = process.wait()
+        except BaseException:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+    if returncode != 0:
+        detail = reader.last_error or f"exit code {returncode}"
+        raise UserError(f"olive run failed: {detail[:300]} (full log: {log_file})")
+    return reader.history
+
+
+def collect_forms(olive_output: Path, run_dir: Path) -> dict[str, Path]:
+    """Move the adapter, merged model and int4 model out of Olive's cache into the run folder."""
+    footprint_file = olive_output / "footprint.json"
+    if not footprint_file.is_file():
+        raise UserError(f"Olive produced no output model (no {footprint_file.name}); see {run_dir / 'olive.log'}")
+    footprint = json.loads(footprint_file.read_text())
+    by_pass = {node.get("from_pass"): node.get("model_config_data") or {} for node in footprint.values()}
+    forms = {}
+    for form, pass_types in FORM_FROM_PASS.items():
+        model_config = next((by_pass[p] for p in pass_types if p in by_pass), {}).get("config", {})
+        source = model_config.get("adapter_path") if form == "adapter" else model_config.get("model_path")
+        if not source or not Path(source).is_dir():
+            raise UserError(f"Olive produced no {form} model; see {run_dir / 'olive.log'}")
+        shutil.move(source, run_dir / form)
+        forms[form] = run_dir / form
+    return forms
+
+
+def missing_outputs(run_dir: Path) -> list[str]:
+    """Files a finished run must have but this one lacks (relative paths or glob patterns)."""
+    missing = []
+    for form, patterns in REQUIRED_FILES.items():
+        for pattern in patterns:
+            if not any((run_dir / form).glob(pattern)):
+                missing.append(f"{form}/{pattern}")
+    return missing

@@ -1,0 +1,64 @@
+"""The project folder: where models, datasets and runs live, and what `prepare` chose.
+
+A project is the current folder (or $PHI3E2E_PROJECT_DIR). `prepare` records the model and
+dataset it set up in phi3e2e.json, so `finetune` needs no flags afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from phi3e2e.errors import UserError
+
+PROJECT_FILE = "phi3e2e.json"
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+
+    @classmethod
+    def current(cls) -> "Project":
+        return cls(Path(os.environ.get("PHI3E2E_PROJECT_DIR") or Path.cwd()).resolve())
+
+    @property
+    def model_cache(self) -> Path:
+        return self.root / "model-cache"
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def gen_model(self) -> Path:
+        return self.root / "gen-model"
+
+    @property
+    def project_file(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    def read_choices(self) -> dict:
+        """What `prepare` recorded: {"model": path, "dataset": path} (relative to root)."""
+        if not self.project_file.exists():
+            return {}
+        try:
+            return json.loads(self.project_file.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{self.project_file}:{e.lineno}: not valid JSON ({e.msg}); fix or delete it") from None
+
+    def record_choices(self, **choices: Path) -> None:
+        recorded = self.read_choices()
+        for key, path in choices.items():
+            recorded[key] = self.relative(path)
+        self.project_file.write_text(json.dumps(recorded, indent=2) + "\n")
+
+    def relative(self, path: Path) -> str:
+        path = Path(path).resolve()
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path

@@ -1,0 +1,23 @@
+"""Files that ship with phi3e2e: Jinja templates and the sample dataset.
+
+An installed wheel carries them inside the package (see pyproject's force-include);
+a source checkout (editable install, tests) reads them from the repository's top level.
+"""
+
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_ROOT = _PACKAGE_DIR.parents[1]
+
+
+def _shipped(packaged: str, in_repo: str) -> Path:
+    path = _PACKAGE_DIR / packaged
+    return path if path.exists() else _REPO_ROOT / in_repo
+
+
+def templates_dir() -> Path:
+    return _shipped("templates", "templates")
+
+
+def sample_dataset() -> Path:
+    return _shipped("sample_data/sample-qa.jsonl", "datasets/sample-qa.jsonl")
