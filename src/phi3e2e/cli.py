@@ -45,5 +45,5 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo("error: " + " ".join(str(e).split("\n")), err=True)
         raise SystemExit(e.exit_code) from None

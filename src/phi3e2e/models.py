@@ -72,6 +72,7 @@ def download_model(repo_id: str, model_cache: Path, revision: str | None = None)
     except HfHubHTTPError as e:
         raise UserError(f"{repo_id}: download failed: {str(e).splitlines()[0]}") from None
     except OSError as e:
-        raise UserError(f"{repo_id}: download failed: {e}; run prepare again to resume") from None
+        reason = str(e).splitlines()[0].removeprefix("Got: ")
+        raise UserError(f"{repo_id}: download failed ({reason}); run prepare again to resume") from None
     check_model_folder(target)
     return target

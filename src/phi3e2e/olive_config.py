@@ -151,7 +151,6 @@ def validate_workflow(config: dict, source: str) -> OliveWorkflow:
     try:
         return OliveWorkflow.model_validate(config)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise UserError(f"{source}: {where}: {first['msg']}{more}") from None
+        problems = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()]
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{source}: {'; '.join(problems[:3])}{more}") from None

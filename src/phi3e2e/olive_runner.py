@@ -32,6 +32,8 @@ _RUNNING_PASS = re.compile(r"Running pass (\w+):")
 _PASS_DONE = re.compile(r"Pass (\w+):\w+ finished in ([\d.]+) seconds")
 _PROGRESS = re.compile(r"^\s*\d+%\|[^|]*\| *(\d+)/(\d+) \[")  # the Trainer's bars carry no label
 _LOG_DICT = re.compile(r"\{'(?:loss|train_runtime|eval_loss)'.*\}")
+_EXCEPTION = re.compile(r"^[\w.]*(?:Error|Exception): .+")  # the last line of a Python traceback
+NO_OUTPUT = "No output model produced"
 
 
 def olive_env() -> dict:
@@ -53,6 +55,7 @@ class ProgressReader:
         self.total_steps = 0
         self.history: list[dict] = []
         self.last_error = ""
+        self.produced_nothing = False
 
     def feed(self, line: str) -> None:
         if match := _RUNNING_PASS.search(line):
@@ -67,8 +70,12 @@ class ProgressReader:
                 self.step = int(match[1])
         if match := _LOG_DICT.search(line):
             self._training_log(match[0])
-        if "ERROR" in line or "Error:" in line:
+        if _EXCEPTION.match(line.strip()):
             self.last_error = line.strip()
+        elif "[ERROR]" in line and not self.last_error:
+            self.last_error = line.strip()
+        if NO_OUTPUT in line:
+            self.produced_nothing = True
 
     def _training_log(self, text: str) -> None:
         try:
@@ -121,8 +128,9 @@ def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], ver
             except subprocess.TimeoutExpired:
                 process.kill()
             raise
-    if returncode != 0:
-        detail = reader.last_error or f"exit code {returncode}"
+    # Olive exits 0 after a failed pass, logging only "No output model produced".
+    if returncode != 0 or reader.produced_nothing:
+        detail = reader.last_error or (NO_OUTPUT if returncode == 0 else f"exit code {returncode}")
         raise UserError(f"olive run failed: {detail[:300]} (full log: {log_file})")
     return reader.history
 

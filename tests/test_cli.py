@@ -1,0 +1,111 @@
+"""The command line as a user meets it: fast help, and one-line errors with no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+HEAVY = ("torch", "olive", "transformers", "onnxruntime", "onnxruntime_genai", "peft", "azure")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["finetune", "--help"], ["chat", "--help"]])
+def test_help_and_version_import_no_ml_stack(args):
+    probe = (
+        "import sys, json\n"
+        "from phi3e2e.cli import app\n"
+        "try:\n"
+        f"    app({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in " + repr(HEAVY) + ")))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_version():
+    from phi3e2e import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"phi3e2e {__version__}"
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_finetune_without_prepare_says_what_to_run(tmp_path):
+    from phi3e2e.project import Project
+
+    assert_one_line_error(run_cli("finetune", project=Project(tmp_path)), "phi3e2e prepare")
+
+
+def test_unknown_setting_fails_before_anything_runs(tiny_project):
+    result = run_cli("finetune", "--set", "lora.rank=8", project=tiny_project)
+    assert_one_line_error(result, "lora.rank", "lora.r")
+    assert not (tiny_project.gen_model).exists()
+
+
+def test_bad_setting_value_names_the_key(tiny_project):
+    assert_one_line_error(run_cli("finetune", "--set", "training.max_steps=soon", project=tiny_project), "training.max_steps")
+
+
+def test_bad_algo_is_named(tiny_project):
+    assert_one_line_error(run_cli("finetune", "--algo", "dora", project=tiny_project), "--algo", "lora, qlora")
+
+
+def test_qlora_locally_without_cuda_says_what_to_use_instead(tiny_project):
+    result = run_cli("finetune", "--algo", "qlora", "--target", "local", project=tiny_project)
+    assert_one_line_error(result, "QLoRA needs a CUDA GPU", "--algo lora", "--target aml")
+    assert not tiny_project.gen_model.exists()
+
+
+def test_template_column_missing_from_data_is_named(tiny_project):
+    result = run_cli("finetune", "--set", "data.text_template={Prompt} {Best Answer}", project=tiny_project)
+    assert_one_line_error(result, "{Prompt}", "Question")
+
+
+def test_dry_run_writes_only_the_validated_config(tiny_project):
+    result = run_cli("finetune", "--dry-run", "--run-name", "look", "--set", "lora.r=4", project=tiny_project)
+    assert result.returncode == 0, result.stderr
+    run_dir = tiny_project.gen_model / "look"
+    config = json.loads((run_dir / "olive-config.json").read_text())
+    assert config["passes"]["finetune"]["r"] == 4
+    assert str(run_dir / "olive-config.json").endswith(result.stdout.strip().split()[-1])
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "dry-run"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["olive-config.json", "run.json"]
+
+
+def test_run_name_that_is_a_path_is_refused(tiny_project):
+    assert_one_line_error(run_cli("finetune", "--run-name", "../escape", project=tiny_project), "--run-name")
+
+
+def test_chat_with_no_finished_run_says_what_to_run(tiny_project):
+    assert_one_line_error(run_cli("chat", "--prompt", "hi", project=tiny_project), "phi3e2e finetune")
+
+
+def test_chat_on_a_folder_that_is_not_a_model(tiny_project, tmp_path):
+    assert_one_line_error(run_cli("chat", "--model", str(tmp_path), "--prompt", "hi", project=tiny_project), str(tmp_path))
+
+
+def test_prepare_with_an_incomplete_model_folder_lists_what_is_missing(tiny_project, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = run_cli("prepare", "--model", str(tmp_path), project=tiny_project)
+    assert_one_line_error(result, "weights", "tokenizer")
+
+
+def test_prepare_with_malformed_jsonl_names_file_and_line(tiny_project, tmp_path):
+    bad = tmp_path / "faq.jsonl"
+    bad.write_text('{"Question": "a", "Best Answer": "b"}\n{"Question": "c", \n')
+    before = sorted(p.name for p in tiny_project.datasets.iterdir())
+    assert_one_line_error(run_cli("prepare", "--data", str(bad), project=tiny_project), f"{bad}:2")
+    assert sorted(p.name for p in tiny_project.datasets.iterdir()) == before

@@ -1,0 +1,42 @@
+"""An installed wheel (not only the source tree) finds its templates and sample data."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from conftest import REPO
+
+PROBE = """
+import json, phi3e2e
+from phi3e2e.render import WorkflowPaths, render_workflow
+from phi3e2e.resources import sample_dataset, templates_dir
+from phi3e2e.settings import build_settings
+paths = WorkflowPaths("m", "t.jsonl", None, "o", "c", "k")
+config = render_workflow("lora", "local", build_settings("tiny", {}), paths)
+print(json.dumps([phi3e2e.__file__, str(templates_dir()), str(sample_dataset()), config["passes"]["int4"]["type"]]))
+"""
+
+
+def test_wheel_carries_templates_and_sample_data(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("phi3e2e-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "phi3e2e/templates/olive-workflow.json.j2" in names
+    assert "phi3e2e/sample_data/sample-qa.jsonl" in names
+
+    installed = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(installed)
+    # Run from an unrelated folder with the unpacked wheel first on the path, ahead of the source tree.
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=tmp_path, env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True,
+    ).stdout
+    module, templates, sample, int4 = json.loads(out.strip().splitlines()[-1])
+    for path in (module, templates, sample):
+        assert Path(path).is_relative_to(installed), path
+    assert int4 == "ModelBuilder"
