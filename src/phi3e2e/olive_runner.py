@@ -49,8 +49,9 @@ def olive_env() -> dict:
 class ProgressReader:
     """Turns Olive's output into short progress lines and a training-loss history."""
 
-    def __init__(self, say: Callable[[str], None]):
+    def __init__(self, say: Callable[[str], None], logging_steps: int):
         self.say = say
+        self.logging_steps = logging_steps
         self.step = 0
         self.total_steps = 0
         self.history: list[dict] = []
@@ -64,10 +65,8 @@ class ProgressReader:
         elif match := _PASS_DONE.search(line):
             self.say(f"  {PASS_LABELS.get(match[1], match[1])} done in {float(match[2]):.1f}s")
         if match := _PROGRESS.search(line):
-            # The first bar of the fine-tune pass is training; evaluation bars in between are not.
+            # The first bar of the fine-tune pass is training (for its total); eval bars follow.
             self.total_steps = self.total_steps or int(match[2])
-            if int(match[2]) == self.total_steps:
-                self.step = int(match[1])
         if match := _LOG_DICT.search(line):
             self._training_log(match[0])
         if _EXCEPTION.match(line.strip()):
@@ -82,6 +81,12 @@ class ProgressReader:
             entry = {key: _number(value) for key, value in ast.literal_eval(text).items()}
         except (ValueError, SyntaxError):
             return
+        if "loss" in entry:
+            # The Trainer logs the loss every `logging_steps` optimizer steps; tqdm's text lags.
+            self.step += self.logging_steps
+            self.step = min(self.step, self.total_steps) if self.total_steps else self.step
+        elif "train_runtime" in entry:
+            self.step = self.total_steps or self.step
         entry["step"] = self.step
         self.history.append(entry)
         if "loss" in entry:
@@ -102,7 +107,8 @@ def _number(value):
 def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False) -> list[dict]:
     """Run Olive to completion; return the training-loss history. Raises UserError on failure."""
     command = [sys.executable, "-m", "olive", "run", "--config", str(config_file)]
-    reader = ProgressReader(say)
+    training_args = json.loads(config_file.read_text())["passes"]["finetune"]["training_args"]
+    reader = ProgressReader(say, training_args["logging_steps"])
     with open(log_file, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=olive_env(), cwd=config_file.parent
