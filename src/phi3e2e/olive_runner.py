@@ -107,8 +107,8 @@ def _number(value):
 def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False) -> list[dict]:
     """Run Olive to completion; return the training-loss history. Raises UserError on failure."""
     command = [sys.executable, "-m", "olive", "run", "--config", str(config_file)]
-    training_args = json.loads(config_file.read_text())["passes"]["finetune"]["training_args"]
-    reader = ProgressReader(say, training_args["logging_steps"])
+    finetune_pass = json.loads(config_file.read_text())["passes"].get("finetune", {})
+    reader = ProgressReader(say, finetune_pass.get("training_args", {}).get("logging_steps", 1))
     with open(log_file, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=olive_env(), cwd=config_file.parent
