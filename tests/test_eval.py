@@ -1,0 +1,95 @@
+"""User story: after fine-tuning the tiny model on the sample data, `eval` shows it helped.
+
+Real models only: the run's int4 ONNX model against the base model built as int4 the same way,
+and the PyTorch merged/adapter forms. No network, nothing replaced.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import quiet, run_cli
+from phi3e2e.base_int4 import cached_base_int4, int4_options
+from phi3e2e.errors import UserError
+from phi3e2e.evaluate import EvalOptions, evaluate_run, find_run
+from phi3e2e.project import Project
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def evaluated_project(finished_run, tmp_path):
+    """A copy of the finished project (eval writes into the run folder and model-cache/)."""
+    original = finished_run[0]
+    project = Project(tmp_path / "project")
+    shutil.copytree(original.root, project.root, symlinks=True)
+    # The run records project-relative paths, so the copy is self-contained.
+    assert not Path(json.loads((project.gen_model / "e2e" / "run.json").read_text())["base_model"]).is_absolute()
+    return project
+
+
+def test_eval_shows_the_fine_tuned_int4_model_beats_the_base(evaluated_project):
+    result = run_cli("eval", "--samples", "2", project=evaluated_project)
+    assert result.returncode == 0, result.stderr
+    run_dir = evaluated_project.gen_model / "e2e"
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    int4 = evaluation["losses"]["int4"]
+    assert evaluation["eval_rows"] == 12 and evaluation["eval_tokens"] > 100
+    assert int4["fine_tuned"]["loss"] < int4["base"]["loss"] - 1.0, int4
+    assert int4["fine_tuned"]["perplexity"] < int4["base"]["perplexity"]
+    assert int4["base"]["model"].startswith(str(evaluated_project.model_cache / ".onnx-int4"))
+    # Side-by-side answers to real eval questions, from both models.
+    eval_questions = [
+        json.loads(line)["Question"]
+        for line in (run_dir.parent.parent / "datasets" / "sample" / "eval.jsonl").read_text().splitlines()
+    ]
+    assert [s["question"] for s in evaluation["samples"]] == eval_questions[:2]
+    assert all(s["base"] != s["fine_tuned"] for s in evaluation["samples"])
+    # The report and its plot exist and show the numbers.
+    report = (run_dir / "eval-report.md").read_text()
+    assert f"{int4['base']['loss']:.4f}" in report and f"{int4['fine_tuned']['loss']:.4f}" in report
+    assert "![training and held-out loss](eval-loss.png)" in report and eval_questions[0] in report
+    assert (run_dir / "eval-loss.png").read_bytes()[:8] == PNG
+    assert "held-out loss" in result.stdout and "better" in result.stdout and "eval-report.md" in result.stdout
+
+
+def test_loss_matches_the_trainers_own_eval_loss(evaluated_project):
+    """Our loss on the merged model equals the loss the trainer logged at the end: same rows, same tokens."""
+    run_dir = evaluated_project.gen_model / "e2e"
+    history = [json.loads(line) for line in (run_dir / "train-log.jsonl").read_text().splitlines()]
+    trainer_eval_loss = [entry["eval_loss"] for entry in history if "eval_loss" in entry][-1]
+    options = EvalOptions(forms=("merged", "adapter", "int4"), samples=0)
+    losses = evaluate_run(evaluated_project, run_dir, options, say=quiet)["losses"]
+    assert losses["merged"]["fine_tuned"]["loss"] == pytest.approx(trainer_eval_loss, abs=0.01)
+    assert losses["adapter"]["fine_tuned"]["loss"] == pytest.approx(losses["merged"]["fine_tuned"]["loss"], abs=1e-3)
+    assert losses["merged"]["base"]["loss"] == losses["adapter"]["base"]["loss"]
+    # int4 costs a little accuracy, not the whole gain.
+    assert losses["int4"]["fine_tuned"]["loss"] == pytest.approx(losses["merged"]["fine_tuned"]["loss"], abs=0.25)
+    assert losses["int4"]["base"]["loss"] == pytest.approx(losses["merged"]["base"]["loss"], abs=0.25)
+
+
+def test_base_int4_is_built_exactly_as_finetune_builds_its_int4(evaluated_project):
+    """Built from the run's merged model, our base-int4 builder reproduces the run's onnx-int4 byte for byte."""
+    run_dir = evaluated_project.gen_model / "e2e"
+    options = int4_options(run_dir, json.loads((run_dir / "run.json").read_text()))
+    assert options == {"execution_provider": "cpu"}
+    built = cached_base_int4(evaluated_project.model_cache, run_dir / "merged", options, say=quiet)
+    for name in ("model.onnx", "model.onnx.data"):
+        assert (built / name).read_bytes() == (run_dir / "onnx-int4" / name).read_bytes(), name
+    assert cached_base_int4(evaluated_project.model_cache, run_dir / "merged", options, say=quiet) == built
+
+
+def test_eval_without_a_finished_run_says_what_to_run(tiny_project):
+    result = run_cli("eval", project=tiny_project)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "phi3e2e finetune" in result.stderr
+
+
+def test_eval_needs_an_eval_split(evaluated_project):
+    (evaluated_project.datasets / "sample" / "eval.jsonl").write_text("")
+    with pytest.raises(UserError, match="no eval split"):
+        evaluate_run(evaluated_project, find_run(evaluated_project, "e2e"), say=quiet)
+    with pytest.raises(UserError, match="no run 'nope'"):
+        find_run(evaluated_project, "nope")
