@@ -1,0 +1,161 @@
+"""User story: after a fine-tune, chat with each form of the model the run left behind.
+
+Real engines on the tiny model from the `finished_run` fixture (onnxruntime-genai for the
+int4 model, transformers for the merged model, transformers + peft for the adapter); nothing
+is replaced and there is no network.
+"""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from phi3e2e.chat import ChatSession, GenerationOptions, phi3_prompt
+from phi3e2e.errors import UserError
+
+FORMS = {"onnx-int4": "onnx", "merged": "merged", "adapter": "adapter"}
+QUESTION = "How long does shipping take?"
+
+
+@pytest.mark.parametrize("folder", FORMS)
+def test_each_model_form_answers_in_the_chat_format(finished_run, folder):
+    _, run_dir = finished_run
+    session = ChatSession(run_dir / folder, GenerationOptions(max_new_tokens=16), system="Answer briefly.")
+    assert session.form == FORMS[folder]
+    streamed = []
+    answer = session.ask(QUESTION, on_text=streamed.append)
+    assert 1 <= answer.tokens <= 16
+    assert answer.text and "".join(streamed).strip() == answer.text
+    # The prompt is exactly Phi-3's chat format, system prompt included.
+    assert answer.prompt_tokens == len(session.engine.encode(phi3_prompt([], QUESTION, "Answer briefly.")))
+    assert session.turns == [(QUESTION, answer.text)]
+
+
+def test_adapter_on_its_base_answers_like_the_merged_model_and_unlike_the_base(finished_run):
+    project, run_dir = finished_run
+    options = GenerationOptions(max_new_tokens=12)
+    merged = ChatSession(run_dir / "merged", options).ask(QUESTION)
+    adapter = ChatSession(run_dir / "adapter", options).ask(QUESTION)
+    base = ChatSession(project.model_cache / "tiny-phi3", options).ask(QUESTION)
+    assert adapter.text == merged.text
+    assert base.text != merged.text  # the adapter really was applied
+
+
+def test_adapter_whose_base_moved_needs_base(finished_run, tmp_path):
+    project, run_dir = finished_run
+    adapter = tmp_path / "adapter"
+    shutil.copytree(run_dir / "adapter", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+
+    result = run_cli("chat", "--model", str(adapter), "--prompt", "hi", project=project)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--base" in result.stderr and "adapter_config.json" in result.stderr
+
+    base = project.model_cache / "tiny-phi3"
+    result = run_cli("chat", "--model", str(adapter), "--base", str(base), "--prompt", "hi", "--max-length", "8",
+                     project=project)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_long_conversation_drops_oldest_turns_to_stay_within_context(finished_run):
+    _, run_dir = finished_run
+    session = ChatSession(run_dir / "onnx-int4", GenerationOptions(max_new_tokens=16))
+    # Pretend a small context so a few turns overflow it (the tiny model's real one is 4096).
+    session.context_length = 120
+    notices = []
+    for turn in range(6):
+        answer = session.ask(f"Question {turn}: how long does shipping to Lisbon take?", notice=notices.append)
+        assert answer.prompt_tokens + 16 <= 120
+    assert notices and all("oldest turn dropped" in n for n in notices)
+    assert 1 <= len(session.turns) < 6
+    assert session.turns[-1][0].startswith("Question 5")
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(finished_run):
+    project, run_dir = finished_run
+    result = run_cli("chat", "--model", str(run_dir / "onnx-int4"), "--prompt", "coffee " * 100,
+                     "--max-length", "4050", project=project)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "tokens" in lines[0] and "--max-length" in lines[0]
+
+
+def test_json_prints_one_object_per_answer(finished_run):
+    project, _ = finished_run
+    result = subprocess_chat(project, "--json", "--max-length", "20", stdin="Where is your roastery?\n\nDo you ship?\n")
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert len(answers) == 2  # the empty line is not a question
+    assert answers[0]["text"]  # a question from the training data gets words (the tiny model may end a turn at once)
+    for answer in answers:
+        assert isinstance(answer["text"], str)
+        assert 1 <= answer["tokens"] <= 20
+        assert answer["tokens_per_second"] > 0
+        assert 0 < answer["first_token_seconds"] <= answer["seconds"]
+        assert answer["prompt_tokens"] > 0 and answer["form"] == "onnx" and answer["stopped"] is False
+    # The second question saw the first turn: its prompt is longer.
+    assert answers[1]["prompt_tokens"] > answers[0]["prompt_tokens"]
+
+
+def test_ctrl_c_stops_the_answer_not_the_session(finished_run):
+    _, run_dir = finished_run
+    session = ChatSession(run_dir / "onnx-int4", GenerationOptions(max_new_tokens=32, min_new_tokens=32))
+
+    seen = []
+
+    def press_ctrl_c_after_three(piece):
+        seen.append(piece)
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # where a terminal's SIGINT lands: inside the streaming loop
+
+    stopped = session.ask(QUESTION, on_text=press_ctrl_c_after_three)
+    assert stopped.stopped and stopped.tokens < 32
+    follow_up = session.ask("And to Porto?")
+    assert not follow_up.stopped and follow_up.tokens == 32
+    assert len(session.turns) == 2
+
+
+def test_cuda_without_cuda_is_a_clear_message(finished_run):
+    import onnxruntime_genai as og
+
+    if og.is_cuda_available():
+        pytest.skip("this machine has CUDA")
+    project, _ = finished_run
+    result = run_cli("chat", "--device", "cuda", "--prompt", "hi", project=project)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        (
+            "error: --device cuda: this onnxruntime-genai has no CUDA support (install onnxruntime-genai-cuda "
+            "on a machine with an NVIDIA GPU), or use --device cpu"
+        )
+    ]
+
+
+def test_a_run_folder_chats_with_its_int4_model(finished_run):
+    project, run_dir = finished_run
+    result = run_cli("chat", "--model", str(run_dir), "--prompt", QUESTION, "--json", "--max-length", "8",
+                     project=project)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["form"] == "onnx"
+
+
+def test_too_small_a_context_for_the_answer_is_a_user_error(finished_run):
+    _, run_dir = finished_run
+    session = ChatSession(run_dir / "onnx-int4", GenerationOptions(max_new_tokens=5000))
+    with pytest.raises(UserError, match="lower --max-length"):
+        session.ask("hi")
+
+
+def subprocess_chat(project, *args, stdin):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(project.root))
+    return subprocess.run([sys.executable, "-m", "phi3e2e", "chat", *args], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=300)

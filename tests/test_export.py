@@ -1,0 +1,91 @@
+"""User story: build another ONNX model from a finished run's merged model with `phi3e2e export`.
+
+Runs the real Olive ModelBuilder pass (`olive run`) on the tiny fine-tuned model; no network.
+"""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from phi3e2e.chat import ChatSession, GenerationOptions
+from phi3e2e.errors import UserError
+from phi3e2e.export import export
+from phi3e2e.project import Project
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A writable copy of the finished project: (project, run_dir)."""
+    project = Project(tmp_path / "project")
+    shutil.copytree(finished_run[0].root, project.root, symlinks=True)
+    return project, project.gen_model / finished_run[1].name
+
+
+def test_export_for_cpu_yields_a_model_that_chats(run_copy):
+    project, run_dir = run_copy
+    result = run_cli("export", "--device", "cpu", project=project)
+    assert result.returncode == 0, result.stderr
+    model_dir = run_dir / "onnx-cpu-int4"
+    assert "onnx-cpu-int4" in result.stdout and "phi3e2e chat --model" in result.stdout
+    record = json.loads((model_dir / "export.json").read_text())
+    assert record["device"] == "cpu" and record["precision"] == "int4" and record["source"] == "merged"
+    assert json.loads((model_dir / "olive-config.json").read_text())["passes"]["build"]["type"] == "ModelBuilder"
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]  # no staging left
+    genai_config = json.loads((model_dir / "genai_config.json").read_text())
+    assert genai_config["model"]["decoder"]["session_options"]["provider_options"] == []
+    answer = ChatSession(model_dir, GenerationOptions(max_new_tokens=8)).ask("Where is your roastery?")
+    assert answer.text and answer.tokens >= 1
+
+    again = run_cli("export", "--device", "cpu", project=project)
+    assert again.returncode == 2 and "already exists" in again.stderr and again.stderr.count("\n") == 1
+
+
+def test_export_for_cuda_builds_here_and_its_int4_model_still_runs_on_cpu(run_copy):
+    """Building needs no GPU; a CUDA int4 model (as Azure ML runs make) also runs on CPU."""
+    project, run_dir = run_copy
+    result = export(project, run_dir.name, device="cuda", precision="int4", say=lambda _: None)
+    assert result.model_dir == run_dir / "onnx-cuda-int4"
+    genai_config = json.loads((result.model_dir / "genai_config.json").read_text())
+    assert "cuda" in genai_config["model"]["decoder"]["session_options"]["provider_options"][0]
+    session = ChatSession(result.model_dir, GenerationOptions(max_new_tokens=8), device="cpu")
+    assert session.ask("Do you ship?").tokens >= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"device": "cpu", "precision": "fp16"}, "--precision fp16 is for --device cuda"),
+        ({"device": "tpu"}, "--device 'tpu'"),
+        ({"precision": "int8"}, "--precision 'int8'"),
+        ({"run": "no-such-run"}, "no-such-run: no such run"),
+    ],
+)
+def test_bad_export_requests_fail_before_anything_is_built(run_copy, kwargs, message):
+    project, run_dir = run_copy
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(UserError, match=message.replace("'", ".")):
+        export(project, say=lambda _: None, **kwargs)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_export_without_a_finished_run_says_what_to_run(tiny_project):
+    result = run_cli("export", project=tiny_project)
+    assert result.returncode == 2 and "phi3e2e finetune" in result.stderr
+
+
+def test_export_builds_with_the_int4_options_the_run_used(run_copy):
+    from phi3e2e import runs
+    from phi3e2e.export import render_export, run_int4_options
+
+    project, run_dir = run_copy
+    record = runs.read_run_record(run_dir)
+    record["settings"]["export"] |= {"int4_block_size": 16, "int4_accuracy_level": 4}
+    runs.write_run_record(run_dir, record)
+    options = run_int4_options(run_dir)
+    int4 = render_export(run_dir / "merged", "cpu", "int4", options)["passes"]["build"]
+    assert int4["int4_block_size"] == 16 and int4["int4_accuracy_level"] == 4
+    fp32 = render_export(run_dir / "merged", "cuda", "fp32", options)
+    assert fp32["passes"]["build"] == {"type": "ModelBuilder", "precision": "fp32"}
+    assert fp32["systems"]["local_system"]["accelerators"][0]["execution_providers"] == ["CUDAExecutionProvider"]
