@@ -28,6 +28,7 @@ def test_wheel_carries_templates_and_sample_data(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "phi3e2e/templates/olive-workflow.json.j2" in names
     assert "phi3e2e/sample_data/sample-qa.jsonl" in names
+    assert "phi3e2e/aml/conda.yaml" in names  # the Azure ML job's environment
 
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)

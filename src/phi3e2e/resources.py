@@ -21,3 +21,8 @@ def templates_dir() -> Path:
 
 def sample_dataset() -> Path:
     return _shipped("sample_data/sample-qa.jsonl", "datasets/sample-qa.jsonl")
+
+
+def aml_conda_env() -> Path:
+    """The Azure ML job's environment (setup/conda.yaml)."""
+    return _shipped("aml/conda.yaml", "setup/conda.yaml")

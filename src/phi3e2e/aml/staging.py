@@ -1,0 +1,41 @@
+"""The small folder a job carries to the compute, and the environment file next to it.
+
+gen-model/<run>/aml-code/ holds only the rendered Olive config (its paths are job-input
+placeholders) and the entry script; never the repository, the model cache or the data,
+which travel as job inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from phi3e2e.resources import aml_conda_env
+
+CODE_DIR = "aml-code"
+CONFIG_FILE = "olive-config.json"
+ENTRY_SCRIPT = "phi3e2e_job.py"
+CONDA_FILE = "conda.yaml"
+
+
+
+@dataclass(frozen=True)
+class StagedFiles:
+    code_dir: Path
+    config_file: Path
+    conda_file: Path
+
+
+def stage_job_files(run_dir: Path, config: dict) -> StagedFiles:
+    code_dir = run_dir / CODE_DIR
+    if code_dir.exists():
+        shutil.rmtree(code_dir)
+    code_dir.mkdir(parents=True)
+    config_file = code_dir / CONFIG_FILE
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(Path(__file__).with_name("compute_entry.py"), code_dir / ENTRY_SCRIPT)
+    conda = run_dir / CONDA_FILE
+    shutil.copyfile(aml_conda_env(), conda)
+    return StagedFiles(code_dir, config_file, conda)

@@ -1,0 +1,173 @@
+"""Azure ML target, offline: `finetune --target aml --dry-run` writes a job the real azure-ai-ml SDK
+loads, with a small staged code folder and no workspace IDs or secrets anywhere.
+
+No network: a guard makes any socket connection fail, so the dry run is proven to need none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import run_cli
+
+from phi3e2e.aml import workspace
+from phi3e2e.aml.job import DEFAULT_IMAGE, JOB_FILE
+from phi3e2e.aml.submit import AmlOptions
+from phi3e2e.errors import UserError
+from phi3e2e.finetune import finetune
+
+SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"  # made up, shaped like a real one
+HF_TOKEN = "hf_abcdefghijklmnopqrstuvwxyz012345"
+DATASTORE_FILE = "azureml://datastores/workspaceblobstore/paths/phi3/train.jsonl"
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network and no credentials: a dry run must need neither."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a dry run tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(workspace, "default_credential", lambda: pytest.fail("a dry run asked for credentials"))
+
+
+@pytest.fixture
+def workspace_ids(tiny_project, monkeypatch):
+    """A user whose machine knows their workspace and HF token: none of it may leak into the job."""
+    (tiny_project.root / "config.json").write_text(
+        json.dumps({"subscription_id": SUBSCRIPTION, "resource_group": "rg-secret-team", "workspace_name": "ws-secret"})
+    )
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION)
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    return tiny_project
+
+
+def dry_run(project, algo, data=None, **options):
+    return finetune(
+        project, algo=algo, target="aml", data=data, dry_run=True, run_name=f"{algo}-dry",
+        aml_options=AmlOptions(compute="gpu-a100", **options), say=lambda _: None,
+    )  # fmt: skip
+
+
+def load(job_file):
+    from azure.ai.ml import load_job
+
+    return load_job(job_file)
+
+
+@pytest.mark.parametrize("algo", ["lora", "qlora"])
+@pytest.mark.parametrize("data", [None, DATASTORE_FILE], ids=["local-data", "datastore-data"])
+def test_dry_run_job_loads_with_the_sdk(tiny_project, offline, algo, data):
+    result = dry_run(tiny_project, algo, data)
+    run_dir = result.run_dir
+    job = load(run_dir / JOB_FILE)
+
+    assert type(job).__name__ == "Command" and job.compute == "gpu-a100"
+    assert job.environment.image == DEFAULT_IMAGE
+    pip = next(dep["pip"] for dep in job.environment.conda_file["dependencies"] if isinstance(dep, dict))
+    for pin in ("olive-ai==0.13.0", "onnxruntime-genai-cuda==0.14.1", "torch==2.13.0", "peft==0.21.2", "requests=="):
+        assert any(line.startswith(pin) for line in pip), pin
+    assert any(line.startswith("bitsandbytes==") for line in pip)
+    assert job.command.startswith("python phi3e2e_job.py --config olive-config.json --models-out ${{outputs.models}}")
+    assert job.outputs["models"].type == "uri_folder"
+
+    # Every placeholder in the staged config is an input the command binds, and vice versa.
+    config_text = (run_dir / "aml-code" / "olive-config.json").read_text()
+    used = set(re.findall(r"\$\{\{inputs\.(\w+)\}\}", config_text))
+    bound = set(re.findall(r"--bind inputs\.(\w+)=\$\{\{inputs\.(\w+)\}\}", job.command))
+    assert {a for a, b in bound if a == b} == used == set(job.inputs)
+    if data:
+        assert job.inputs["train_file"].path == DATASTORE_FILE and "eval_file" not in job.inputs
+    else:
+        assert (job.base_path / job.inputs["train_file"].path).resolve() == (
+            tiny_project.datasets / "sample" / "train.jsonl"
+        ).resolve()
+        assert "eval_file" in job.inputs
+
+    config = json.loads(config_text)
+    assert config["systems"]["local_system"]["accelerators"][0]["execution_providers"] == ["CUDAExecutionProvider"]
+    passes = config["passes"]
+    assert [p["type"] for p in passes.values()] == [
+        algo.replace("lora", "LoRA").replace("q", "Q"),
+        "MergeAdapterWeights",
+        "ModelBuilder",
+    ]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "dry-run"
+
+
+def test_job_serializes_without_ids_or_secrets(workspace_ids, offline):
+    result = dry_run(workspace_ids, "qlora", hf_token_secret="hf-token")
+    job = load(result.run_dir / JOB_FILE)
+    rest = job._to_job()._to_rest_object() if hasattr(job, "_to_job") else job._to_rest_object()
+    rest_body = json.dumps(rest.as_dict() if hasattr(rest, "as_dict") else rest, default=str)  # what Azure ML receives
+    assert "phi3e2e_job.py" in rest_body and "gpu-a100" in rest_body
+    assert "--hf-token-secret hf-token" in job.command and job.identity.type == "managed_identity"
+
+    written = {path: path.read_text() for path in result.run_dir.rglob("*") if path.is_file()}
+    for text in [rest_body, *written.values()]:
+        assert SUBSCRIPTION not in text and HF_TOKEN not in text
+        assert "rg-secret-team" not in text and "ws-secret" not in text
+        assert not GUID.search(text)
+    # The staged code folder is small: the config and the entry script, nothing else.
+    staged = sorted(path.name for path in (result.run_dir / "aml-code").iterdir())
+    assert staged == ["olive-config.json", "phi3e2e_job.py"]
+
+
+def test_hub_model_is_downloaded_on_the_compute(tiny_project, offline):
+    result = finetune(
+        tiny_project, algo="qlora", target="aml", model="microsoft/Phi-3-mini-4k-instruct", dry_run=True,
+        aml_options=AmlOptions(compute="gpu-a100"), say=lambda _: None,
+    )  # fmt: skip
+    job = load(result.run_dir / JOB_FILE)
+    config = json.loads((result.run_dir / "aml-code" / "olive-config.json").read_text())
+    assert config["input_model"]["model_path"] == "microsoft/Phi-3-mini-4k-instruct"
+    assert "model" not in job.inputs and result.record["profile"] == "phi3-mini"
+
+
+@pytest.mark.parametrize(
+    "options, data, message",
+    [
+        ({"compute": None}, None, "needs --compute"),
+        ({"compute": "gpu a100"}, None, "not an Azure ML compute name"),
+        ({"compute": "gpu-a100"}, "no-such-dataset", "data path not found"),
+        ({"compute": "gpu-a100"}, "azureml:/bad path", "not an Azure ML path"),
+        ({"compute": "gpu-a100", "hf_token_secret": "hf_token!"}, None, "Key Vault secret name"),
+    ],
+)
+def test_bad_aml_input_is_one_line_before_anything_is_written(tiny_project, offline, options, data, message):
+    with pytest.raises(UserError, match=message) as error:
+        finetune(tiny_project, algo="qlora", target="aml", data=data, dry_run=True, aml_options=AmlOptions(**options))
+    assert "\n" not in str(error.value)
+    assert not tiny_project.gen_model.exists() or not any(tiny_project.gen_model.iterdir())
+
+
+def test_cli_dry_run_on_a_prepared_project(tiny_project):
+    result = run_cli(
+        "finetune", "--algo", "qlora", "--target", "aml", "--compute", "gpu-a100", "--dry-run", "--run-name", "cli",
+        project=tiny_project, env={"AZURE_CONFIG_DIR": str(tiny_project.root / "no-az")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_file = tiny_project.gen_model / "cli" / JOB_FILE
+    assert f"Azure ML job written: gen-model/cli/{JOB_FILE}" in result.stdout
+    spec = yaml.safe_load(job_file.read_text())
+    assert spec["compute"] == "azureml:gpu-a100" and spec["code"] == "aml-code"
+    assert load(job_file).display_name == "cli"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["jobs", "--help"], ["finetune", "--help"]])
+def test_help_does_not_import_azure(args):
+    probe = (
+        "import sys\nfrom phi3e2e.cli import app\ntry:\n"
+        f"    app({args!r})\nexcept SystemExit:\n    pass\n"
+        "print('AZURE' if any(m.split('.')[0] == 'azure' for m in sys.modules) else 'CLEAN')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "CLEAN"

@@ -1,0 +1,221 @@
+"""Submitting to Azure ML: the real phi3e2e flow and the real azure-ai-ml MLClient, up to the calls that
+would go over the network.
+
+Test double: only the SDK operations that talk to Azure (compute/datastore lookups,
+jobs.create_or_update / get / stream / download) and the credential's token request are replaced;
+a socket guard proves nothing else reaches the network. The double records what reaches it: the
+job entity, and the files the SDK would upload for it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+from azure.ai.ml.entities import AmlCompute, ComputeInstance
+from azure.ai.ml.operations import ComputeOperations, DatastoreOperations, JobOperations
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import ResourceNotFoundError
+from azure.identity import CredentialUnavailableError
+
+from phi3e2e.aml import workspace
+from phi3e2e.aml.job import local_uploads
+from phi3e2e.aml.submit import AmlOptions
+from phi3e2e.errors import UserError
+from phi3e2e.finetune import finetune
+from phi3e2e.project import Project
+from phi3e2e.runs import read_run_record
+
+SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
+STUDIO_URL = f"https://ml.azure.com/runs/olive-job-1?wsid=/subscriptions/{SUBSCRIPTION}/resourcegroups/rg/workspaces/ws"
+COMPUTES = {
+    "gpu-a100": AmlCompute(name="gpu-a100", size="Standard_NC24ads_A100_v4"),
+    "cpu-box": ComputeInstance(name="cpu-box", size="Standard_DS3_v2"),
+}
+
+
+class FakeCredential:
+    """Stands in for Azure AD: hands out a token without a network call (or refuses, like no `az login`)."""
+
+    def __init__(self, signed_in=True):
+        self.signed_in = signed_in
+
+    def get_token(self, *scopes, **kwargs):
+        if not self.signed_in:
+            raise CredentialUnavailableError("DefaultAzureCredential failed to retrieve a token")
+        return AccessToken("fake-token", 9_999_999_999)
+
+
+class FakeAzureML:
+    """The network side of MLClient's operations, recording what reaches it."""
+
+    def __init__(self, job_status="Completed"):
+        self.submitted = []  # (job entity, files the SDK would upload)
+        self.job_status = job_status
+
+    def install(self, monkeypatch):
+        fake = self
+        monkeypatch.setattr(ComputeOperations, "get", lambda self, name: fake.compute(name))
+        monkeypatch.setattr(ComputeOperations, "list", lambda self, **kw: list(COMPUTES.values()))
+        monkeypatch.setattr(DatastoreOperations, "get", lambda self, name, **kw: fake.datastore(name))
+        monkeypatch.setattr(JobOperations, "create_or_update", lambda self, job, **kw: fake.create(job))
+        monkeypatch.setattr(JobOperations, "get", lambda self, name: fake.job(name))
+        monkeypatch.setattr(JobOperations, "stream", lambda self, name: print(f"RunId: {name}\nExecution Summary"))
+        monkeypatch.setattr(JobOperations, "download", lambda self, name, **kw: fake.download(**kw))
+        return self
+
+    def compute(self, name):
+        if name not in COMPUTES:
+            raise ResourceNotFoundError(f"compute {name} not found")
+        return COMPUTES[name]
+
+    def datastore(self, name):
+        if name != "workspaceblobstore":
+            raise ResourceNotFoundError(f"datastore {name} not found")
+        return SimpleNamespace(name=name)
+
+    def create(self, job):
+        self.submitted.append((job, local_uploads(job)))
+        return SimpleNamespace(name="olive-job-1", studio_url=STUDIO_URL, status="Starting")
+
+    def job(self, name):
+        start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+        context = SimpleNamespace(created_at=start, last_modified_at=start + timedelta(minutes=42))
+        return SimpleNamespace(name=name, status=self.job_status, studio_url=STUDIO_URL, creation_context=context)
+
+    def download(self, download_path, all=False, **_):
+        models = download_path / "named-outputs" / "models"
+        for form, files in {
+            "adapter": ["adapter_config.json", "adapter_model.safetensors"],
+            "merged": ["config.json", "model.safetensors", "tokenizer.json"],
+            "onnx-int4": ["genai_config.json", "model.onnx", "tokenizer.json"],
+        }.items():
+            (models / form).mkdir(parents=True)
+            for name in files:
+                (models / form / name).write_text("{}")
+        logs = download_path / "artifacts" / "user_logs"
+        logs.mkdir(parents=True)
+        (logs / "std_log.txt").write_text(
+            f"mounting /subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/x/workspaces/ws\n"
+            "{'loss': 2.5, 'grad_norm': 1.0, 'learning_rate': 0.0001, 'epoch': 0.1}\n"
+            "{'loss': 1.25, 'grad_norm': 1.0, 'learning_rate': 0.0001, 'epoch': 0.2}\n"
+        )
+
+
+@pytest.fixture
+def azure(tiny_project, monkeypatch):
+    """A project with Azure ML's config.json, a signed-in user, and the network double."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the test tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    for name in workspace.ENV_VARS.values():
+        monkeypatch.delenv(name, raising=False)
+    (tiny_project.root / "config.json").write_text(
+        json.dumps({"subscription_id": SUBSCRIPTION, "resource_group": "rg", "workspace_name": "ws"})
+    )
+    monkeypatch.setattr(workspace, "default_credential", lambda: FakeCredential())
+    return FakeAzureML().install(monkeypatch)
+
+
+def submit(project: Project, algo="qlora", compute="gpu-a100", wait=False, data=None, lines=None):
+    return finetune(
+        project, algo=algo, target="aml", data=data, run_name="job1",
+        aml_options=AmlOptions(compute=compute, wait=wait), say=(lines if lines is not None else []).append,
+    )  # fmt: skip
+
+
+def files_under(folder):
+    return {path: path.read_text(errors="replace") for path in folder.rglob("*") if path.is_file()}
+
+
+def test_no_wait_submits_the_staged_job_and_records_its_name(tiny_project, azure):
+    lines = []
+    result = submit(tiny_project, lines=lines)
+
+    ((job, uploads),) = azure.submitted
+    assert job.compute == "gpu-a100" and job.display_name == "job1"
+    assert job.command.startswith("python phi3e2e_job.py --config olive-config.json")
+    root = tiny_project.root.resolve()
+    relative = sorted(str(path.relative_to(root)) for path in uploads)
+    # What travels: the two staged files, the tiny model folder and the two data splits; no repo, no run outputs.
+    assert [p for p in relative if p.startswith("gen-model")] == [
+        "gen-model/.job1.partial/aml-code/olive-config.json",
+        "gen-model/.job1.partial/aml-code/phi3e2e_job.py",
+    ]
+    assert {p for p in relative if p.startswith("datasets")} == {
+        "datasets/sample/train.jsonl",
+        "datasets/sample/eval.jsonl",
+    }
+    assert all(p.startswith(("gen-model/", "datasets/", "model-cache/tiny-phi3/")) for p in relative)
+
+    record = read_run_record(result.run_dir)
+    assert result.run_dir == tiny_project.gen_model / "job1"
+    assert record["status"] == "submitted" and record["aml"]["job_name"] == "olive-job-1"
+    assert any("Studio: https://ml.azure.com" in line for line in lines)  # shown to the user ...
+    for text in files_under(result.run_dir).values():
+        assert SUBSCRIPTION not in text and "ml.azure.com" not in text  # ... never stored
+
+
+def test_wait_streams_then_downloads_a_finished_run(tiny_project, azure, capsys):
+    result = submit(tiny_project, wait=True)
+
+    assert "Execution Summary" in capsys.readouterr().out  # the job log was streamed
+    record = read_run_record(result.run_dir)
+    assert record["status"] == "succeeded" and record["duration_s"] == 42 * 60
+    for form in ("adapter", "merged", "onnx-int4"):
+        assert (result.run_dir / form).is_dir()
+    assert record["train_loss"] == {"first": 2.5, "last": 1.25, "logged": 2}
+    assert (result.run_dir / "loss.png").is_file()
+    log = (result.run_dir / "job-log.txt").read_text()
+    assert "<redacted>" in log and SUBSCRIPTION not in log
+    assert not (result.run_dir / ".download").exists()
+
+
+def test_failed_job_is_recorded_and_not_downloaded(tiny_project, azure):
+    azure.job_status = "Failed"
+    with pytest.raises(UserError, match="ended Failed on Azure ML.*jobs logs job1"):
+        submit(tiny_project, wait=True)
+    record = read_run_record(tiny_project.gen_model / "job1")
+    assert record["status"] == "failed" and not (tiny_project.gen_model / "job1" / "onnx-int4").exists()
+
+
+def test_jobs_commands_come_back_to_a_submitted_run(tiny_project, azure):
+    from phi3e2e.aml.jobs import download_models, list_runs, run_status
+    from phi3e2e.aml.workspace import WorkspaceRef, connect
+
+    submit(tiny_project)
+    client = connect(WorkspaceRef(), (tiny_project.root,))
+    assert "job1" in list_runs(tiny_project)[1] and "submitted" in list_runs(tiny_project)[1]
+    assert list_runs(tiny_project, client)[1].endswith("Completed")
+    assert run_status(tiny_project, client, "job1")[-1] == "  Next: phi3e2e jobs download job1"
+    run_dir = download_models(tiny_project, client, None, say=lambda _: None)
+    assert read_run_record(run_dir)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "setup, kwargs, message",
+    [
+        ("no-config", {}, "no Azure ML workspace: no Azure ML config.json found; download config.json"),
+        ("signed-out", {}, "no Azure credentials: run `az login`"),
+        (None, {"compute": "gpu-h100"}, "compute 'gpu-h100' not found in the workspace; it has: cpu-box, gpu-a100"),
+        (None, {"compute": "cpu-box"}, "compute 'cpu-box' is Standard_DS3_v2, a CPU-only VM: QLoRA needs a CUDA GPU"),
+        (None, {"data": "azureml://datastores/otherstore/paths/x.jsonl"}, "data path not found"),
+        (None, {"data": "missing-folder"}, "data path not found"),
+    ],
+)
+def test_setup_problems_are_one_line_before_any_upload(tiny_project, azure, monkeypatch, setup, kwargs, message):
+    if setup == "no-config":
+        (tiny_project.root / "config.json").unlink()
+        monkeypatch.chdir(tiny_project.root)
+    if setup == "signed-out":
+        monkeypatch.setattr(workspace, "default_credential", lambda: FakeCredential(signed_in=False))
+    with pytest.raises(UserError) as error:
+        submit(tiny_project, **kwargs)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert azure.submitted == []
+    assert not (tiny_project.gen_model / "job1").exists()
