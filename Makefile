@@ -9,10 +9,10 @@ DEMO_PROMPT ?= How long does shipping take?
 
 install: $(STAMP)
 
-$(STAMP): setup/requirements.txt pyproject.toml
+$(STAMP): setup/requirements.txt setup/requirements-azure.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r setup/requirements.txt
+	$(BIN)/python -m pip install --quiet -r setup/requirements.txt -r setup/requirements-azure.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -27,3 +27,36 @@ test: install
 
 clean-demo:
 	rm -rf gen-model/[!R]* gen-model/.*.partial model-cache/tiny-phi3 datasets/sample phi3e2e.json
+
+# llama.cpp as a benchmark peer, in its own venv (never one of phi3e2e's dependencies):
+# llama-cpp-python built from its PyPI source distribution (6-10 minutes on 2 cores), and the
+# GGUF converter vendored in that same source distribution unpacked into $(PEERS)/llama.cpp/.
+PEERS ?= .venv-peers
+LLAMA_CPP_PYTHON ?= 0.3.36
+LLAMA_SDIST := $(PEERS)/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
+PEERS_STAMP := $(PEERS)/.installed-$(LLAMA_CPP_PYTHON)
+
+.PHONY: bench-peers bench
+
+bench-peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP):
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet torch==2.13.0 transformers==5.24.0 tokenizers==0.23.3 \
+		safetensors==0.8.0 numpy==2.4.6 sentencepiece==0.2.3 gguf==0.19.0
+	rm -rf $(PEERS)/sdist
+	$(PEERS)/bin/python -m pip download --quiet --no-binary :all: --no-deps llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(PEERS)/sdist
+	$(PEERS)/bin/python -m pip install $(LLAMA_SDIST)
+	rm -rf $(PEERS)/llama.cpp && mkdir -p $(PEERS)/llama.cpp
+	tar xzf $(LLAMA_SDIST) -C $(PEERS)/llama.cpp --strip-components=3 \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/conversion \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/gguf-py
+	$(PEERS)/bin/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
+	touch $@
+
+# Which int4 build phi3e2e ships for CPUs: speed, size and quality of each candidate against
+# llama.cpp Q4_0/Q4_K_M and transformers fp32 (docs/performance.md). About 15 minutes.
+bench: install bench-peers
+	$(BIN)/python benchmarks/int4_options.py

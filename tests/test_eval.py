@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import quiet, run_cli
+
 from phi3e2e.base_int4 import cached_base_int4, int4_options
 from phi3e2e.errors import UserError
 from phi3e2e.evaluate import EvalOptions, evaluate_run, find_run
@@ -74,7 +74,8 @@ def test_base_int4_is_built_exactly_as_finetune_builds_its_int4(evaluated_projec
     """Built from the run's merged model, our base-int4 builder reproduces the run's onnx-int4 byte for byte."""
     run_dir = evaluated_project.gen_model / "e2e"
     options = int4_options(run_dir, json.loads((run_dir / "run.json").read_text()))
-    assert options == {"execution_provider": "cpu"}
+    record = json.loads((run_dir / "run.json").read_text())
+    assert options == {"execution_provider": "cpu", **record["cpu_int4"]["build_options"]}
     built = cached_base_int4(evaluated_project.model_cache, run_dir / "merged", options, say=quiet)
     for name in ("model.onnx", "model.onnx.data"):
         assert (built / name).read_bytes() == (run_dir / "onnx-int4" / name).read_bytes(), name

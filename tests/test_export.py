@@ -7,8 +7,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import run_cli
+
 from phi3e2e.chat import ChatSession, GenerationOptions
 from phi3e2e.errors import UserError
 from phi3e2e.export import export
@@ -35,6 +35,10 @@ def test_export_for_cpu_yields_a_model_that_chats(run_copy):
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]  # no staging left
     genai_config = json.loads((model_dir / "genai_config.json").read_text())
     assert genai_config["model"]["decoder"]["session_options"]["provider_options"] == []
+    # A CPU export decodes on every physical core, like the run's own onnx-int4/.
+    from phi3e2e.cpu_tuning import physical_cores
+
+    assert genai_config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == physical_cores()
     answer = ChatSession(model_dir, GenerationOptions(max_new_tokens=8)).ask("Where is your roastery?")
     assert answer.text and answer.tokens >= 1
 
@@ -77,15 +81,23 @@ def test_export_without_a_finished_run_says_what_to_run(tiny_project):
 
 def test_export_builds_with_the_int4_options_the_run_used(run_copy):
     from phi3e2e import runs
-    from phi3e2e.export import render_export, run_int4_options
+    from phi3e2e.export import int4_build_options, render_export
 
     project, run_dir = run_copy
+    merged = run_dir / "merged"
     record = runs.read_run_record(run_dir)
     record["settings"]["export"] |= {"int4_block_size": 16, "int4_accuracy_level": 4}
     runs.write_run_record(run_dir, record)
-    options = run_int4_options(run_dir)
-    int4 = render_export(run_dir / "merged", "cpu", "int4", options)["passes"]["build"]
+    options = int4_build_options(run_dir, "cpu", merged)
+    int4 = render_export(merged, "cpu", "int4", options)["passes"]["build"]
     assert int4["int4_block_size"] == 16 and int4["int4_accuracy_level"] == 4
-    fp32 = render_export(run_dir / "merged", "cuda", "fp32", options)
+    # A CUDA build keeps ModelBuilder's own options, not the CPU run's.
+    assert render_export(merged, "cuda", "int4", int4_build_options(run_dir, "cuda", merged))["passes"]["build"] == {
+        "type": "ModelBuilder", "precision": "int4"}
+    # A run built for CUDA (no cpu_int4 record) gets phi3e2e's measured CPU defaults on a CPU export.
+    del record["cpu_int4"]
+    runs.write_run_record(run_dir, record)
+    assert int4_build_options(run_dir, "cpu", merged)["int4_op_types_to_quantize"] == ["MatMul", "Gather"]
+    fp32 = render_export(merged, "cuda", "fp32", options)
     assert fp32["passes"]["build"] == {"type": "ModelBuilder", "precision": "fp32"}
     assert fp32["systems"]["local_system"]["accelerators"][0]["execution_providers"] == ["CUDAExecutionProvider"]

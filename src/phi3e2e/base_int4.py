@@ -31,7 +31,7 @@ def int4_options(run_dir: Path, record: dict) -> dict:
     provider = (accelerator.get("execution_providers") or ["CPUExecutionProvider"])[0]
     export = record.get("settings", {}).get("export", {})
     options = {"execution_provider": EXECUTION_PROVIDERS.get(provider, "cpu")}
-    for key in ("int4_block_size", "int4_accuracy_level"):
+    for key in ("int4_block_size", "int4_accuracy_level", "int4_op_types_to_quantize"):
         if export.get(key) is not None:
             options[key] = export[key]
     return options
@@ -49,7 +49,7 @@ def cached_base_int4(model_cache: Path, base_model: Path, options: dict, say: Ca
     log = staging.parent / f"{target.name}.log"
     say(f"Building the base model as int4 ONNX for comparison (once; cached in {target.parent.name}/) ...")
     command = [sys.executable, "-m", "phi3e2e.base_int4", str(base_model), str(staging)]
-    command += [f"--{name}={value}" for name, value in options.items()]
+    command += [f"--{name}={'/'.join(value) if isinstance(value, list) else value}" for name, value in options.items()]
     with open(log, "w") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0 or not (staging / "genai_config.json").is_file():
@@ -103,6 +103,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--execution_provider", default="cpu")
     parser.add_argument("--int4_block_size", type=int)
     parser.add_argument("--int4_accuracy_level", type=int)
+    parser.add_argument("--int4_op_types_to_quantize", type=lambda text: tuple(text.split("/")))
     args = parser.parse_args(argv)
     extra = {k: v for k, v in vars(args).items() if k.startswith("int4_") and v is not None}
     build(args.base_model, args.output_dir, args.execution_provider, extra)

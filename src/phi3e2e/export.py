@@ -119,10 +119,17 @@ def render_export(merged_dir: Path, device: str, precision: str, int4_options: d
     return config
 
 
-def run_int4_options(run_dir: Path) -> dict:
-    """The int4 build options the run's own onnx-int4/ was built with, so exports match it."""
-    export_settings = runs.read_run_record(run_dir).get("settings", {}).get("export", {})
-    return {key: value for key, value in export_settings.items() if key.startswith("int4_")}
+def int4_build_options(run_dir: Path, device: str, merged_dir: Path) -> dict:
+    """int4 options for this export: a CPU export gets the CPU run's own options (or phi3e2e's
+    measured CPU defaults when the run was built for CUDA); a CUDA export keeps ModelBuilder's."""
+    if device == "cuda":
+        return {}
+    from phi3e2e.cpu_tuning import cpu_int4_options
+
+    record = runs.read_run_record(run_dir)
+    built_for_cpu = "cpu_int4" in record
+    export_settings = record.get("settings", {}).get("export", {}) if built_for_cpu else {}
+    return cpu_int4_options({k: v for k, v in export_settings.items() if k.startswith("int4_")}, merged_dir)
 
 
 def export(
@@ -142,7 +149,7 @@ def export(
     final = run_dir / name
     if final.exists():
         raise UserError(f"{final} already exists; delete it to build it again")
-    config = render_export(merged_dir, device, precision, run_int4_options(run_dir))
+    config = render_export(merged_dir, device, precision, int4_build_options(run_dir, device, merged_dir))
 
     staging = run_dir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -155,6 +162,10 @@ def export(
 
         run_olive(staging / EXPORT_CONFIG, staging / EXPORT_LOG, say, verbose=verbose)
         model_dir = _collect_model(staging)
+        if device == "cpu":
+            from phi3e2e.cpu_tuning import use_all_cores
+
+            use_all_cores(model_dir)  # ModelBuilder leaves onnxruntime-genai on one decode thread
         for kept in (EXPORT_CONFIG, EXPORT_LOG):
             shutil.move(staging / kept, model_dir / kept)
         record = {

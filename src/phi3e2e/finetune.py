@@ -16,7 +16,7 @@ from phi3e2e.errors import UserError
 from phi3e2e.models import check_model_folder, is_tiny_model
 from phi3e2e.project import Project
 from phi3e2e.render import Algo, Target, WorkflowPaths, render_workflow
-from phi3e2e.settings import FinetuneSettings, build_settings, parse_override
+from phi3e2e.settings import ExportSettings, FinetuneSettings, build_settings, parse_override
 
 CONFIG_FILE = "olive-config.json"
 # Olive's working folders inside a run, relative to the config so the folder can be re-run.
@@ -114,11 +114,19 @@ def finetune(
     dry_run: bool = False,
     verbose: bool = False,
     say: Callable[[str], None] = print,
+    aml_options=None,
 ) -> FinetuneResult:
+    if target == "aml":  # an Azure ML command job runs `olive run` there; see phi3e2e/aml/
+        from phi3e2e.aml.submit import AmlOptions, finetune_on_aml
+
+        return finetune_on_aml(
+            project, algo=algo, options=aml_options or AmlOptions(), model=model, data=data,
+            run_name=run_name, set_args=set_args, dry_run=dry_run, say=say,
+        )  # fmt: skip
     inputs = resolve_inputs(project, model, data)
     profile, settings = choose_settings(inputs, set_args or [])
-    if target == "aml" and not dry_run:
-        raise UserError("--target aml is not available yet; use --target local, or --dry-run to see the workflow")
+    builds_for_cpu = algo != "qlora"  # QLoRA runs on CUDA and builds its int4 model for CUDA too
+    settings.export = _int4_export_settings(settings.export, inputs.model_dir, builds_for_cpu)
     if not dry_run:
         require_cuda_for_qlora(algo, target)
 
@@ -137,8 +145,8 @@ def finetune(
         "algo": algo,
         "target": target,
         "profile": profile,
-        "base_model": str(inputs.model_dir),
-        "dataset": str(inputs.dataset_dir),
+        "base_model": project.relative(inputs.model_dir),
+        "dataset": project.relative(inputs.dataset_dir),
         "settings": settings.model_dump(),
         "versions": _versions(),
     }
@@ -159,6 +167,8 @@ def finetune(
         collect_forms(staging / OLIVE_OUTPUT, staging)
         if missing := missing_outputs(staging):
             raise UserError(f"run produced incomplete models, missing {', '.join(missing)}; see olive.log")
+        if builds_for_cpu:
+            record["cpu_int4"] = _tune_for_cpu(staging / "onnx-int4", settings)
         for scratch in (OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS):
             shutil.rmtree(staging / scratch, ignore_errors=True)
         record["duration_s"] = runs.elapsed(start)
@@ -171,6 +181,25 @@ def finetune(
         failed = runs.fail_run(staging, name, record, str(e))
         raise UserError(f"{e} [run kept in {project.relative(failed)}]") from None
     return FinetuneResult(run_dir, run_dir / CONFIG_FILE, False, record)
+
+
+def _int4_export_settings(export: ExportSettings, model_dir: Path, builds_for_cpu: bool) -> ExportSettings:
+    """CPU builds get phi3e2e's measured int4 defaults for unset options; CUDA builds keep ModelBuilder's."""
+    from phi3e2e.cpu_tuning import check_block_size, cpu_int4_options
+
+    if not builds_for_cpu:
+        check_block_size(export.int4_block_size, model_dir)
+        return export
+    return ExportSettings(**cpu_int4_options(export.model_dump(), model_dir))
+
+
+def _tune_for_cpu(onnx_dir: Path, settings: FinetuneSettings) -> dict:
+    """Decode on every physical core (written into genai_config.json); what was chosen, for run.json."""
+    from phi3e2e.cpu_tuning import use_all_cores
+
+    threads = use_all_cores(onnx_dir)
+    options = settings.export.model_dump(exclude={"precision"})
+    return {"build_options": options, "intra_op_num_threads": threads, "chosen_by": "docs/performance.md"}
 
 
 def _write_dry_run(project: Project, name: str, config: dict, record: dict) -> FinetuneResult:

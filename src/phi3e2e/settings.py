@@ -58,9 +58,15 @@ class DataSettings(_Section):
 
 
 class ExportSettings(_Section):
+    """ModelBuilder's int4 options. None: phi3e2e's measured CPU choice (cpu_tuning.py) for CPU
+    builds, ModelBuilder's own default for CUDA builds."""
+
     precision: Literal["int4"] = "int4"
     int4_block_size: Optional[Literal[16, 32, 64, 128, 256]] = None
     int4_accuracy_level: Optional[Literal[0, 1, 2, 3, 4]] = None
+    int4_op_types_to_quantize: Optional[list[Literal["MatMul", "Gather"]]] = Field(
+        None, min_length=1, description='["MatMul", "Gather"] also quantizes the input embedding'
+    )
 
 
 class FinetuneSettings(_Section):

@@ -1,0 +1,466 @@
+"""Which int4 build should phi3e2e ship for CPUs? Speed, size and quality of each candidate, side by side.
+
+    .venv/bin/python benchmarks/int4_options.py                 # ~15 minutes on 2 cores, first run
+    .venv/bin/python benchmarks/int4_options.py --repeats 3 --skip-quality
+    make bench                                                  # the same, after `make bench-peers`
+
+Speed and size: a Phi-3-mini-shaped model with random weights (hidden 3072, intermediate 8192,
+32 heads, vocab 32064, `--layers` of them; built by the same code as `prepare --tiny`), built
+as int4 ONNX with each candidate's ModelBuilder options (block size, accuracy level, input
+embedding quantized or not; Olive's ModelBuilder patches applied, as in `finetune`), decoding
+128 greedy tokens after a 32-token chat prompt, through phi3e2e's chat path (ChatSession) and a
+bare onnxruntime-genai loop. Peers on the same model, same prompt tokens, same run: llama.cpp
+Q4_0 and Q4_K_M (llama-cpp-python from .venv-peers, see `make bench-peers`; the GGUF is made
+with the converter vendored in its source distribution) and transformers fp32. All engines
+stay loaded and are timed round-robin, so a change in machine load hits them alike; medians.
+
+Quality: the held-out loss (phi3e2e.evaluate's loss, on the dataset's eval split) of each
+candidate build of a fine-tuned model against the merged fp32 model it was built from: the
+tiny model after `finetune` (hidden 64: blocks 32 and 64 only) and a wider tiny model
+(hidden 256, so block 128 is measured too). The rule: the fastest, smallest build within 2%.
+
+Prints the tables and writes JSON to benchmarks/results/int4-options.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+RESULTS = REPO / "benchmarks" / "results"
+PEERS_PYTHON = REPO / ".venv-peers" / "bin" / "python"
+PEER_SCRIPT = REPO / "benchmarks" / "peers" / "llama_cpp_peer.py"
+NEW_TOKENS = 128
+PROMPT_TOKENS = 32
+QUALITY_LIMIT = 0.02  # int4 held-out loss at most 2% above the merged fp32 model's
+EMBED = ["MatMul", "Gather"]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    options: dict  # ModelBuilder int4 options
+    all_cores: bool = True  # write intra_op_num_threads = physical cores into genai_config.json
+    bare: bool = False  # also time a bare onnxruntime-genai loop (the chat path's overhead check)
+
+    @property
+    def build_key(self) -> str:
+        block = self.options.get("int4_block_size", 32)
+        level = self.options.get("int4_accuracy_level", 4)
+        embed = "-embed" if "Gather" in self.options.get("int4_op_types_to_quantize", []) else ""
+        return f"b{block}-acc{level}{embed}"
+
+
+def speed_candidates() -> list[Candidate]:
+    from phi3e2e.cpu_tuning import CPU_INT4_DEFAULTS
+
+    return [
+        Candidate("ModelBuilder default (block 32, 1 thread)", {}, all_cores=False, bare=True),
+        Candidate("block 32, all cores", {"int4_block_size": 32}),
+        Candidate("block 64, all cores", {"int4_block_size": 64}),
+        Candidate("block 128, all cores", {"int4_block_size": 128}),
+        Candidate("block 32 + int4 embedding", {"int4_block_size": 32, "int4_op_types_to_quantize": EMBED}),
+        Candidate("block 128 + int4 embedding, acc 1", {"int4_block_size": 128, "int4_accuracy_level": 1,
+                                                         "int4_op_types_to_quantize": EMBED}),
+        Candidate("phi3e2e default: block 128 + int4 embedding", dict(CPU_INT4_DEFAULTS), bare=True),
+    ]
+
+
+def quality_candidates(hidden: int) -> list[Candidate]:
+    found = []
+    for block in (32, 64, 128):
+        if block > hidden:  # phi3e2e refuses blocks wider than the hidden size
+            continue
+        found.append(Candidate(f"block {block}", {"int4_block_size": block}))
+        found.append(Candidate(f"block {block} + int4 embedding", {"int4_block_size": block,
+                                                                    "int4_op_types_to_quantize": EMBED}))
+    top = max(block for block in (32, 64, 128) if block <= hidden)
+    found.append(Candidate(f"block {top} + int4 embedding, acc 1",
+                           {"int4_block_size": top, "int4_accuracy_level": 1, "int4_op_types_to_quantize": EMBED}))
+    return found
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+def build_int4(hf_dir: Path, out_dir: Path, options: dict) -> Path:
+    """ModelBuilder int4 for CPU with Olive's patches (phi3e2e.base_int4.build), in a subprocess; cached."""
+    if (out_dir / "genai_config.json").is_file():
+        return out_dir
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    subprocess.run(["rm", "-rf", str(partial)], check=True)
+    partial.mkdir(parents=True)
+    code = (
+        "import json, sys; from pathlib import Path; from phi3e2e.base_int4 import build; "
+        "o = json.loads(sys.argv[3]); "
+        "o = {k: tuple(v) if isinstance(v, list) else v for k, v in o.items()}; "
+        "build(Path(sys.argv[1]), Path(sys.argv[2]), 'cpu', o)"
+    )
+    start = time.monotonic()
+    with open(out_dir.with_name(out_dir.name + ".log"), "w") as out:
+        done = subprocess.run([sys.executable, "-c", code, str(hf_dir), str(partial), json.dumps(options)], check=False,
+                              stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, OLIVE_DISABLE_TELEMETRY="1"))
+    if done.returncode != 0:
+        raise SystemExit(f"building {out_dir.name} failed; see {out_dir.with_name(out_dir.name + '.log')}")
+    subprocess.run(["rm", "-rf", str(partial / "cache")], check=True)
+    partial.rename(out_dir)
+    log(f"  built {out_dir.name} in {time.monotonic() - start:.0f} s")
+    return out_dir
+
+
+def candidate_folder(build_dir: Path, candidate: Candidate, threads: int) -> Path:
+    """The build with this candidate's thread setting: a folder of links with its own genai_config."""
+    from phi3e2e.cpu_tuning import use_all_cores
+
+    folder = build_dir.with_name(build_dir.name + ("-cores" if candidate.all_cores else "-default-threads"))
+    if not folder.is_dir():
+        folder.mkdir()
+        for item in build_dir.iterdir():
+            if item.name != "genai_config.json":
+                (folder / item.name).symlink_to(item.resolve())
+        (folder / "genai_config.json").write_text((build_dir / "genai_config.json").read_text())
+    if candidate.all_cores:
+        use_all_cores(folder, threads)
+    return folder
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.resolve().stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+# --- speed -------------------------------------------------------------------------------------
+
+
+class LlamaCppPeer:
+    """A GGUF model loaded in the peers venv; `run()` asks it for one timed decode."""
+
+    def __init__(self, gguf: Path, prompt_ids: list[int], threads: int):
+        self.process = subprocess.Popen(
+            [str(PEERS_PYTHON), str(PEER_SCRIPT), "serve", str(gguf), "--prompt-ids", ",".join(map(str, prompt_ids)),
+             "--threads", str(threads), "--new-tokens", str(NEW_TOKENS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        ready = json.loads(self.process.stdout.readline() or "{}")
+        if not ready.get("ready"):
+            raise SystemExit(f"llama.cpp peer failed to load {gguf}")
+
+    def run(self) -> dict:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def make_ggufs(hf_dir: Path, work_dir: Path) -> dict[str, Path]:
+    peer = [str(PEERS_PYTHON), str(PEER_SCRIPT)]
+    f16 = work_dir / "model-f16.gguf"
+    if not f16.is_file():
+        log("Converting the HF model to GGUF (llama.cpp's vendored converter) ...")
+        subprocess.run(peer + ["convert", str(hf_dir), str(f16)], check=True, capture_output=True)
+    ggufs = {}
+    for quant in ("Q4_0", "Q4_K_M"):
+        target = work_dir / f"model-{quant.lower()}.gguf"
+        if not target.is_file():
+            log(f"Quantizing GGUF to {quant} ...")
+            subprocess.run(peer + ["quantize", str(f16), str(target), quant], check=True, capture_output=True)
+        ggufs[quant] = target
+    return ggufs
+
+
+def measure_speed(args, threads: int) -> dict:
+    import onnxruntime_genai as og  # noqa: F401  (fail early if missing)
+    import torch
+    from decode_speed import (
+        benchmark_corpus,
+        time_chat_path,
+        time_transformers,
+        user_text_for,
+    )
+    from transformers import AutoModelForCausalLM
+
+    from phi3e2e.chat import ChatSession
+    from phi3e2e.engines.genai import GenaiEngine
+    from phi3e2e.generation import GenerationOptions
+    from phi3e2e.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
+
+    work = args.work_dir / f"phi3-mini-shaped-{args.layers}-layers"
+    hf_dir = work / "hf-fp32"
+    if not (hf_dir / "phi3e2e-tiny.json").is_file():
+        log(f"Writing a Phi-3-mini-shaped random model ({args.layers} layers) into {hf_dir} ...")
+        write_tiny_model(hf_dir, benchmark_corpus(), shape=replace(PHI3_MINI_SHAPED, num_hidden_layers=args.layers))
+
+    candidates = speed_candidates()
+    log(f"Building {len({c.build_key for c in candidates})} int4 candidates (cached in {work}) ...")
+    folders = {c.name: candidate_folder(build_int4(hf_dir, work / c.build_key, c.options), c, threads)
+               for c in candidates}
+    peers_ready = PEERS_PYTHON.is_file() and not args.skip_peers
+    ggufs = make_ggufs(hf_dir, work) if peers_ready else {}
+    if not peers_ready:
+        log("No .venv-peers (run `make bench-peers`): skipping llama.cpp")
+
+    log("Loading every engine ...")
+    options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    sessions = {name: ChatSession(folder, options, engine=GenaiEngine(folder, "cpu")) for name, folder in folders.items()}
+    first = next(iter(sessions.values()))
+    prompt_text = user_text_for(first.engine, PROMPT_TOKENS)
+    prompt_ids = first.prompt_tokens(prompt_text)
+    peers = {f"llama.cpp {quant}": LlamaCppPeer(path, prompt_ids, threads) for quant, path in ggufs.items()}
+
+    def bare(session) -> dict:
+        from decode_speed import time_bare_genai
+
+        return time_bare_genai(session.engine.model, prompt_ids)
+
+    engines: dict[str, callable] = {}
+    for c in candidates:
+        engines[f"{c.name} | chat"] = lambda s=sessions[c.name]: time_chat_path(s, prompt_text)
+        if c.bare:
+            engines[f"{c.name} | bare"] = lambda s=sessions[c.name]: bare(s)
+    for name, peer in peers.items():
+        engines[name] = peer.run
+    for run in engines.values():  # warm-up
+        run()
+    samples: dict[str, list[dict]] = {name: [] for name in engines}
+    load, waited = [], []
+    for repeat in range(args.repeats):
+        load.append(os.getloadavg()[0])
+        log(f"  round {repeat + 1}/{args.repeats} (1-min load {load[-1]:.2f})")
+        for name, run in engines.items():
+            time.sleep(0.2)  # let the previous engine's spinning threads go idle
+            waited.append(wait_until_quiet(args.max_busy, args.max_wait))
+            samples[name].append(run())
+    for peer in peers.values():
+        peer.close()
+
+    rows = []
+    for c in candidates:
+        chat, bare_runs = samples[f"{c.name} | chat"], samples.get(f"{c.name} | bare")
+        rows.append({"engine": f"phi3e2e int4: {c.name}", "options": c.options, "all_cores": c.all_cores,
+                     "chat_tok_s": statistics.median(r["decode_tok_s"] for r in chat),
+                     "chat_tok_s_each": [round(r["decode_tok_s"], 1) for r in chat],
+                     "bytes": folder_bytes(folders[c.name])})
+        if bare_runs:
+            rows[-1]["bare_tok_s"] = statistics.median(r["decode_tok_s"] for r in bare_runs)
+            rows[-1]["bare_tok_s_each"] = [round(r["decode_tok_s"], 1) for r in bare_runs]
+    for name, path in ggufs.items():
+        runs = samples[f"llama.cpp {name}"]
+        rows.append({"engine": f"llama.cpp {name}", "bare_tok_s": statistics.median(r["decode_tok_s"] for r in runs),
+                     "bare_tok_s_each": [round(r["decode_tok_s"], 1) for r in runs], "bytes": path.stat().st_size})
+    del sessions
+
+    if not args.skip_transformers:
+        log("transformers fp32 (one run after a warm-up) ...")
+        hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        with torch.inference_mode():
+            hf_model.generate(torch.tensor([prompt_ids]), max_new_tokens=4, do_sample=False)
+        wait_until_quiet(args.max_busy, args.max_wait)
+        hf = time_transformers(hf_model, prompt_ids)
+        rows.append({"engine": "transformers fp32", "bare_tok_s": hf["decode_tok_s"],
+                     "bytes": sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))})
+    quiet = [busy for busy, _ in waited]
+    return {"rows": rows, "load_1m_each_round": load, "busy_before_runs": {
+                "median": statistics.median(quiet), "max": max(quiet), "limit": args.max_busy,
+                "runs_started_busy": sum(busy > args.max_busy for busy in quiet),
+                "seconds_waited": round(sum(w for _, w in waited), 1)}, "prompt_tokens": len(prompt_ids), "layers": args.layers,
+            "paired_ratios": paired_ratios(samples, candidates)}
+
+
+def cpu_busy(seconds: float = 0.3) -> float:
+    """Share of all CPUs busy over `seconds` (/proc/stat), measured while this benchmark is idle."""
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_until_quiet(max_busy: float, max_wait: float) -> tuple[float, float]:
+    """Other work on a shared machine skews 2-thread decoding badly: start each run when it is quiet."""
+    start = time.monotonic()
+    busy = cpu_busy()
+    while busy > max_busy and time.monotonic() - start < max_wait:
+        time.sleep(1)
+        busy = cpu_busy()
+    return busy, time.monotonic() - start
+
+
+def paired_ratios(samples: dict, candidates: list[Candidate]) -> dict:
+    """Per round, chat tok/s of each candidate / llama.cpp Q4_0 tok/s in the same round; median."""
+    peer = samples.get("llama.cpp Q4_0")
+    if not peer:
+        return {}
+    return {c.name: statistics.median(a["decode_tok_s"] / b["decode_tok_s"]
+                                      for a, b in zip(samples[f"{c.name} | chat"], peer)) for c in candidates}
+
+
+# --- quality -----------------------------------------------------------------------------------
+
+
+QUALITY_MODELS = {"tiny": None, "tiny-wide": {"hidden_size": 256, "intermediate_size": 512}}
+
+
+def measure_quality(args) -> list[dict]:
+    from phi3e2e.evaluate import EvalOptions, load_eval_rows, onnx_loss, torch_loss
+    from phi3e2e.finetune import finetune
+    from phi3e2e.prepare import prepare
+    from phi3e2e.project import Project
+    from phi3e2e.runs import read_run_record
+    from phi3e2e.tiny_model import TINY, write_tiny_model
+
+    quiet = lambda _m: None
+    results = []
+    for label, widen in QUALITY_MODELS.items():
+        project = Project(args.work_dir / f"quality-{label}")
+        run_dir = project.gen_model / "quality"
+        if not (run_dir / "run.json").is_file() or read_run_record(run_dir).get("status") != "succeeded":
+            log(f"Fine-tuning the {label} model (phi3e2e prepare --tiny; finetune --algo lora) ...")
+            prepare(project, tiny=True, say=quiet)
+            model = None
+            if widen:
+                from decode_speed import benchmark_corpus
+
+                model = project.model_cache / label
+                if not (model / "phi3e2e-tiny.json").is_file():
+                    write_tiny_model(model, benchmark_corpus(), shape=replace(TINY, **widen))
+            finetune(project, algo="lora", target="local", model=str(model) if model else None,
+                     run_name="quality", say=quiet)
+        record = read_run_record(run_dir)
+        merged = run_dir / "merged"
+        hidden = json.loads((merged / "config.json").read_text())["hidden_size"]
+        data = load_eval_rows(Path(record["dataset"]), Path(record["base_model"]), record["settings"]["data"],
+                              EvalOptions())
+        fp32 = torch_loss(merged, data.token_ids, Path(record["base_model"]))
+        log(f"  {label} (hidden {hidden}): merged fp32 held-out loss {fp32:.4f} on {len(data.token_ids)} rows")
+        measured = [("phi3e2e finetune's onnx-int4 " + _options_label(record["cpu_int4"]["build_options"]),
+                     run_dir / "onnx-int4", record["cpu_int4"]["build_options"])]
+        for c in quality_candidates(hidden):
+            measured.append((c.name, build_int4(merged, args.work_dir / f"quality-{label}-builds" / c.build_key,
+                                                c.options), c.options))
+        for name, folder, options in measured:
+            loss = onnx_loss(folder, data.token_ids, Path(record["base_model"]))
+            results.append({"model": label, "hidden": hidden, "build": name, "options": options,
+                            "fp32_loss": fp32, "int4_loss": loss, "relative": loss / fp32 - 1,
+                            "bytes": folder_bytes(folder), "eval_rows": len(data.token_ids)})
+            log(f"    {name:<48} {loss:.4f} ({loss / fp32 - 1:+.2%})")
+    return results
+
+
+def _options_label(options: dict) -> str:
+    embed = " + int4 embedding" if "Gather" in (options.get("int4_op_types_to_quantize") or []) else ""
+    return f"(block {options.get('int4_block_size')}{embed}, acc {options.get('int4_accuracy_level')})"
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def speed_table(speed: dict) -> str:
+    rows = speed["rows"]
+    q4_0 = next((r for r in rows if r["engine"] == "llama.cpp Q4_0"), None)
+    lines = [
+        "| engine | decode tok/s (chat path) | decode tok/s (bare loop) | size MB | size / GGUF Q4_0 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        chat = f"{r['chat_tok_s']:.1f}" if "chat_tok_s" in r else "–"
+        bare = f"{r['bare_tok_s']:.1f}" if "bare_tok_s" in r else "–"
+        share = f"{r['bytes'] / q4_0['bytes']:.2f}" if q4_0 else "–"
+        lines.append(f"| {r['engine']} | {chat} | {bare} | {r['bytes'] / 1e6:.0f} | {share} |")
+    if speed["paired_ratios"]:
+        lines += ["", "phi3e2e chat tok/s ÷ llama.cpp Q4_0 tok/s, median of same-round pairs:"]
+        lines += [f"  {name:<48} {ratio:.2f}x" for name, ratio in speed["paired_ratios"].items()]
+    return "\n".join(lines)
+
+
+def quality_table(quality: list[dict]) -> str:
+    lines = ["| model | int4 build | size MB | held-out loss int4 | merged fp32 | change | within 2% |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in quality:
+        ok = "yes" if r["relative"] <= QUALITY_LIMIT else "NO"
+        lines.append(f"| {r['model']} (hidden {r['hidden']}) | {r['build']} | {r['bytes'] / 1e6:.2f} | "
+                     f"{r['int4_loss']:.4f} | {r['fp32_loss']:.4f} | {r['relative']:+.2%} | {ok} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the Phi-3-mini-shaped model")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds over every engine (median)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: physical cores)")
+    parser.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "phi3e2e-int4-options")
+    parser.add_argument("--max-busy", type=float, default=0.15,
+                        help="start a timed run only when other work uses at most this share of the CPUs")
+    parser.add_argument("--max-wait", type=float, default=120, help="seconds to wait for that before running anyway")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-peers", action="store_true", help="no llama.cpp even if .venv-peers exists")
+    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "int4-options.json")
+    args = parser.parse_args()
+
+    from phi3e2e.cpu_tuning import CPU_INT4_DEFAULTS, physical_cores
+
+    threads = args.threads or physical_cores()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    result = {"machine": {"cpus": os.cpu_count(), "physical_cores": physical_cores(), "threads": threads,
+                          "platform": platform.platform(), "load_1m_at_start": os.getloadavg()[0]},
+              "new_tokens": NEW_TOKENS, "defaults": CPU_INT4_DEFAULTS, "versions": versions()}
+    if not args.skip_quality:
+        result["quality"] = measure_quality(args)
+    if not args.skip_speed:
+        result["speed"] = measure_speed(args, threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"{os.cpu_count()} CPUs, {threads} threads per engine, {NEW_TOKENS} new greedy tokens")
+    if "speed" in result:
+        speed = result["speed"]
+        busy = speed["busy_before_runs"]
+        print(f"\nPhi-3-mini-shaped model, {speed['layers']} layers, random weights, {speed['prompt_tokens']}-token "
+              f"prompt; 1-min load per round: {', '.join(f'{x:.1f}' for x in speed['load_1m_each_round'])}; "
+              f"CPU busy before each run: median {busy['median']:.0%}, max {busy['max']:.0%} "
+              f"({busy['runs_started_busy']} runs started above {busy['limit']:.0%})\n")
+        print(speed_table(speed))
+    if "quality" in result:
+        print("\nHeld-out loss of int4 builds vs the merged fp32 model they were built from (fine-tuned):\n")
+        print(quality_table(result["quality"]))
+    log(f"\nWrote {args.out}")
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    found = {}
+    for package in ("onnxruntime-genai", "onnxruntime", "olive-ai", "torch", "transformers"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    if PEERS_PYTHON.is_file():
+        done = subprocess.run([str(PEERS_PYTHON), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                              capture_output=True, text=True, check=False)
+        found["llama-cpp-python"] = done.stdout.strip() or None
+    return found
+
+
+if __name__ == "__main__":
+    main()

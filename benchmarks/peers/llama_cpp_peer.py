@@ -1,0 +1,155 @@
+"""llama.cpp as a benchmark peer: convert a Hugging Face Phi-3 folder to GGUF, quantize, time decode.
+
+Runs inside the peers venv (`make bench-peers` makes .venv-peers with llama-cpp-python built
+from its PyPI source distribution), never in phi3e2e's own environment:
+
+    .venv-peers/bin/python benchmarks/peers/llama_cpp_peer.py convert HF_DIR OUT.f16.gguf
+    .venv-peers/bin/python benchmarks/peers/llama_cpp_peer.py quantize OUT.f16.gguf OUT.q4_0.gguf Q4_0
+    .venv-peers/bin/python benchmarks/peers/llama_cpp_peer.py decode OUT.q4_0.gguf --prompt-ids 1,2,3 --threads 2
+
+`convert` runs the converter vendored in that source distribution (convert_hf_to_gguf.py,
+found under .venv-peers/llama.cpp/ or --llama-cpp-dir). Its Phi-3 path reads a sentencepiece
+tokenizer.model; phi3e2e's tiny and benchmark models carry a byte-level BPE tokenizer
+(tokenizer.json, GPT-2 style). Without touching the vendored files, this wrapper points the
+Phi-3 vocab step at the converter's own GPT-2 BPE path and names the pre-tokenizer "gpt-2"
+when its hash table does not know the tokenizer (GPT-2's regex is what ByteLevel uses).
+
+`decode` prints one JSON line: greedy decode tokens/s (prompt, then `--new-tokens` steps of
+llama_decode + argmax, each timed) for each repeat; `serve` keeps the model loaded and answers
+one JSON line per `run` line on stdin, so a benchmark can interleave it with other engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_LLAMA_CPP_DIR = Path(__file__).resolve().parents[2] / ".venv-peers" / "llama.cpp"
+QUANT_TYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+
+
+def convert(hf_dir: Path, out_file: Path, llama_cpp_dir: Path, outtype: str) -> None:
+    converter = llama_cpp_dir / "convert_hf_to_gguf.py"
+    if not converter.is_file():
+        sys.exit(f"{converter}: not found; run `make bench-peers` (it unpacks the converter there)")
+    sys.path.insert(0, str(llama_cpp_dir))
+    sys.path.insert(1, str(llama_cpp_dir / "gguf-py"))
+    _use_gpt2_bpe_for_byte_level_phi3(hf_dir)
+    sys.argv = [str(converter), str(hf_dir), "--outfile", str(out_file), "--outtype", outtype]
+    runpy.run_path(str(converter), run_name="__main__")
+
+
+def _use_gpt2_bpe_for_byte_level_phi3(hf_dir: Path) -> None:
+    """Patch the converter's classes in memory (the vendored files stay as shipped)."""
+    if (hf_dir / "tokenizer.model").is_file():
+        return  # a real sentencepiece Phi-3: the converter's own path is right
+    import conversion  # the vendored package convert_hf_to_gguf.py imports; same module object
+    from conversion import phi as phi_models
+    from conversion.base import TextModel
+
+    phi_models.Phi3MiniModel.set_vocab = lambda self: self._set_vocab_gpt2()
+    known_pre = TextModel.get_vocab_base_pre
+
+    def vocab_base_pre(self, tokenizer) -> str:
+        try:
+            return known_pre(self, tokenizer)
+        except NotImplementedError:  # an unlisted tokenizer: ByteLevel pre-tokenization is GPT-2's
+            return "gpt-2"
+
+    TextModel.get_vocab_base_pre = vocab_base_pre
+    assert conversion.phi.Phi3MiniModel.set_vocab is phi_models.Phi3MiniModel.set_vocab
+
+
+def quantize(in_file: Path, out_file: Path, quant_type: str, threads: int) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant_type])
+    params.nthread = threads
+    status = llama_cpp.llama_model_quantize(str(in_file).encode(), str(out_file).encode(), params)
+    if status != 0:
+        sys.exit(f"llama_model_quantize {in_file} -> {quant_type} failed ({status})")
+
+
+class GreedyDecoder:
+    """One loaded GGUF model; `run()` times prompt + `new_tokens` greedy steps (llama_decode + argmax)."""
+
+    def __init__(self, gguf: Path, prompt_ids: list[int], new_tokens: int, threads: int):
+        from llama_cpp import Llama
+
+        self.prompt_ids, self.new_tokens = prompt_ids, new_tokens
+        self.llm = Llama(
+            model_path=str(gguf), n_ctx=len(prompt_ids) + new_tokens + 8, n_batch=max(len(prompt_ids), 32),
+            n_threads=threads, n_threads_batch=threads, verbose=False,
+        )  # fmt: skip
+        self.n_vocab = self.llm.n_vocab()
+
+    def run(self) -> dict:
+        import numpy as np
+        from llama_cpp import llama_cpp
+
+        llm = self.llm
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(self.prompt_ids)
+        times = []
+        for _ in range(self.new_tokens):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
+            token = int(logits.argmax())
+            times.append(time.perf_counter())
+            llm.eval([token])
+        return {"ttft_s": times[0] - start, "decode_tok_s": (len(times) - 1) / (times[-1] - times[0])}
+
+
+def serve(decoder: GreedyDecoder) -> None:
+    """For interleaved benchmarks: one JSON line per `run` line on stdin (the model stays loaded)."""
+    decoder.run()  # warm-up
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "run":
+            print(json.dumps(decoder.run()), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("convert", help="HF folder -> GGUF (f16 by default)")
+    p.add_argument("hf_dir", type=Path)
+    p.add_argument("out_file", type=Path)
+    p.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
+    p.add_argument("--llama-cpp-dir", type=Path, default=Path(os.environ.get("LLAMA_CPP_DIR", DEFAULT_LLAMA_CPP_DIR)))
+    p = commands.add_parser("quantize", help="GGUF -> quantized GGUF")
+    p.add_argument("in_file", type=Path)
+    p.add_argument("out_file", type=Path)
+    p.add_argument("quant_type", choices=sorted(QUANT_TYPES))
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    for name, text in (("decode", "time greedy decode; prints JSON"), ("serve", "decode on each `run` line of stdin")):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("gguf", type=Path)
+        p.add_argument("--prompt-ids", required=True, help="comma-separated prompt token ids")
+        p.add_argument("--new-tokens", type=int, default=128)
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    if args.command == "convert":
+        convert(args.hf_dir, args.out_file, args.llama_cpp_dir, args.outtype)
+    elif args.command == "quantize":
+        quantize(args.in_file, args.out_file, args.quant_type, args.threads)
+    else:
+        ids = [int(i) for i in args.prompt_ids.split(",")]
+        decoder = GreedyDecoder(args.gguf, ids, args.new_tokens, args.threads)
+        if args.command == "serve":
+            serve(decoder)
+        else:
+            decoder.run()  # warm-up
+            print(json.dumps({"runs": [decoder.run() for _ in range(args.repeats)], "threads": args.threads}))
+
+
+if __name__ == "__main__":
+    main()
