@@ -9,8 +9,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import run_cli
+
 from phi3e2e.chat import ChatSession, GenerationOptions, phi3_prompt
 from phi3e2e.errors import UserError
 
@@ -159,3 +159,14 @@ def subprocess_chat(project, *args, stdin):
     env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(project.root))
     return subprocess.run([sys.executable, "-m", "phi3e2e", "chat", *args], input=stdin, capture_output=True,
                           text=True, env=env, timeout=300)
+
+
+def test_threads_override_gives_the_same_greedy_answer(finished_run):
+    project, _ = finished_run
+    answers = []
+    for extra in ([], ["--threads", "1"]):
+        result = run_cli("chat", "--json", "--max-length", "12", "--prompt", "Do you ship to Canada?", *extra,
+                         project=project)
+        assert result.returncode == 0, result.stderr
+        answers.append(json.loads(result.stdout)["text"])
+    assert answers[0] and answers[0] == answers[1]

@@ -41,6 +41,7 @@ class ChatSession:
     system: Optional[str] = None
     device: str = "cpu"
     base: Optional[Path] = None
+    threads: Optional[int] = None
     engine: object = None
     turns: list[tuple[str, str]] = field(default_factory=list)
 
@@ -48,7 +49,7 @@ class ChatSession:
         if self.engine is None:
             from phi3e2e.model_forms import open_model
 
-            self.engine = open_model(Path(self.model_dir), self.device, self.base)
+            self.engine = open_model(Path(self.model_dir), self.device, self.base, self.threads)
         self.context_length = self.engine.context_length
 
     @property

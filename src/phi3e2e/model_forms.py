@@ -41,8 +41,8 @@ def resolve_model_dir(model_dir: Path) -> Path:
     return model_dir
 
 
-def open_model(model_dir: Path, device: str = "cpu", base: Optional[Path] = None):
-    """The engine for `model_dir`'s form, loaded on `device`."""
+def open_model(model_dir: Path, device: str = "cpu", base: Optional[Path] = None, threads: Optional[int] = None):
+    """The engine for `model_dir`'s form, loaded on `device` (`threads`: compute threads, None = as built)."""
     if device not in DEVICES:
         raise UserError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
     form = detect_form(model_dir)
@@ -51,7 +51,7 @@ def open_model(model_dir: Path, device: str = "cpu", base: Optional[Path] = None
     if form == "onnx":
         from phi3e2e.engines.genai import GenaiEngine
 
-        return GenaiEngine(model_dir, device)
+        return GenaiEngine(model_dir, device, threads)
     from phi3e2e.engines.hf import HfEngine
 
-    return HfEngine(model_dir, device, base)
+    return HfEngine(model_dir, device, base, threads)

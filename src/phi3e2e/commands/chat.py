@@ -26,6 +26,10 @@ def chat(
         Optional[Path], typer.Option("--base", help="Base model folder for an adapter (default: from its adapter_config.json).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    threads: Annotated[
+        Optional[int],
+        typer.Option("--threads", min=1, help="CPU compute threads (default: as built, every physical core)."),
+    ] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
     max_length: Annotated[int, typer.Option("--max-length", min=1, help="Most tokens in one answer.")] = 256,
@@ -59,7 +63,8 @@ def chat(
     choice(device, ("cpu", "cuda"), "--device")
     model_dir = resolve_model_dir(model.resolve()) if model else newest_onnx_model(current_project().gen_model)
     options = GenerationOptions(max_length, temperature, top_p, top_k, do_sample)
-    session = ChatSession(model_dir, options, system=system, device=device, base=base.resolve() if base else None)
+    base_dir = base.resolve() if base else None
+    session = ChatSession(model_dir, options, system=system, device=device, base=base_dir, threads=threads)
 
     def stream(piece: str) -> None:
         if not as_json:

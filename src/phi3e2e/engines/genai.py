@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from phi3e2e.errors import UserError
 from phi3e2e.generation import GenerationOptions
@@ -42,7 +42,7 @@ def check_cuda_available() -> None:
 class GenaiEngine:
     form = "onnx"
 
-    def __init__(self, model_dir: Path, device: str = "cpu"):
+    def __init__(self, model_dir: Path, device: str = "cpu", threads: Optional[int] = None):
         import onnxruntime_genai as og
 
         self._og = og
@@ -58,7 +58,7 @@ class GenaiEngine:
         if device == "cuda":
             check_cuda_available()
         try:
-            if built_for(settings) == device:
+            if built_for(settings) == device and not threads:
                 # As built. Re-setting the providers of a CPU model (clear_providers, or an overlay of
                 # provider_options) made decode ~10% slower in onnxruntime-genai 0.14.1 (benchmarks/).
                 self.model = og.Model(str(model_dir))
@@ -68,6 +68,9 @@ class GenaiEngine:
                 config.clear_providers()
                 if device == "cuda":
                     config.append_provider("cuda")
+                if threads:  # overrides the thread count written into genai_config.json at build time
+                    session_options = {"intra_op_num_threads": threads}
+                    config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
                 self.model = og.Model(config)
         except Exception as e:  # the runtime raises plain RuntimeError/OSError with its reason
             hint = ""

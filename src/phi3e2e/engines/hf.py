@@ -50,7 +50,7 @@ def check_torch_cuda() -> None:
 
 
 class HfEngine:
-    def __init__(self, model_dir: Path, device: str = "cpu", base: Optional[Path] = None):
+    def __init__(self, model_dir: Path, device: str = "cpu", base: Optional[Path] = None, threads: Optional[int] = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -58,6 +58,8 @@ class HfEngine:
         hf_logging.disable_progress_bar()  # the chat prompt, not a loading bar, is what the user waits for
         hf_logging.set_verbosity_error()
         self._torch = torch
+        if threads:
+            torch.set_num_threads(threads)
         self.model_dir = model_dir
         self.device = device
         if device == "cuda":
