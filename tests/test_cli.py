@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import run_cli
 
 HEAVY = ("torch", "olive", "transformers", "onnxruntime", "onnxruntime_genai", "peft", "azure")

@@ -6,8 +6,8 @@ Everything runs offline; token counts use the tiny model's own tokenizer (tiny_p
 import json
 
 import pytest
-
 from conftest import TRUTHFUL_QA, quiet, run_cli
+
 from phi3e2e.dataset_import import CHAT_TEXT_TEMPLATE, RECIPE_TEXT_TEMPLATE
 from phi3e2e.finetune import finetune
 from phi3e2e.prepare import ImportOptions, prepare

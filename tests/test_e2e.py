@@ -13,9 +13,9 @@ import sys
 import time
 
 import pytest
+from conftest import quiet, run_cli
 from safetensors.numpy import load_file
 
-from conftest import quiet, run_cli
 from phi3e2e import runs
 from phi3e2e.chat import ChatSession, GenerationOptions
 from phi3e2e.errors import UserError

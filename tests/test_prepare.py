@@ -7,9 +7,9 @@ tests/fake_hub.py on 127.0.0.1: only the network boundary is replaced.
 import json
 
 import pytest
-
 from conftest import quiet, run_cli
 from fake_hub import FakeHub
+
 from phi3e2e.errors import UserError
 from phi3e2e.prepare import prepare
 from phi3e2e.project import Project

@@ -12,6 +12,9 @@ import typer
 
 from phi3e2e import __version__
 from phi3e2e.commands import chat, finetune, prepare
+from phi3e2e.commands import eval as eval_command
+from phi3e2e.commands import export as export_command
+from phi3e2e.commands import jobs as jobs_command
 from phi3e2e.errors import UserError
 
 app = typer.Typer(
@@ -24,6 +27,9 @@ app = typer.Typer(
 app.command()(prepare.prepare)
 app.command()(finetune.finetune)
 app.command()(chat.chat)
+app.command()(eval_command.eval)
+app.command()(export_command.export)
+app.add_typer(jobs_command.app, name="jobs")
 
 
 def _version(value: bool) -> None:
