@@ -19,7 +19,13 @@ from phi3e2e.prepare import prepare
 from phi3e2e.project import Project
 
 REPO = Path(__file__).resolve().parents[1]
-TRUTHFUL_QA = REPO.parent / "shared" / "datasets" / "TruthfulQA.csv"
+# The recipe's real dataset lives in shared/ beside the checkout (CI lays a copy there too);
+# it is not copied into the repo.
+TRUTHFUL_QA = next(
+    (path for path in (REPO.parent / "shared" / "datasets" / "TruthfulQA.csv", Path("/work/shared/datasets/TruthfulQA.csv"))
+     if path.is_file()),
+    REPO.parent / "shared" / "datasets" / "TruthfulQA.csv",
+)
 
 
 def quiet(_message: str) -> None:
