@@ -13,8 +13,9 @@ from conftest import quiet, run_cli
 
 from phi3e2e.base_int4 import cached_base_int4, int4_options
 from phi3e2e.errors import UserError
-from phi3e2e.evaluate import EvalOptions, evaluate_run, find_run
+from phi3e2e.evaluate import EvalOptions, evaluate_run
 from phi3e2e.project import Project
+from phi3e2e.runs import find_finished_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -91,6 +92,6 @@ def test_eval_without_a_finished_run_says_what_to_run(tiny_project):
 def test_eval_needs_an_eval_split(evaluated_project):
     (evaluated_project.datasets / "sample" / "eval.jsonl").write_text("")
     with pytest.raises(UserError, match="no eval split"):
-        evaluate_run(evaluated_project, find_run(evaluated_project, "e2e"), say=quiet)
+        evaluate_run(evaluated_project, find_finished_run(evaluated_project, "e2e"), say=quiet)
     with pytest.raises(UserError, match="no run 'nope'"):
-        find_run(evaluated_project, "nope")
+        find_finished_run(evaluated_project, "nope")

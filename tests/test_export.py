@@ -63,7 +63,7 @@ def test_export_for_cuda_builds_here_and_its_int4_model_still_runs_on_cpu(run_co
         ({"device": "cpu", "precision": "fp16"}, "--precision fp16 is for --device cuda"),
         ({"device": "tpu"}, "--device 'tpu'"),
         ({"precision": "int8"}, "--precision 'int8'"),
-        ({"run": "no-such-run"}, "no-such-run: no such run"),
+        ({"run": "no-such-run"}, "no run .no-such-run. in"),
     ],
 )
 def test_bad_export_requests_fail_before_anything_is_built(run_copy, kwargs, message):

@@ -42,26 +42,6 @@ class EvalRows:
     prompts: list[tuple[str, str, str]]  # (question, full prompt text, reference answer) for the samples
 
 
-def find_run(project: Project, run: Optional[str]) -> Path:
-    """A run by name under gen-model/ or by folder; default the newest finished one."""
-    if not run:
-        finished = runs.finished_runs(project.gen_model)
-        if not finished:
-            raise UserError(
-                f"no finished fine-tune in {project.relative(project.gen_model)}/; run `phi3e2e finetune` first"
-            )
-        return finished[0]
-    run_dir = project.gen_model / run if (project.gen_model / run).is_dir() else project.resolve(run)
-    if not run_dir.is_dir():
-        raise UserError(f"no run {run!r} in {project.relative(project.gen_model)}/")
-    status = runs.read_run_record(run_dir).get("status")
-    if status != "succeeded":
-        raise UserError(
-            f"{run_dir}: run status is {status or 'unknown'}, not succeeded; only finished runs can be evaluated"
-        )
-    return run_dir
-
-
 def evaluate_run(
     project: Project, run_dir: Path, options: EvalOptions = EvalOptions(), say: Callable[[str], None] = print
 ) -> dict:

@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.models import check_model_folder
-from phi3e2e.olive_config import HfModel, LocalSystem, ModelBuilderPass
+from phi3e2e.olive_config import ExportWorkflow, validate_workflow
 from phi3e2e.project import Project
 
 Device = Literal["cpu", "cuda"]
@@ -41,38 +39,8 @@ class ExportResult:
     record: dict
 
 
-class ExportWorkflow(BaseModel):
-    """The one-pass Olive workflow export renders; checked like finetune's (olive_config.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-    input_model: HfModel
-    systems: dict[str, LocalSystem]
-    passes: dict[str, ModelBuilderPass]
-    host: str
-    target: str
-    cache_dir: str
-    output_dir: str
-    log_severity_level: int
-
-
 def export_folder_name(device: str, precision: str) -> str:
     return f"onnx-{device}-{precision}"
-
-
-def find_run(project: Project, run: Optional[str]) -> Path:
-    """A finished run by name or folder; the newest one when none is named."""
-    if run is None:
-        finished = runs.finished_runs(project.gen_model)
-        if not finished:
-            raise UserError(f"no finished fine-tune in {project.gen_model}; run `phi3e2e finetune` first, or name a RUN")
-        return finished[0]
-    run_dir = project.resolve(run) if ("/" in run or Path(run).is_absolute()) else project.gen_model / run
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run; see the run folders in {project.gen_model}")
-    status = runs.read_run_record(run_dir).get("status")
-    if status != "succeeded":
-        raise UserError(f"{run_dir / runs.RUN_FILE}: status is {status or 'missing'}, not a finished run")
-    return run_dir
 
 
 def check_choices(device: str, precision: str) -> None:
@@ -111,11 +79,7 @@ def render_export(merged_dir: Path, device: str, precision: str, int4_options: d
         "output_dir": "olive-output",
         "log_severity_level": 1,
     }
-    try:
-        ExportWorkflow.model_validate(config)
-    except ValidationError as e:
-        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise UserError(f"export workflow: {'; '.join(problems[:3])}") from None
+    validate_workflow(config, "export workflow", schema=ExportWorkflow)
     return config
 
 
@@ -142,7 +106,7 @@ def export(
     say: Callable[[str], None] = print,
 ) -> ExportResult:
     check_choices(device, precision)
-    run_dir = find_run(project, run)
+    run_dir = runs.find_finished_run(project, run)
     merged_dir = run_dir / "merged"
     check_model_folder(merged_dir)
     name = export_folder_name(device, precision)

@@ -147,10 +147,23 @@ class OliveWorkflow(_Strict):
         return self
 
 
-def validate_workflow(config: dict, source: str) -> OliveWorkflow:
-    """Validate a rendered workflow; the error names `source` and the failing field's path."""
+class ExportWorkflow(_Strict):
+    """`phi3e2e export`'s one-pass workflow: the merged model -> ModelBuilder."""
+
+    input_model: HfModel
+    systems: dict[str, LocalSystem]
+    passes: dict[str, ModelBuilderPass]
+    host: str
+    target: str
+    cache_dir: str
+    output_dir: str
+    log_severity_level: Literal[0, 1, 2, 3, 4]
+
+
+def validate_workflow(config: dict, source: str, schema: type[BaseModel] = OliveWorkflow) -> BaseModel:
+    """Validate a rendered workflow; the error names `source` and the failing fields' paths."""
     try:
-        return OliveWorkflow.model_validate(config)
+        return schema.model_validate(config)
     except ValidationError as e:
         problems = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()]
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

@@ -89,6 +89,24 @@ def finished_runs(gen_model: Path) -> list[Path]:
     return sorted(runs, key=lambda folder: read_run_record(folder).get("finished_at", ""), reverse=True)
 
 
+def find_finished_run(project, run: str | None) -> Path:
+    """A succeeded run by name under gen-model/ or by folder; the newest one when none is named."""
+    if not run:
+        finished = finished_runs(project.gen_model)
+        if not finished:
+            raise UserError(
+                f"no finished fine-tune in {project.relative(project.gen_model)}/; run `phi3e2e finetune` first"
+            )
+        return finished[0]
+    run_dir = project.gen_model / run if (project.gen_model / run).is_dir() else project.resolve(run)
+    if not run_dir.is_dir():
+        raise UserError(f"no run {run!r} in {project.relative(project.gen_model)}/ (no such run)")
+    status = read_run_record(run_dir).get("status")
+    if status != "succeeded":
+        raise UserError(f"{run_dir / RUN_FILE}: status is {status or 'missing'}, not a finished run")
+    return run_dir
+
+
 def newest_onnx_model(gen_model: Path) -> Path:
     for run in finished_runs(gen_model):
         if (run / "onnx-int4" / "genai_config.json").is_file():

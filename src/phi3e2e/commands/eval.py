@@ -33,10 +33,11 @@ def eval(  # the command is called `eval`
       phi3e2e eval 20250101-120000-lora --samples 5
       phi3e2e eval --forms int4,merged,adapter
     """
-    from phi3e2e.evaluate import REPORT_FILE, EvalOptions, evaluate_run, find_run, summary_lines
+    from phi3e2e.evaluate import REPORT_FILE, EvalOptions, evaluate_run, summary_lines
+    from phi3e2e.runs import find_finished_run
 
     project = current_project()
-    run_dir = find_run(project, run)
+    run_dir = find_finished_run(project, run)
     options = EvalOptions(
         forms=tuple(form.strip() for form in forms.split(",") if form.strip()),
         samples=max(samples, 0),
