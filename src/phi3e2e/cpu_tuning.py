@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from phi3e2e.engines.genai import GENAI_CONFIG
 from phi3e2e.errors import UserError
 
-GENAI_CONFIG = "genai_config.json"
 # Block sizes benchmarks/int4_options.py compares; larger blocks mean fewer scales (smaller,
 # faster) and coarser quantization.
 BLOCK_SIZES = (32, 64, 128)
