@@ -64,16 +64,18 @@ def test_int4_model_loads_and_answers(finished_run):
     _, run_dir = finished_run
     genai_config = json.loads((run_dir / "onnx-int4" / "genai_config.json").read_text())
     assert genai_config["model"]["type"] == "phi3"
-    session = ChatSession(run_dir / "onnx-int4", GenerationOptions(max_new_tokens=16))
+    # The barely trained tiny model may end its turn at once on some CPUs: ask for at least 8 tokens.
+    session = ChatSession(run_dir / "onnx-int4", GenerationOptions(max_new_tokens=16, min_new_tokens=8))
     streamed = []
     answer = session.ask("How long does shipping take?", on_text=streamed.append)
-    assert answer.text and answer.tokens >= 1
+    assert answer.text and answer.tokens >= 8
     assert "".join(streamed).strip() == answer.text
 
 
 def test_chat_command_answers_from_the_newest_finished_run(finished_run):
     project, _ = finished_run
-    result = run_cli("chat", "--prompt", "Where is your roastery?", "--max-length", "24", project=project)
+    result = run_cli("chat", "--prompt", "Where is your roastery?", "--max-length", "24", "--min-length", "4",
+                     project=project)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 

@@ -39,8 +39,9 @@ def test_export_for_cpu_yields_a_model_that_chats(run_copy):
     from phi3e2e.cpu_tuning import physical_cores
 
     assert genai_config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == physical_cores()
-    answer = ChatSession(model_dir, GenerationOptions(max_new_tokens=8)).ask("Where is your roastery?")
-    assert answer.text and answer.tokens >= 1
+    options = GenerationOptions(max_new_tokens=8, min_new_tokens=8)
+    answer = ChatSession(model_dir, options).ask("Where is your roastery?")
+    assert answer.text and answer.tokens == 8
 
     again = run_cli("export", "--device", "cpu", project=project)
     assert again.returncode == 2 and "already exists" in again.stderr and again.stderr.count("\n") == 1
@@ -53,8 +54,8 @@ def test_export_for_cuda_builds_here_and_its_int4_model_still_runs_on_cpu(run_co
     assert result.model_dir == run_dir / "onnx-cuda-int4"
     genai_config = json.loads((result.model_dir / "genai_config.json").read_text())
     assert "cuda" in genai_config["model"]["decoder"]["session_options"]["provider_options"][0]
-    session = ChatSession(result.model_dir, GenerationOptions(max_new_tokens=8), device="cpu")
-    assert session.ask("Do you ship?").tokens >= 1
+    session = ChatSession(result.model_dir, GenerationOptions(max_new_tokens=8, min_new_tokens=8), device="cpu")
+    assert session.ask("Do you ship?").tokens == 8
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ import typer
 from phi3e2e.commands.common import choice, current_project
 from phi3e2e.errors import UserError
 
+EMPTY_ANSWER = "[empty answer: the model ended its turn at once; --min-length N makes it say at least N tokens]"
+
 
 def chat(
     model: Annotated[
@@ -33,6 +35,10 @@ def chat(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
     max_length: Annotated[int, typer.Option("--max-length", min=1, help="Most tokens in one answer.")] = 256,
+    min_length: Annotated[
+        int,
+        typer.Option("--min-length", min=0, help="Fewest tokens in one answer (the end of turn waits)."),
+    ] = 0,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Sample from the k likeliest tokens.")] = 50,
@@ -61,8 +67,10 @@ def chat(
     from phi3e2e.runs import newest_onnx_model
 
     choice(device, ("cpu", "cuda"), "--device")
+    if min_length > max_length:
+        raise UserError(f"--min-length {min_length} is more than --max-length {max_length}")
     model_dir = resolve_model_dir(model.resolve()) if model else newest_onnx_model(current_project().gen_model)
-    options = GenerationOptions(max_length, temperature, top_p, top_k, do_sample)
+    options = GenerationOptions(max_length, temperature, top_p, top_k, do_sample, min_new_tokens=min_length)
     base_dir = base.resolve() if base else None
     session = ChatSession(model_dir, options, system=system, device=device, base=base_dir, threads=threads)
 
@@ -80,6 +88,9 @@ def chat(
             typer.echo(json.dumps(reply.as_json() | {"form": session.form}))
         else:
             sys.stdout.write(" [stopped]\n" if reply.stopped else "\n")
+            if not reply.text and not reply.stopped:
+                # A tiny or barely trained model may end its turn at once; say so rather than print a blank line.
+                notice(EMPTY_ANSWER)
         return reply.stopped
 
     if prompt is not None:

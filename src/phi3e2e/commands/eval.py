@@ -56,5 +56,5 @@ def eval(  # the command is called `eval`
 
 
 def _one_line(text: str, width: int = 100) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text.split()) or "(empty: the model ended its turn at once)"
     return text if len(text) <= width else text[: width - 3] + "..."
