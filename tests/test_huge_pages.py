@@ -1,0 +1,86 @@
+"""Weights on 2 MiB pages: only memory the model load filled is touched, and the kernel really does it.
+
+Real mappings of this process and real madvise calls; nothing is replaced.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from phi3e2e.huge_pages import HUGE_PAGE, anonymous_regions, collapse_new, new_huge_spans
+
+MB = 1 << 20
+
+
+def test_only_new_filled_mappings_are_chosen_and_trimmed_to_whole_huge_pages():
+    old = (0x1000_0000, 0x1100_0000)
+    weights = (0x2000_1000, 0x2080_0000)  # starts mid-page: the first whole huge page is 0x2020_0000
+    stack = (0x3000_0000, 0x3080_0000)  # reserved, nearly empty: collapsing it would fill it
+    small = (0x4000_0000, 0x4010_0000)  # under one huge page
+    before = {old: old[1] - old[0]}
+    after = {old: old[1] - old[0], weights: weights[1] - weights[0], stack: 64 * 1024, small: small[1] - small[0]}
+    assert new_huge_spans(before, after) == [(0x2020_0000, 0x2080_0000)]
+    assert all((end - start) % HUGE_PAGE == 0 for start, end in new_huge_spans(before, after))
+
+
+def _thp_mode() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "absent"
+    return text[text.index("[") + 1 : text.index("]")]
+
+
+def _anon_huge_bytes(address: int) -> int:
+    """AnonHugePages of the mapping that holds `address`, from /proc/self/smaps."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            inside = start <= address < end
+        elif inside and fields[0] == "AnonHugePages:":
+            return int(fields[1]) * 1024
+    return 0
+
+
+def _kernel_has_collapse() -> bool:
+    """MADV_COLLAPSE came with Linux 6.1."""
+    major, minor = (int(part) for part in re.findall(r"\d+", os.uname().release)[:2])
+    return (major, minor) >= (6, 1)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or _thp_mode() in ("never", "absent") or not _kernel_has_collapse(),
+    reason="needs Linux 6.1+ with transparent huge pages on",
+)
+def test_a_filled_new_mapping_ends_up_on_huge_pages_and_an_empty_one_stays_empty():
+    import ctypes
+
+    before = anonymous_regions()
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    # Read-only mappings between them keep the kernel from merging the two into one mapping.
+    guards = [mmap.mmap(-1, HUGE_PAGE, flags=flags, prot=mmap.PROT_READ)]
+    filled = mmap.mmap(-1, 16 * MB, flags=flags)
+    filled.write(b"\x01" * (16 * MB))  # like weights repacked at load time
+    guards.append(mmap.mmap(-1, HUGE_PAGE, flags=flags, prot=mmap.PROT_READ))
+    empty = mmap.mmap(-1, 16 * MB, flags=flags)  # like a thread stack: reserved, untouched
+    guards.append(mmap.mmap(-1, HUGE_PAGE, flags=flags, prot=mmap.PROT_READ))
+    filled_at = ctypes.addressof(ctypes.c_char.from_buffer(filled))
+    empty_at = ctypes.addressof(ctypes.c_char.from_buffer(empty))
+    try:
+        collapsed = collapse_new(before, anonymous_regions())
+        assert 14 * MB <= collapsed <= 16 * MB  # the filled mapping's whole huge pages, not the empty one
+        assert _anon_huge_bytes(filled_at) >= 14 * MB
+        assert _anon_huge_bytes(empty_at) == 0
+        assert filled[:4] == b"\x01" * 4 and filled[-4:] == b"\x01" * 4  # contents kept
+    finally:
+        del filled_at, empty_at
+        for mapping in (filled, empty, *guards):
+            mapping.close()
