@@ -13,6 +13,9 @@ bare onnxruntime-genai loop. Peers on the same model, same prompt tokens, same r
 Q4_0 and Q4_K_M (llama-cpp-python from .venv-peers, see `make bench-peers`; the GGUF is made
 with the converter vendored in its source distribution) and transformers fp32. All engines
 stay loaded and are timed round-robin, so a change in machine load hits them alike; medians.
+Each round first reads the memory bandwidth the machine gives (int4 decode is bound by it).
+phi3e2e's engines load as `chat` loads them (weights on 2 MiB pages, phi3e2e.huge_pages);
+one candidate keeps 4 KiB pages to show what that is worth.
 
 Quality: the held-out loss (phi3e2e.evaluate's loss, on the dataset's eval split) of each
 candidate build of a fine-tuned model against the merged fp32 model it was built from: the
@@ -56,6 +59,7 @@ class Candidate:
     options: dict  # ModelBuilder int4 options
     all_cores: bool = True  # write intra_op_num_threads = physical cores into genai_config.json
     bare: bool = False  # also time a bare onnxruntime-genai loop (the chat path's overhead check)
+    huge_pages: bool = True  # weights on 2 MiB pages after loading, as `chat` does (phi3e2e.huge_pages)
 
     @property
     def build_key(self) -> str:
@@ -76,19 +80,21 @@ def speed_candidates() -> list[Candidate]:
         Candidate("block 32 + int4 embedding", {"int4_block_size": 32, "int4_op_types_to_quantize": EMBED}),
         Candidate("block 128 + int4 embedding, acc 1", {"int4_block_size": 128, "int4_accuracy_level": 1,
                                                          "int4_op_types_to_quantize": EMBED}),
+        Candidate("block 256 + int4 embedding", {"int4_block_size": 256, "int4_op_types_to_quantize": EMBED}),
+        Candidate("phi3e2e default, 4 KiB pages", dict(CPU_INT4_DEFAULTS), huge_pages=False),
         Candidate("phi3e2e default: block 128 + int4 embedding", dict(CPU_INT4_DEFAULTS), bare=True),
     ]
 
 
 def quality_candidates(hidden: int) -> list[Candidate]:
     found = []
-    for block in (32, 64, 128):
+    for block in (32, 64, 128, 256):
         if block > hidden:  # phi3e2e refuses blocks wider than the hidden size
             continue
         found.append(Candidate(f"block {block}", {"int4_block_size": block}))
         found.append(Candidate(f"block {block} + int4 embedding", {"int4_block_size": block,
                                                                     "int4_op_types_to_quantize": EMBED}))
-    top = max(block for block in (32, 64, 128) if block <= hidden)
+    top = max(block for block in (32, 64, 128, 256) if block <= hidden)
     found.append(Candidate(f"block {top} + int4 embedding, acc 1",
                            {"int4_block_size": top, "int4_accuracy_level": 1, "int4_op_types_to_quantize": EMBED}))
     return found
@@ -217,7 +223,9 @@ def measure_speed(args, threads: int) -> dict:
 
     log("Loading every engine ...")
     options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    sessions = {name: ChatSession(folder, options, engine=GenaiEngine(folder, "cpu")) for name, folder in folders.items()}
+    sessions = {c.name: ChatSession(folders[c.name], options,
+                                    engine=GenaiEngine(folders[c.name], "cpu", huge_pages=c.huge_pages))
+                for c in candidates}
     first = next(iter(sessions.values()))
     prompt_text = user_text_for(first.engine, PROMPT_TOKENS)
     prompt_ids = first.prompt_tokens(prompt_text)
@@ -238,10 +246,11 @@ def measure_speed(args, threads: int) -> dict:
     for run in engines.values():  # warm-up
         run()
     samples: dict[str, list[dict]] = {name: [] for name in engines}
-    load, waited = [], []
+    load, waited, bandwidth = [], [], []
     for repeat in range(args.repeats):
         load.append(os.getloadavg()[0])
-        log(f"  round {repeat + 1}/{args.repeats} (1-min load {load[-1]:.2f})")
+        bandwidth.append(read_bandwidth(threads))
+        log(f"  round {repeat + 1}/{args.repeats} (1-min load {load[-1]:.2f}, memory read {bandwidth[-1]:.1f} GB/s)")
         for name, run in engines.items():
             time.sleep(0.2)  # let the previous engine's spinning threads go idle
             waited.append(wait_until_quiet(args.max_busy, args.max_wait))
@@ -275,11 +284,31 @@ def measure_speed(args, threads: int) -> dict:
         rows.append({"engine": "transformers fp32", "bare_tok_s": hf["decode_tok_s"],
                      "bytes": sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))})
     quiet = [busy for busy, _ in waited]
-    return {"rows": rows, "load_1m_each_round": load, "busy_before_runs": {
+    return {"rows": rows, "load_1m_each_round": load, "read_gb_s_each_round": bandwidth, "busy_before_runs": {
                 "median": statistics.median(quiet), "max": max(quiet), "limit": args.max_busy,
                 "runs_started_busy": sum(busy > args.max_busy for busy in quiet),
                 "seconds_waited": round(sum(w for _, w in waited), 1)}, "prompt_tokens": len(prompt_ids), "layers": args.layers,
             "paired_ratios": paired_ratios(samples, candidates)}
+
+
+def read_bandwidth(threads: int, megabytes: int = 512) -> float:
+    """GB/s the machine gives a sum over a large float32 array now: int4 decode is bound by it,
+    and on a shared VM it moves with the neighbours' load."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    data = torch.ones(megabytes * 2**20 // 4)
+    data.sum()
+    best = min(_seconds(data.sum) for _ in range(5))
+    torch.set_num_threads(before)
+    return megabytes * 2**20 / best / 1e9
+
+
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
 
 def cpu_busy(seconds: float = 0.3) -> float:
@@ -388,6 +417,10 @@ def speed_table(speed: dict) -> str:
     if speed["paired_ratios"]:
         lines += ["", "phi3e2e chat tok/s ÷ llama.cpp Q4_0 tok/s, median of same-round pairs:"]
         lines += [f"  {name:<48} {ratio:.2f}x" for name, ratio in speed["paired_ratios"].items()]
+        default = next(r for r in rows if r["engine"].startswith("phi3e2e int4: phi3e2e default:"))
+        lines += ["", "Each round: memory read GB/s, phi3e2e default chat tok/s, llama.cpp Q4_0 tok/s, ratio:"]
+        lines += [f"  {gb_s:5.1f}  {ours:6.1f}  {peer:6.1f}  {ours / peer:.2f}x" for gb_s, ours, peer in
+                  zip(speed["read_gb_s_each_round"], default["chat_tok_s_each"], q4_0["bare_tok_s_each"])]
     return "\n".join(lines)
 
 
@@ -437,6 +470,7 @@ def main() -> None:
         busy = speed["busy_before_runs"]
         print(f"\nPhi-3-mini-shaped model, {speed['layers']} layers, random weights, {speed['prompt_tokens']}-token "
               f"prompt; 1-min load per round: {', '.join(f'{x:.1f}' for x in speed['load_1m_each_round'])}; "
+              f"memory read GB/s per round: {', '.join(f'{x:.0f}' for x in speed['read_gb_s_each_round'])}; "
               f"CPU busy before each run: median {busy['median']:.0%}, max {busy['max']:.0%} "
               f"({busy['runs_started_busy']} runs started above {busy['limit']:.0%})\n")
         print(speed_table(speed))
