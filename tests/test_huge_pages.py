@@ -5,6 +5,7 @@ Real mappings of this process and real madvise calls; nothing is replaced.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import re
@@ -61,26 +62,27 @@ def _kernel_has_collapse() -> bool:
     reason="needs Linux 6.1+ with transparent huge pages on",
 )
 def test_a_filled_new_mapping_ends_up_on_huge_pages_and_an_empty_one_stays_empty():
-    import ctypes
-
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = 40 * MB
     before = anonymous_regions()
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    # Read-only mappings between them keep the kernel from merging the two into one mapping.
-    guards = [mmap.mmap(-1, HUGE_PAGE, flags=flags, prot=mmap.PROT_READ)]
-    filled = mmap.mmap(-1, 16 * MB, flags=flags)
-    filled.write(b"\x01" * (16 * MB))  # like weights repacked at load time
-    guards.append(mmap.mmap(-1, HUGE_PAGE, flags=flags, prot=mmap.PROT_READ))
-    empty = mmap.mmap(-1, 16 * MB, flags=flags)  # like a thread stack: reserved, untouched
-    guards.append(mmap.mmap(-1, HUGE_PAGE, flags=flags, prot=mmap.PROT_READ))
-    filled_at = ctypes.addressof(ctypes.c_char.from_buffer(filled))
-    empty_at = ctypes.addressof(ctypes.c_char.from_buffer(empty))
+    # One inaccessible (PROT_NONE) reservation with two writable windows in it: its other parts keep the
+    # kernel from merging the windows with each other or with this process's other mappings.
+    base = libc.mmap(None, size, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    filled, empty = base + 2 * MB, base + 20 * MB
     try:
+        for window in (filled, empty):
+            assert libc.mprotect(window, 16 * MB, mmap.PROT_READ | mmap.PROT_WRITE) == 0
+        ctypes.memset(filled, 1, 16 * MB)  # like weights repacked at load time; `empty` is like a thread stack
+
         collapsed = collapse_new(before, anonymous_regions())
-        assert 14 * MB <= collapsed <= 16 * MB  # the filled mapping's whole huge pages, not the empty one
-        assert _anon_huge_bytes(filled_at) >= 14 * MB
-        assert _anon_huge_bytes(empty_at) == 0
-        assert filled[:4] == b"\x01" * 4 and filled[-4:] == b"\x01" * 4  # contents kept
+        assert 14 * MB <= collapsed <= 16 * MB  # the filled window's whole huge pages, not the empty one
+        assert _anon_huge_bytes(filled) >= 14 * MB
+        assert _anon_huge_bytes(empty) == 0
+        assert ctypes.string_at(filled, 4) == b"\x01" * 4 and ctypes.string_at(filled + 16 * MB - 4, 4) == b"\x01" * 4
     finally:
-        del filled_at, empty_at
-        for mapping in (filled, empty, *guards):
-            mapping.close()
+        libc.munmap(base, size)

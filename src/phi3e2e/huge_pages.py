@@ -15,6 +15,7 @@ transparent huge pages set to `never`, or on other systems nothing happens.
 from __future__ import annotations
 
 import ctypes
+import errno
 import sys
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def collapse_new(before: dict[Region, int], after: dict[Region, int]) -> int:
     for start, end in spans:
         # MADV_HUGEPAGE keeps the range eligible when transparent huge pages are in `madvise` mode.
         madvise(start, end - start, MADV_HUGEPAGE)
-        if madvise(start, end - start, MADV_COLLAPSE) == 0:
-            collapsed += end - start
+        for _attempt in range(3):  # EAGAIN: a page was briefly busy or no huge page was free yet
+            if madvise(start, end - start, MADV_COLLAPSE) == 0:
+                collapsed += end - start
+                break
+            if ctypes.get_errno() != errno.EAGAIN:
+                break
     return collapsed
