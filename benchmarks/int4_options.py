@@ -349,48 +349,73 @@ QUALITY_MODELS = {"tiny": None, "tiny-wide": {"hidden_size": 256, "intermediate_
 
 
 def measure_quality(args) -> list[dict]:
-    from phi3e2e.evaluate import EvalOptions, load_eval_rows, onnx_loss, torch_loss
+    """The candidates on `--run` (a user's own fine-tune), or on the two tiny fine-tunes made here."""
+    if args.run:
+        run_dir = args.run.resolve()
+        return quality_of_run(run_dir, run_dir.name, args.work_dir / f"quality-{run_dir.name}-builds")
+    results = []
+    for label in QUALITY_MODELS:
+        run_dir = tiny_quality_run(args.work_dir, label)
+        results += quality_of_run(run_dir, label, args.work_dir / f"quality-{label}-builds")
+    return results
+
+
+def tiny_quality_run(work_dir: Path, label: str) -> Path:
+    """`prepare --tiny` + `finetune --algo lora` of a tiny model (widened for `tiny-wide`); cached."""
     from phi3e2e.finetune import finetune
     from phi3e2e.prepare import prepare
     from phi3e2e.project import Project
     from phi3e2e.runs import read_run_record
     from phi3e2e.tiny_model import TINY, write_tiny_model
 
-    quiet = lambda _m: None
-    results = []
-    for label, widen in QUALITY_MODELS.items():
-        project = Project(args.work_dir / f"quality-{label}")
-        run_dir = project.gen_model / "quality"
-        if not (run_dir / "run.json").is_file() or read_run_record(run_dir).get("status") != "succeeded":
-            log(f"Fine-tuning the {label} model (phi3e2e prepare --tiny; finetune --algo lora) ...")
-            prepare(project, tiny=True, say=quiet)
-            model = None
-            if widen:
-                from decode_speed import benchmark_corpus
+    def quiet(_message):
+        pass
 
-                model = project.model_cache / label
-                if not (model / "phi3e2e-tiny.json").is_file():
-                    write_tiny_model(model, benchmark_corpus(), shape=replace(TINY, **widen))
-            finetune(project, algo="lora", target="local", model=str(model) if model else None,
-                     run_name="quality", say=quiet)
-        record = read_run_record(run_dir)
-        merged = run_dir / "merged"
-        hidden = json.loads((merged / "config.json").read_text())["hidden_size"]
-        data = load_eval_rows(Path(record["dataset"]), Path(record["base_model"]), record["settings"]["data"],
-                              EvalOptions())
-        fp32 = torch_loss(merged, data.token_ids, Path(record["base_model"]))
-        log(f"  {label} (hidden {hidden}): merged fp32 held-out loss {fp32:.4f} on {len(data.token_ids)} rows")
-        measured = [("phi3e2e finetune's onnx-int4 " + _options_label(record["cpu_int4"]["build_options"]),
-                     run_dir / "onnx-int4", record["cpu_int4"]["build_options"])]
-        for c in quality_candidates(hidden):
-            measured.append((c.name, build_int4(merged, args.work_dir / f"quality-{label}-builds" / c.build_key,
-                                                c.options), c.options))
-        for name, folder, options in measured:
-            loss = onnx_loss(folder, data.token_ids, Path(record["base_model"]))
-            results.append({"model": label, "hidden": hidden, "build": name, "options": options,
-                            "fp32_loss": fp32, "int4_loss": loss, "relative": loss / fp32 - 1,
-                            "bytes": folder_bytes(folder), "eval_rows": len(data.token_ids)})
-            log(f"    {name:<48} {loss:.4f} ({loss / fp32 - 1:+.2%})")
+    project = Project(work_dir / f"quality-{label}")
+    run_dir = project.gen_model / "quality"
+    if read_run_record(run_dir).get("status") == "succeeded":
+        return run_dir
+    log(f"Fine-tuning the {label} model (phi3e2e prepare --tiny; finetune --algo lora) ...")
+    prepare(project, tiny=True, say=quiet)
+    model = None
+    if QUALITY_MODELS[label]:
+        from decode_speed import benchmark_corpus
+
+        model = project.model_cache / label
+        if not (model / "phi3e2e-tiny.json").is_file():
+            write_tiny_model(model, benchmark_corpus(), shape=replace(TINY, **QUALITY_MODELS[label]))
+    finetune(project, algo="lora", target="local", model=str(model) if model else None, run_name="quality", say=quiet)
+    return run_dir
+
+
+def quality_of_run(run_dir: Path, label: str, builds_dir: Path) -> list[dict]:
+    """Held-out loss of the run's own onnx-int4 and of each candidate built from its merged/."""
+    from phi3e2e.evaluate import EvalOptions, load_eval_rows, onnx_loss, torch_loss
+    from phi3e2e.project import Project
+    from phi3e2e.runs import read_run_record
+
+    record = read_run_record(run_dir)
+    if record.get("status") != "succeeded" or not (run_dir / "merged" / "config.json").is_file():
+        raise SystemExit(f"{run_dir}: not a finished phi3e2e run with a merged/ model")
+    project = Project(run_dir.parent.parent)  # run.json paths are relative to the project
+    base_model, merged = project.resolve(record["base_model"]), run_dir / "merged"
+    hidden = json.loads((merged / "config.json").read_text())["hidden_size"]
+    data = load_eval_rows(project.resolve(record["dataset"]), base_model, record["settings"]["data"], EvalOptions())
+    fp32 = torch_loss(merged, data.token_ids, base_model)
+    log(f"  {label} (hidden {hidden}): merged fp32 held-out loss {fp32:.4f} on {len(data.token_ids)} rows")
+    measured = []
+    if "cpu_int4" in record:
+        built = record["cpu_int4"]["build_options"]
+        measured.append((f"phi3e2e finetune's onnx-int4 {_options_label(built)}", run_dir / "onnx-int4", built))
+    for c in quality_candidates(hidden):
+        measured.append((c.name, build_int4(merged, builds_dir / c.build_key, c.options), c.options))
+    results = []
+    for name, folder, options in measured:
+        loss = onnx_loss(folder, data.token_ids, base_model)
+        results.append({"model": label, "hidden": hidden, "build": name, "options": options,
+                        "fp32_loss": fp32, "int4_loss": loss, "relative": loss / fp32 - 1,
+                        "bytes": folder_bytes(folder), "eval_rows": len(data.token_ids)})
+        log(f"    {name:<48} {loss:.4f} ({loss / fp32 - 1:+.2%})")
     return results
 
 
@@ -445,6 +470,8 @@ def main() -> None:
     parser.add_argument("--max-wait", type=float, default=120, help="seconds to wait for that before running anyway")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="measure quality on this finished run (gen-model/<run>) instead of the tiny models")
     parser.add_argument("--skip-peers", action="store_true", help="no llama.cpp even if .venv-peers exists")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "int4-options.json")
