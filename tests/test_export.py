@@ -65,6 +65,7 @@ def test_export_for_cuda_builds_here_and_its_int4_model_still_runs_on_cpu(run_co
         ({"device": "tpu"}, "--device 'tpu'"),
         ({"precision": "int8"}, "--precision 'int8'"),
         ({"run": "no-such-run"}, "no run .no-such-run. in"),
+        ({"precision": "fp32", "int4_options": {"int4_block_size": 32}}, "only for --precision int4"),
     ],
 )
 def test_bad_export_requests_fail_before_anything_is_built(run_copy, kwargs, message):
@@ -102,3 +103,41 @@ def test_export_builds_with_the_int4_options_the_run_used(run_copy):
     fp32 = render_export(merged, "cuda", "fp32", options)
     assert fp32["passes"]["build"] == {"type": "ModelBuilder", "precision": "fp32"}
     assert fp32["systems"]["local_system"]["accelerators"][0]["execution_providers"] == ["CUDAExecutionProvider"]
+
+
+def _matmul_block_sizes(model_dir) -> set[int]:
+    import onnx
+
+    graph = onnx.load(model_dir / "model.onnx", load_external_data=False).graph
+    return {attr.i for node in graph.node if node.op_type == "MatMulNBits" for attr in node.attribute
+            if attr.name == "block_size"}
+
+
+def test_export_set_rebuilds_with_other_int4_options_and_records_them(run_copy):
+    project, run_dir = run_copy
+    assert _matmul_block_sizes(run_dir / "onnx-int4") == {64}  # the run's own build: the tiny model's default
+    result = run_cli("export", "--device", "cpu", "--set", "export.int4_block_size=32", project=project)
+    assert result.returncode == 0, result.stderr
+    model_dir = run_dir / "onnx-cpu-int4"
+    assert _matmul_block_sizes(model_dir) == {32}
+    build = json.loads((model_dir / "export.json").read_text())["pass"]
+    # The option asked for wins; the run's other CPU options stay.
+    assert build["int4_block_size"] == 32 and build["int4_op_types_to_quantize"] == ["MatMul", "Gather"]
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("export.int4_block_size=128", "larger than the hidden size 64"),
+        ("export.int4_block_size=48", "export.int4_block_size=48"),
+        ("export.int4_blok_size=32", "did you mean export.int4_block_size"),
+        ("lora.r=8", "export takes only export.int4_* settings"),
+    ],
+)
+def test_export_set_refuses_what_cannot_apply_in_one_line(run_copy, setting, message):
+    project, run_dir = run_copy
+    before = sorted(p.name for p in run_dir.iterdir())
+    result = run_cli("export", "--set", setting, project=project)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == before

@@ -83,17 +83,21 @@ def render_export(merged_dir: Path, device: str, precision: str, int4_options: d
     return config
 
 
-def int4_build_options(run_dir: Path, device: str, merged_dir: Path) -> dict:
-    """int4 options for this export: a CPU export gets the CPU run's own options (or phi3e2e's
-    measured CPU defaults when the run was built for CUDA); a CUDA export keeps ModelBuilder's."""
-    if device == "cuda":
-        return {}
-    from phi3e2e.cpu_tuning import cpu_int4_options
+def int4_build_options(run_dir: Path, device: str, merged_dir: Path, overrides: Optional[dict] = None) -> dict:
+    """int4 options for this export: `overrides` (export --set) first; then, for CPU, the CPU
+    run's own options (or phi3e2e's measured CPU defaults when the run was built for CUDA); a
+    CUDA export otherwise keeps ModelBuilder's."""
+    from phi3e2e.cpu_tuning import check_block_size, cpu_int4_options
 
+    overrides = overrides or {}
+    if device == "cuda":
+        check_block_size(overrides.get("int4_block_size"), merged_dir)
+        return dict(overrides)
     record = runs.read_run_record(run_dir)
     built_for_cpu = "cpu_int4" in record
     export_settings = record.get("settings", {}).get("export", {}) if built_for_cpu else {}
-    return cpu_int4_options({k: v for k, v in export_settings.items() if k.startswith("int4_")}, merged_dir)
+    recorded = {k: v for k, v in export_settings.items() if k.startswith("int4_")}
+    return cpu_int4_options(recorded | overrides, merged_dir)
 
 
 def export(
@@ -102,10 +106,14 @@ def export(
     *,
     device: str = "cpu",
     precision: str = "int4",
+    int4_options: Optional[dict] = None,
     verbose: bool = False,
     say: Callable[[str], None] = print,
 ) -> ExportResult:
+    """`int4_options`: ModelBuilder int4 options that win over the run's and the defaults."""
     check_choices(device, precision)
+    if int4_options and precision != "int4":
+        raise UserError(f"--set export.int4_*: only for --precision int4, not {precision}")
     run_dir = runs.find_finished_run(project, run)
     merged_dir = run_dir / "merged"
     check_model_folder(merged_dir)
@@ -113,7 +121,7 @@ def export(
     final = run_dir / name
     if final.exists():
         raise UserError(f"{final} already exists; delete it to build it again")
-    config = render_export(merged_dir, device, precision, int4_build_options(run_dir, device, merged_dir))
+    config = render_export(merged_dir, device, precision, int4_build_options(run_dir, device, merged_dir, int4_options))
 
     staging = run_dir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)

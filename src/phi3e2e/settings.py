@@ -132,6 +132,19 @@ def build_settings(profile: str, overrides: dict[str, object]) -> FinetuneSettin
     return settings
 
 
+def int4_overrides(set_args: list[str]) -> dict[str, object]:
+    """`export --set export.int4_block_size=32 ...` -> {"int4_block_size": 32}, validated like finetune's."""
+    settings, chosen = FinetuneSettings(), {}
+    for text in set_args:
+        key, value = parse_override(text)
+        _assign(settings, key, value, "--set")
+        section, field = key.split(".")
+        if section != "export" or not field.startswith("int4_"):
+            raise UserError(f"--set {key}: export takes only export.int4_* settings (the model is already trained)")
+        chosen[field] = getattr(settings.export, field)
+    return chosen
+
+
 def _assign(settings: FinetuneSettings, key: str, value: object, source: str) -> None:
     keys = valid_keys()
     if key not in keys:
