@@ -199,3 +199,18 @@ def test_threads_override_gives_the_same_greedy_answer(finished_run):
         assert result.returncode == 0, result.stderr
         answers.append(json.loads(result.stdout)["text"])
     assert answers[0] and answers[0] == answers[1]
+
+
+def test_interactive_session_says_it_is_loading_then_chats_then_leaves(finished_run):
+    project, run_dir = finished_run
+    result = subprocess_chat(project, "--max-length", "6", "--min-length", "6",
+                             stdin="Where is your roastery?\n/exit\nnever asked\n")
+    assert result.returncode == 0, result.stderr
+    model = run_dir / "onnx-int4"
+    status = result.stderr.splitlines()
+    assert status[0] == f"Loading {model} ..."
+    assert status[1].startswith(f"Chatting with {model} (onnx, cpu)")
+    # One question answered after the prompts, then /exit: the third line is never read.
+    assert result.stdout.count("phi3> ") == 1 and result.stdout.count("you> ") == 2
+    answer = result.stdout.split("phi3> ", 1)[1].split("\n", 1)[0]
+    assert answer.strip()

@@ -72,6 +72,9 @@ def chat(
     model_dir = resolve_model_dir(model.resolve()) if model else newest_onnx_model(current_project().gen_model)
     options = GenerationOptions(max_length, temperature, top_p, top_k, do_sample, min_new_tokens=min_length)
     base_dir = base.resolve() if base else None
+    interactive = prompt is None and not as_json
+    if interactive:  # a 2 GB model takes seconds to load: say what is happening
+        typer.echo(f"Loading {model_dir} ...", err=True)
     session = ChatSession(model_dir, options, system=system, device=device, base=base_dir, threads=threads)
 
     def stream(piece: str) -> None:
@@ -96,7 +99,7 @@ def chat(
     if prompt is not None:
         answer(prompt)
         return
-    if not as_json:
+    if interactive:
         typer.echo(f"Chatting with {model_dir} ({session.form}, {device}); /exit or Ctrl-D leaves, Ctrl-C stops an answer", err=True)
     while True:
         try:
