@@ -195,6 +195,7 @@ def measure_speed(args, threads: int) -> dict:
     import torch
     from decode_speed import (
         benchmark_corpus,
+        read_bandwidth,
         time_chat_path,
         time_transformers,
         user_text_for,
@@ -249,7 +250,7 @@ def measure_speed(args, threads: int) -> dict:
     load, waited, bandwidth = [], [], []
     for repeat in range(args.repeats):
         load.append(os.getloadavg()[0])
-        bandwidth.append(read_bandwidth(threads))
+        bandwidth.append(read_bandwidth(threads, gib=0.5, tries=5) / 1e9)  # GB/s now: decode is bound by it
         log(f"  round {repeat + 1}/{args.repeats} (1-min load {load[-1]:.2f}, memory read {bandwidth[-1]:.1f} GB/s)")
         for name, run in engines.items():
             time.sleep(0.2)  # let the previous engine's spinning threads go idle
@@ -289,26 +290,6 @@ def measure_speed(args, threads: int) -> dict:
                 "runs_started_busy": sum(busy > args.max_busy for busy in quiet),
                 "seconds_waited": round(sum(w for _, w in waited), 1)}, "prompt_tokens": len(prompt_ids), "layers": args.layers,
             "paired_ratios": paired_ratios(samples, candidates)}
-
-
-def read_bandwidth(threads: int, megabytes: int = 512) -> float:
-    """GB/s the machine gives a sum over a large float32 array now: int4 decode is bound by it,
-    and on a shared VM it moves with the neighbours' load."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    data = torch.ones(megabytes * 2**20 // 4)
-    data.sum()
-    best = min(_seconds(data.sum) for _ in range(5))
-    torch.set_num_threads(before)
-    return megabytes * 2**20 / best / 1e9
-
-
-def _seconds(work) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
 
 
 def cpu_busy(seconds: float = 0.3) -> float:
@@ -508,14 +489,10 @@ def main() -> None:
 
 
 def versions() -> dict:
-    from importlib import metadata
+    """decode_speed's package versions, plus llama-cpp-python's from the peers venv."""
+    from decode_speed import versions as package_versions
 
-    found = {}
-    for package in ("onnxruntime-genai", "onnxruntime", "olive-ai", "torch", "transformers"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
+    found = package_versions()
     if PEERS_PYTHON.is_file():
         done = subprocess.run([str(PEERS_PYTHON), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                               capture_output=True, text=True, check=False)
