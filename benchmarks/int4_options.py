@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/int4_options.py                 # ~15 minutes on 2 cores, first run
     .venv/bin/python benchmarks/int4_options.py --repeats 3 --skip-quality
+    .venv/bin/python benchmarks/int4_options.py --head-to-head --repeats 30 --skip-quality \
+        --out benchmarks/results/int4-head-to-head.json   # phi3e2e default vs llama.cpp Q4_0 only
     make bench                                                  # the same, after `make bench-peers`
 
 Speed and size: a Phi-3-mini-shaped model with random weights (hidden 3072, intermediate 8192,
@@ -22,7 +24,13 @@ candidate build of a fine-tuned model against the merged fp32 model it was built
 tiny model after `finetune` (hidden 64: blocks 32 and 64 only) and a wider tiny model
 (hidden 256, so block 128 is measured too). The rule: the fastest, smallest build within 2%.
 
-Prints the tables and writes JSON to benchmarks/results/int4-options.json.
+Each engine's weights read per token: for phi3e2e, the anonymous mappings its load added (the
+int4 weights as onnxruntime prepacked them, scales and block sums included); for llama.cpp, the GGUF's
+tensors with one row of the input embedding. With the bandwidth of each round this shows how
+close each engine runs to the memory bound, and which ratio equal bandwidth use would give.
+
+Prints the tables and writes JSON to benchmarks/results/int4-options.json, and a PNG beside it
+(per round: tok/s and the phi3e2e ÷ llama.cpp Q4_0 ratio against the measured bandwidth).
 """
 
 from __future__ import annotations
@@ -163,6 +171,7 @@ class LlamaCppPeer:
         ready = json.loads(self.process.stdout.readline() or "{}")
         if not ready.get("ready"):
             raise SystemExit(f"llama.cpp peer failed to load {gguf}")
+        self.bytes_per_token = ready["bytes_per_token"]
 
     def run(self) -> dict:
         self.process.stdin.write("run\n")
@@ -174,14 +183,26 @@ class LlamaCppPeer:
         self.process.wait(timeout=30)
 
 
-def make_ggufs(hf_dir: Path, work_dir: Path) -> dict[str, Path]:
+def weights_read_per_token(folder: Path) -> int:
+    """The anonymous mappings an onnxruntime-genai load adds (fresh process): the int4 weights as
+    onnxruntime prepacked them, which decode reads once per token. The packed form keeps a block
+    sum beside each scale, so it is larger than the file's share of them (the input embedding
+    stays in the file mapping; one row of it is read per token)."""
+    code = ("import sys, onnxruntime_genai as og; from phi3e2e.huge_pages import anonymous_regions as regions; "
+            "before = regions(); model = og.Model(sys.argv[1]); "
+            "print(sum(max(0, size - before.get(r, 0)) for r, size in regions().items()))")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1])
+
+
+def make_ggufs(hf_dir: Path, work_dir: Path, quants: tuple[str, ...]) -> dict[str, Path]:
     peer = [str(PEERS_PYTHON), str(PEER_SCRIPT)]
     f16 = work_dir / "model-f16.gguf"
     if not f16.is_file():
         log("Converting the HF model to GGUF (llama.cpp's vendored converter) ...")
         subprocess.run(peer + ["convert", str(hf_dir), str(f16)], check=True, capture_output=True)
     ggufs = {}
-    for quant in ("Q4_0", "Q4_K_M"):
+    for quant in quants:
         target = work_dir / f"model-{quant.lower()}.gguf"
         if not target.is_file():
             log(f"Quantizing GGUF to {quant} ...")
@@ -214,11 +235,13 @@ def measure_speed(args, threads: int) -> dict:
         write_tiny_model(hf_dir, benchmark_corpus(), shape=replace(PHI3_MINI_SHAPED, num_hidden_layers=args.layers))
 
     candidates = speed_candidates()
+    if args.head_to_head:
+        candidates = [c for c in candidates if c.name.startswith("phi3e2e default:")]
     log(f"Building {len({c.build_key for c in candidates})} int4 candidates (cached in {work}) ...")
     folders = {c.name: candidate_folder(build_int4(hf_dir, work / c.build_key, c.options), c, threads)
                for c in candidates}
     peers_ready = PEERS_PYTHON.is_file() and not args.skip_peers
-    ggufs = make_ggufs(hf_dir, work) if peers_ready else {}
+    ggufs = make_ggufs(hf_dir, work, ("Q4_0",) if args.head_to_head else ("Q4_0", "Q4_K_M")) if peers_ready else {}
     if not peers_ready:
         log("No .venv-peers (run `make bench-peers`): skipping llama.cpp")
 
@@ -265,17 +288,18 @@ def measure_speed(args, threads: int) -> dict:
         rows.append({"engine": f"phi3e2e int4: {c.name}", "options": c.options, "all_cores": c.all_cores,
                      "chat_tok_s": statistics.median(r["decode_tok_s"] for r in chat),
                      "chat_tok_s_each": [round(r["decode_tok_s"], 1) for r in chat],
-                     "bytes": folder_bytes(folders[c.name])})
+                     "bytes": folder_bytes(folders[c.name]), "bytes_per_token": weights_read_per_token(folders[c.name])})
         if bare_runs:
             rows[-1]["bare_tok_s"] = statistics.median(r["decode_tok_s"] for r in bare_runs)
             rows[-1]["bare_tok_s_each"] = [round(r["decode_tok_s"], 1) for r in bare_runs]
     for name, path in ggufs.items():
         runs = samples[f"llama.cpp {name}"]
         rows.append({"engine": f"llama.cpp {name}", "bare_tok_s": statistics.median(r["decode_tok_s"] for r in runs),
-                     "bare_tok_s_each": [round(r["decode_tok_s"], 1) for r in runs], "bytes": path.stat().st_size})
+                     "bare_tok_s_each": [round(r["decode_tok_s"], 1) for r in runs], "bytes": path.stat().st_size,
+                     "bytes_per_token": peers[f"llama.cpp {name}"].bytes_per_token})
     del sessions
 
-    if not args.skip_transformers:
+    if not (args.skip_transformers or args.head_to_head):
         log("transformers fp32 (one run after a warm-up) ...")
         hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         with torch.inference_mode():
@@ -408,26 +432,79 @@ def _options_label(options: dict) -> str:
 # --- report ------------------------------------------------------------------------------------
 
 
+def default_and_q4_0(speed: dict) -> tuple[dict, dict | None]:
+    rows = speed["rows"]
+    default = next(r for r in rows if r["engine"].startswith("phi3e2e int4: phi3e2e default:"))
+    return default, next((r for r in rows if r["engine"] == "llama.cpp Q4_0"), None)
+
+
 def speed_table(speed: dict) -> str:
     rows = speed["rows"]
-    q4_0 = next((r for r in rows if r["engine"] == "llama.cpp Q4_0"), None)
+    default, q4_0 = default_and_q4_0(speed)
     lines = [
-        "| engine | decode tok/s (chat path) | decode tok/s (bare loop) | size MB | size / GGUF Q4_0 |",
-        "|---|---:|---:|---:|---:|",
+        "| engine | decode tok/s (chat path) | decode tok/s (bare loop) | size MB | size / GGUF Q4_0 "
+        "| weights read per token MB |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         chat = f"{r['chat_tok_s']:.1f}" if "chat_tok_s" in r else "–"
         bare = f"{r['bare_tok_s']:.1f}" if "bare_tok_s" in r else "–"
         share = f"{r['bytes'] / q4_0['bytes']:.2f}" if q4_0 else "–"
-        lines.append(f"| {r['engine']} | {chat} | {bare} | {r['bytes'] / 1e6:.0f} | {share} |")
+        streamed = f"{r['bytes_per_token'] / 1e6:.0f}" if "bytes_per_token" in r else "–"
+        lines.append(f"| {r['engine']} | {chat} | {bare} | {r['bytes'] / 1e6:.0f} | {share} | {streamed} |")
     if speed["paired_ratios"]:
         lines += ["", "phi3e2e chat tok/s ÷ llama.cpp Q4_0 tok/s, median of same-round pairs:"]
         lines += [f"  {name:<48} {ratio:.2f}x" for name, ratio in speed["paired_ratios"].items()]
-        default = next(r for r in rows if r["engine"].startswith("phi3e2e int4: phi3e2e default:"))
-        lines += ["", "Each round: memory read GB/s, phi3e2e default chat tok/s, llama.cpp Q4_0 tok/s, ratio:"]
-        lines += [f"  {gb_s:5.1f}  {ours:6.1f}  {peer:6.1f}  {ours / peer:.2f}x" for gb_s, ours, peer in
-                  zip(speed["read_gb_s_each_round"], default["chat_tok_s_each"], q4_0["bare_tok_s_each"])]
+        lines += ["", f"Weights read per token, llama.cpp Q4_0 ÷ phi3e2e default: "
+                      f"{q4_0['bytes_per_token'] / default['bytes_per_token']:.2f}x (the ratio if both read memory "
+                      "equally fast)",
+                  "Each round: memory read GB/s; phi3e2e default chat tok/s (GB/s of weights); "
+                  "llama.cpp Q4_0 tok/s (GB/s); ratio:"]
+        for gb_s, ours, peer in zip(speed["read_gb_s_each_round"], default["chat_tok_s_each"], q4_0["bare_tok_s_each"]):
+            lines.append(f"  {gb_s:5.1f}  {ours:6.1f} ({ours * default['bytes_per_token'] / 1e9:4.1f})  "
+                         f"{peer:6.1f} ({peer * q4_0['bytes_per_token'] / 1e9:4.1f})  {ours / peer:.2f}x")
     return "\n".join(lines)
+
+
+def plot_rounds(speed: dict, png: Path) -> None:
+    """Per round: each engine's tok/s and their ratio against the memory bandwidth measured just before."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    default, q4_0 = default_and_q4_0(speed)
+    gb_s = speed["read_gb_s_each_round"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    top = max(gb_s) * 1.1
+    for row, label, color in ((default, "phi3e2e default (chat)", "tab:blue"), (q4_0, "llama.cpp Q4_0", "tab:orange")):
+        left.scatter(gb_s, row.get("chat_tok_s_each") or row["bare_tok_s_each"], label=label, color=color)
+        per_token = row["bytes_per_token"]
+        left.plot([0, top], [0, top * 1e9 / per_token], color=color, linestyle="--", linewidth=1,
+                  label=f"{label.split(' (')[0]}: bound at {per_token / 1e6:.0f} MB/token")
+    left.set_xlabel("memory read GB/s (measured before the round)")
+    left.set_ylabel("decode tokens/s")
+    left.set_xlim(0, top)
+    left.set_ylim(0, None)
+    left.legend(fontsize=8)
+    ratios = [a / b for a, b in zip(default["chat_tok_s_each"], q4_0["bare_tok_s_each"])]
+    right.scatter(gb_s, ratios, color="tab:green", label="phi3e2e ÷ llama.cpp Q4_0, same round")
+    right.axhline(1.3, color="red", linestyle=":", label="target 1.3x")
+    equal = q4_0["bytes_per_token"] / default["bytes_per_token"]
+    right.axhline(equal, color="grey", linestyle="--", label=f"both at the bandwidth bound ({equal:.2f}x)")
+    right.axhline(statistics.median(ratios), color="tab:green", linewidth=1,
+                  label=f"median {statistics.median(ratios):.2f}x")
+    right.set_ylim(min(*ratios, equal) - 0.05, max(*ratios, 1.3) + 0.05)
+    right.set_xlabel("memory read GB/s (measured before the round)")
+    right.set_ylabel("decode speed ratio")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Decode, Phi-3-mini-shaped ({speed['layers']} layers), {NEW_TOKENS} greedy tokens, "
+                 f"{len(gb_s)} rounds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
 
 
 def quality_table(quality: list[dict]) -> str:
@@ -455,6 +532,8 @@ def main() -> None:
                         help="measure quality on this finished run (gen-model/<run>) instead of the tiny models")
     parser.add_argument("--skip-peers", action="store_true", help="no llama.cpp even if .venv-peers exists")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--head-to-head", action="store_true",
+                        help="time only phi3e2e's default and llama.cpp Q4_0 (cheap rounds: use many --repeats)")
     parser.add_argument("--out", type=Path, default=RESULTS / "int4-options.json")
     args = parser.parse_args()
 
@@ -482,6 +561,9 @@ def main() -> None:
               f"CPU busy before each run: median {busy['median']:.0%}, max {busy['max']:.0%} "
               f"({busy['runs_started_busy']} runs started above {busy['limit']:.0%})\n")
         print(speed_table(speed))
+        if speed["paired_ratios"]:
+            plot_rounds(speed, args.out.with_suffix(".png"))
+            log(f"Wrote {args.out.with_suffix('.png')}")
     if "quality" in result:
         print("\nHeld-out loss of int4 builds vs the merged fp32 model they were built from (fine-tuned):\n")
         print(quality_table(result["quality"]))

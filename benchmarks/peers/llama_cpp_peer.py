@@ -16,7 +16,8 @@ when its hash table does not know the tokenizer (GPT-2's regex is what ByteLevel
 
 `decode` prints one JSON line: greedy decode tokens/s (prompt, then `--new-tokens` steps of
 llama_decode + argmax, each timed) for each repeat; `serve` keeps the model loaded and answers
-one JSON line per `run` line on stdin, so a benchmark can interleave it with other engines.
+one JSON line per `run` line on stdin, so a benchmark can interleave it with other engines; its
+first line also gives the bytes one decode step reads (every tensor, one row of token_embd).
 """
 
 from __future__ import annotations
@@ -106,10 +107,21 @@ class GreedyDecoder:
         return {"ttft_s": times[0] - start, "decode_tok_s": (len(times) - 1) / (times[-1] - times[0])}
 
 
-def serve(decoder: GreedyDecoder) -> None:
+def bytes_per_token(gguf: Path) -> int:
+    """Weight bytes one decode step streams: every tensor, but one row of the input embedding."""
+    from gguf import GGUFReader
+
+    total = 0
+    for tensor in GGUFReader(gguf).tensors:
+        rows = int(tensor.shape[-1]) if tensor.name == "token_embd.weight" else 1  # ggml order: ne[1] = vocab
+        total += int(tensor.n_bytes) // rows
+    return total
+
+
+def serve(decoder: GreedyDecoder, gguf: Path) -> None:
     """For interleaved benchmarks: one JSON line per `run` line on stdin (the model stays loaded)."""
     decoder.run()  # warm-up
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "bytes_per_token": bytes_per_token(gguf)}), flush=True)
     for line in sys.stdin:
         if line.strip() == "run":
             print(json.dumps(decoder.run()), flush=True)
@@ -145,7 +157,7 @@ def main() -> None:
         ids = [int(i) for i in args.prompt_ids.split(",")]
         decoder = GreedyDecoder(args.gguf, ids, args.new_tokens, args.threads)
         if args.command == "serve":
-            serve(decoder)
+            serve(decoder, args.gguf)
         else:
             decoder.run()  # warm-up
             print(json.dumps({"runs": [decoder.run() for _ in range(args.repeats)], "threads": args.threads}))
