@@ -30,7 +30,8 @@ tensors with one row of the input embedding. With the bandwidth of each round th
 close each engine runs to the memory bound, and which ratio equal bandwidth use would give.
 
 Prints the tables and writes JSON to benchmarks/results/int4-options.json, and a PNG beside it
-(per round: tok/s and the phi3e2e ÷ llama.cpp Q4_0 ratio against the measured bandwidth).
+(per round: tok/s and the phi3e2e ÷ llama.cpp Q4_0 ratio against the measured bandwidth;
+`--plot-with earlier.json` adds the rounds of earlier runs).
 """
 
 from __future__ import annotations
@@ -466,42 +467,46 @@ def speed_table(speed: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_rounds(speed: dict, png: Path) -> None:
-    """Per round: each engine's tok/s and their ratio against the memory bandwidth measured just before."""
+def plot_rounds(runs: list[tuple[str, dict]], png: Path) -> None:
+    """Per round: tok/s of phi3e2e's default and llama.cpp Q4_0, and their ratio, against the memory
+    bandwidth measured just before it. `runs`: (label, speed result), this run first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    default, q4_0 = default_and_q4_0(speed)
-    gb_s = speed["read_gb_s_each_round"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    top = max(gb_s) * 1.1
-    for row, label, color in ((default, "phi3e2e default (chat)", "tab:blue"), (q4_0, "llama.cpp Q4_0", "tab:orange")):
-        left.scatter(gb_s, row.get("chat_tok_s_each") or row["bare_tok_s_each"], label=label, color=color)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
+    markers, all_ratios, rounds = "osD^v", [], 0
+    top = max(x for _, speed in runs for x in speed["read_gb_s_each_round"]) * 1.1
+    for i, (label, speed) in enumerate(runs):
+        default, q4_0 = default_and_q4_0(speed)
+        gb_s, marker = speed["read_gb_s_each_round"], markers[i % len(markers)]
+        rounds += len(gb_s)
+        left.scatter(gb_s, default["chat_tok_s_each"], color="tab:blue", marker=marker, label=f"phi3e2e default, {label}")
+        left.scatter(gb_s, q4_0["bare_tok_s_each"], color="tab:orange", marker=marker, label=f"llama.cpp Q4_0, {label}")
+        ratios = [a / b for a, b in zip(default["chat_tok_s_each"], q4_0["bare_tok_s_each"])]
+        all_ratios += ratios
+        right.scatter(gb_s, ratios, color=f"C{i + 2}", marker=marker,
+                      label=f"{label}: median {statistics.median(ratios):.2f}x")
+    default, q4_0 = default_and_q4_0(runs[0][1])
+    for row, name, color in ((default, "phi3e2e", "tab:blue"), (q4_0, "llama.cpp Q4_0", "tab:orange")):
         per_token = row["bytes_per_token"]
         left.plot([0, top], [0, top * 1e9 / per_token], color=color, linestyle="--", linewidth=1,
-                  label=f"{label.split(' (')[0]}: bound at {per_token / 1e6:.0f} MB/token")
-    left.set_xlabel("memory read GB/s (measured before the round)")
-    left.set_ylabel("decode tokens/s")
+                  label=f"{name} at the bandwidth bound ({per_token / 1e6:.0f} MB/token)")
+    equal = q4_0["bytes_per_token"] / default["bytes_per_token"]
+    right.axhline(1.3, color="red", linestyle=":", label="target 1.3x")
+    right.axhline(equal, color="grey", linestyle="--", label=f"both at the bandwidth bound ({equal:.2f}x)")
     left.set_xlim(0, top)
     left.set_ylim(0, None)
-    left.legend(fontsize=8)
-    ratios = [a / b for a, b in zip(default["chat_tok_s_each"], q4_0["bare_tok_s_each"])]
-    right.scatter(gb_s, ratios, color="tab:green", label="phi3e2e ÷ llama.cpp Q4_0, same round")
-    right.axhline(1.3, color="red", linestyle=":", label="target 1.3x")
-    equal = q4_0["bytes_per_token"] / default["bytes_per_token"]
-    right.axhline(equal, color="grey", linestyle="--", label=f"both at the bandwidth bound ({equal:.2f}x)")
-    right.axhline(statistics.median(ratios), color="tab:green", linewidth=1,
-                  label=f"median {statistics.median(ratios):.2f}x")
-    right.set_ylim(min(*ratios, equal) - 0.05, max(*ratios, 1.3) + 0.05)
-    right.set_xlabel("memory read GB/s (measured before the round)")
-    right.set_ylabel("decode speed ratio")
-    right.legend(fontsize=8)
+    left.set_ylabel("decode tokens/s")
+    right.set_ylim(min(*all_ratios, equal) - 0.05, max(*all_ratios, 1.3) + 0.05)
+    right.set_ylabel("phi3e2e ÷ llama.cpp Q4_0, same round")
     for ax in (left, right):
+        ax.set_xlabel("memory read GB/s (measured before the round)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Decode, Phi-3-mini-shaped ({speed['layers']} layers), {NEW_TOKENS} greedy tokens, "
-                 f"{len(gb_s)} rounds", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Decode, Phi-3-mini-shaped ({runs[0][1]['layers']} layers), {NEW_TOKENS} greedy tokens, "
+                 f"{rounds} rounds", fontsize=10)
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
@@ -535,6 +540,8 @@ def main() -> None:
     parser.add_argument("--head-to-head", action="store_true",
                         help="time only phi3e2e's default and llama.cpp Q4_0 (cheap rounds: use many --repeats)")
     parser.add_argument("--out", type=Path, default=RESULTS / "int4-options.json")
+    parser.add_argument("--plot-with", type=Path, action="append", default=[],
+                        help="an earlier result JSON whose rounds the plot shows too (repeatable)")
     args = parser.parse_args()
 
     from phi3e2e.cpu_tuning import CPU_INT4_DEFAULTS, physical_cores
@@ -543,6 +550,7 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     result = {"machine": {"cpus": os.cpu_count(), "physical_cores": physical_cores(), "threads": threads,
                           "platform": platform.platform(), "load_1m_at_start": os.getloadavg()[0]},
+              "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "new_tokens": NEW_TOKENS, "defaults": CPU_INT4_DEFAULTS, "versions": versions()}
     if not args.skip_quality:
         result["quality"] = measure_quality(args)
@@ -562,7 +570,9 @@ def main() -> None:
               f"({busy['runs_started_busy']} runs started above {busy['limit']:.0%})\n")
         print(speed_table(speed))
         if speed["paired_ratios"]:
-            plot_rounds(speed, args.out.with_suffix(".png"))
+            earlier = [json.loads(path.read_text()) for path in args.plot_with]
+            earlier = [(run.get("started_at", "earlier"), run["speed"]) for run in earlier]
+            plot_rounds([(result["started_at"], speed)] + earlier, args.out.with_suffix(".png"))
             log(f"Wrote {args.out.with_suffix('.png')}")
     if "quality" in result:
         print("\nHeld-out loss of int4 builds vs the merged fp32 model they were built from (fine-tuned):\n")
