@@ -289,7 +289,8 @@ def measure_speed(args, threads: int) -> dict:
         rows.append({"engine": f"phi3e2e int4: {c.name}", "options": c.options, "all_cores": c.all_cores,
                      "chat_tok_s": statistics.median(r["decode_tok_s"] for r in chat),
                      "chat_tok_s_each": [round(r["decode_tok_s"], 1) for r in chat],
-                     "bytes": folder_bytes(folders[c.name]), "bytes_per_token": weights_read_per_token(folders[c.name])})
+                     "bytes": folder_bytes(folders[c.name]),
+                     "bytes_per_token": weights_read_per_token(folders[c.name])})
         if bare_runs:
             rows[-1]["bare_tok_s"] = statistics.median(r["decode_tok_s"] for r in bare_runs)
             rows[-1]["bare_tok_s_each"] = [round(r["decode_tok_s"], 1) for r in bare_runs]
@@ -482,7 +483,8 @@ def plot_rounds(runs: list[tuple[str, dict]], png: Path) -> None:
         default, q4_0 = default_and_q4_0(speed)
         gb_s, marker = speed["read_gb_s_each_round"], markers[i % len(markers)]
         rounds += len(gb_s)
-        left.scatter(gb_s, default["chat_tok_s_each"], color="tab:blue", marker=marker, label=f"phi3e2e default, {label}")
+        left.scatter(gb_s, default["chat_tok_s_each"], color="tab:blue", marker=marker,
+                     label=f"phi3e2e default, {label}")
         left.scatter(gb_s, q4_0["bare_tok_s_each"], color="tab:orange", marker=marker, label=f"llama.cpp Q4_0, {label}")
         ratios = [a / b for a, b in zip(default["chat_tok_s_each"], q4_0["bare_tok_s_each"])]
         all_ratios += ratios
