@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from phi3e2e.engines import Engine
 from phi3e2e.errors import UserError
 from phi3e2e.generation import Answer, GenerationOptions
 
@@ -42,7 +43,7 @@ class ChatSession:
     device: str = "cpu"
     base: Optional[Path] = None
     threads: Optional[int] = None
-    engine: object = None
+    engine: Optional[Engine] = None
     turns: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self):

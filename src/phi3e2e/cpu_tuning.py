@@ -101,8 +101,3 @@ def use_all_cores(model_dir: Path, threads: Optional[int] = None) -> int:
     partial.replace(config_file)
     return threads
 
-
-def decoder_threads(model_dir: Path) -> Optional[int]:
-    """The decoder thread count a model's genai_config.json asks for (None: onnxruntime's default)."""
-    config = json.loads((model_dir / GENAI_CONFIG).read_text())
-    return config["model"]["decoder"].get("session_options", {}).get("intra_op_num_threads")

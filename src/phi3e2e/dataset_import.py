@@ -278,28 +278,6 @@ def _token_stats(tokenizer, texts: list[str], max_length: Optional[int]) -> tupl
     return stats, too_long
 
 
-def import_dataset(
-    source: Path,
-    datasets_dir: Path,
-    *,
-    name: Optional[str] = None,
-    eval_split: float = 0.1,
-    seed: int = 42,
-    tokenizer=None,
-    max_length: Optional[int] = None,
-    fmt: Optional[str] = None,
-    encoding: Optional[str] = None,
-    question_col: Optional[str] = None,
-    answer_col: Optional[str] = None,
-) -> ImportResult:
-    """load_dataset + write_dataset in one go."""
-    loaded = load_dataset(source, fmt=fmt, encoding=encoding, question_col=question_col, answer_col=answer_col)
-    name = name or default_name(Path(source))
-    return write_dataset(
-        loaded, datasets_dir, name, tokenizer=tokenizer, max_length=max_length, eval_split=eval_split, seed=seed
-    )
-
-
 def default_name(source: Path) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", source.stem).strip("-.") or "dataset"
     return name[:100]

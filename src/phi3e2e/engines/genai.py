@@ -83,7 +83,8 @@ class GenaiEngine:
                 hint = f" (built for {built}: use --device {built}, or `phi3e2e export --device cpu`)"
             raise UserError(f"{model_dir}: cannot load model: {str(e).splitlines()[0]}{hint}") from None
         # CPU decode streams every weight each token: on 2 MiB pages it was ~8% faster (docs/performance.md).
-        self.huge_page_bytes = pages.collapse_new(mapped_before, pages.anonymous_regions()) if mapped_before else 0
+        if mapped_before:
+            pages.collapse_new(mapped_before, pages.anonymous_regions())
         self.tokenizer = og.Tokenizer(self.model)
 
     def encode(self, text: str) -> list[int]:
