@@ -105,24 +105,36 @@ def test_export_builds_with_the_int4_options_the_run_used(run_copy):
     assert fp32["systems"]["local_system"]["accelerators"][0]["execution_providers"] == ["CUDAExecutionProvider"]
 
 
-def _matmul_block_sizes(model_dir) -> set[int]:
+def _matmuls(model_dir) -> list:
     import onnx
 
     graph = onnx.load(model_dir / "model.onnx", load_external_data=False).graph
-    return {attr.i for node in graph.node if node.op_type == "MatMulNBits" for attr in node.attribute
-            if attr.name == "block_size"}
+    return [node for node in graph.node if node.op_type == "MatMulNBits"]
+
+
+def _matmul_block_sizes(model_dir) -> set[int]:
+    return {attr.i for node in _matmuls(model_dir) for attr in node.attribute if attr.name == "block_size"}
+
+
+def _matmuls_with_zero_points(model_dir) -> set[bool]:
+    return {len(node.input) > 3 and bool(node.input[3]) for node in _matmuls(model_dir)}
 
 
 def test_export_set_rebuilds_with_other_int4_options_and_records_them(run_copy):
     project, run_dir = run_copy
-    assert _matmul_block_sizes(run_dir / "onnx-int4") == {64}  # the run's own build: the tiny model's default
-    result = run_cli("export", "--device", "cpu", "--set", "export.int4_block_size=32", project=project)
+    # The run's own build: the tiny model's default block, symmetric.
+    assert _matmul_block_sizes(run_dir / "onnx-int4") == {64}
+    assert _matmuls_with_zero_points(run_dir / "onnx-int4") == {False}
+    result = run_cli("export", "--device", "cpu", "--set", "export.int4_block_size=32",
+                     "--set", "export.int4_is_symmetric=false", project=project)
     assert result.returncode == 0, result.stderr
     model_dir = run_dir / "onnx-cpu-int4"
     assert _matmul_block_sizes(model_dir) == {32}
+    assert _matmuls_with_zero_points(model_dir) == {True}
     build = json.loads((model_dir / "export.json").read_text())["pass"]
-    # The option asked for wins; the run's other CPU options stay.
-    assert build["int4_block_size"] == 32 and build["int4_op_types_to_quantize"] == ["MatMul", "Gather"]
+    # The options asked for win; the run's other CPU options stay.
+    assert build["int4_block_size"] == 32 and build["int4_is_symmetric"] is False
+    assert build["int4_op_types_to_quantize"] == ["MatMul", "Gather"]
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from phi3e2e.errors import UserError
 
 EXECUTION_PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 BUILT_FROM = "phi3e2e-built-from.json"
+INT4_KEYS = ("int4_block_size", "int4_accuracy_level", "int4_op_types_to_quantize", "int4_is_symmetric")
 
 
 def int4_options(run_dir: Path, record: dict) -> dict:
@@ -31,7 +32,7 @@ def int4_options(run_dir: Path, record: dict) -> dict:
     provider = (accelerator.get("execution_providers") or ["CPUExecutionProvider"])[0]
     export = record.get("settings", {}).get("export", {})
     options = {"execution_provider": EXECUTION_PROVIDERS.get(provider, "cpu")}
-    for key in ("int4_block_size", "int4_accuracy_level", "int4_op_types_to_quantize"):
+    for key in INT4_KEYS:
         if export.get(key) is not None:
             options[key] = export[key]
     return options
@@ -104,6 +105,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--int4_block_size", type=int)
     parser.add_argument("--int4_accuracy_level", type=int)
     parser.add_argument("--int4_op_types_to_quantize", type=lambda text: tuple(text.split("/")))
+    parser.add_argument("--int4_is_symmetric", type=lambda text: {"true": True, "false": False}[text.lower()])
     args = parser.parse_args(argv)
     extra = {k: v for k, v in vars(args).items() if k.startswith("int4_") and v is not None}
     build(args.base_model, args.output_dir, args.execution_provider, extra)

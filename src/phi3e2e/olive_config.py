@@ -114,6 +114,7 @@ class ModelBuilderPass(_Strict):
     int4_block_size: Optional[Literal[16, 32, 64, 128, 256]] = None
     int4_accuracy_level: Optional[Literal[0, 1, 2, 3, 4]] = None
     int4_op_types_to_quantize: Optional[list[Literal["MatMul", "Gather", "Gemm"]]] = Field(None, min_length=1)
+    int4_is_symmetric: Optional[bool] = None
 
 
 class Passes(_Strict):

@@ -67,6 +67,7 @@ class ExportSettings(_Section):
     int4_op_types_to_quantize: Optional[list[Literal["MatMul", "Gather"]]] = Field(
         None, min_length=1, description='["MatMul", "Gather"] also quantizes the input embedding'
     )
+    int4_is_symmetric: Optional[bool] = Field(None, description="false: a zero point per block beside each scale")
 
 
 class FinetuneSettings(_Section):
