@@ -9,9 +9,9 @@
 Speed and size: a Phi-3-mini-shaped model with random weights (hidden 3072, intermediate 8192,
 32 heads, vocab 32064, `--layers` of them; built by the same code as `prepare --tiny`), built
 as int4 ONNX with each candidate's ModelBuilder options (block size, accuracy level, input
-embedding quantized or not; Olive's ModelBuilder patches applied, as in `finetune`), decoding
-128 greedy tokens after a 32-token chat prompt, through phi3e2e's chat path (ChatSession) and a
-bare onnxruntime-genai loop. Peers on the same model, same prompt tokens, same run: llama.cpp
+embedding quantized or not, symmetric or asymmetric blocks; Olive's ModelBuilder patches
+applied, as in `finetune`), decoding 128 greedy tokens after a 32-token chat prompt, through
+phi3e2e's chat path (ChatSession) and a bare onnxruntime-genai loop. Peers on the same model, same prompt tokens, same run: llama.cpp
 Q4_0 and Q4_K_M (llama-cpp-python from .venv-peers, see `make bench-peers`; the GGUF is made
 with the converter vendored in its source distribution) and transformers fp32. All engines
 stay loaded and are timed round-robin, so a change in machine load hits them alike; medians.
@@ -75,7 +75,8 @@ class Candidate:
         block = self.options.get("int4_block_size", 32)
         level = self.options.get("int4_accuracy_level", 4)
         embed = "-embed" if "Gather" in self.options.get("int4_op_types_to_quantize", []) else ""
-        return f"b{block}-acc{level}{embed}"
+        asym = "-asym" if self.options.get("int4_is_symmetric") is False else ""  # ModelBuilder: symmetric
+        return f"b{block}-acc{level}{embed}{asym}"
 
 
 def speed_candidates() -> list[Candidate]:
@@ -91,6 +92,7 @@ def speed_candidates() -> list[Candidate]:
                                                          "int4_op_types_to_quantize": EMBED}),
         Candidate("block 256 + int4 embedding", {"int4_block_size": 256, "int4_op_types_to_quantize": EMBED}),
         Candidate("phi3e2e default, 4 KiB pages", dict(CPU_INT4_DEFAULTS), huge_pages=False),
+        Candidate("phi3e2e default but asymmetric", dict(CPU_INT4_DEFAULTS, int4_is_symmetric=False)),
         Candidate("phi3e2e default: block 128 + int4 embedding", dict(CPU_INT4_DEFAULTS), bare=True),
     ]
 
@@ -100,12 +102,16 @@ def quality_candidates(hidden: int) -> list[Candidate]:
     for block in (32, 64, 128, 256):
         if block > hidden:  # phi3e2e refuses blocks wider than the hidden size
             continue
-        found.append(Candidate(f"block {block}", {"int4_block_size": block}))
-        found.append(Candidate(f"block {block} + int4 embedding", {"int4_block_size": block,
-                                                                    "int4_op_types_to_quantize": EMBED}))
+        for embed in ("", " + int4 embedding"):
+            for symmetric in (True, False):
+                options = {"int4_block_size": block, "int4_is_symmetric": symmetric}
+                if embed:
+                    options["int4_op_types_to_quantize"] = EMBED
+                found.append(Candidate(f"block {block}{embed}, {'' if symmetric else 'a'}symmetric", options))
     top = max(block for block in (32, 64, 128, 256) if block <= hidden)
-    found.append(Candidate(f"block {top} + int4 embedding, acc 1",
-                           {"int4_block_size": top, "int4_accuracy_level": 1, "int4_op_types_to_quantize": EMBED}))
+    found.append(Candidate(f"block {top} + int4 embedding, asymmetric, acc 1",
+                           {"int4_block_size": top, "int4_accuracy_level": 1, "int4_op_types_to_quantize": EMBED,
+                            "int4_is_symmetric": False}))
     return found
 
 
@@ -428,7 +434,8 @@ def quality_of_run(run_dir: Path, label: str, builds_dir: Path) -> list[dict]:
 
 def _options_label(options: dict) -> str:
     embed = " + int4 embedding" if "Gather" in (options.get("int4_op_types_to_quantize") or []) else ""
-    return f"(block {options.get('int4_block_size')}{embed}, acc {options.get('int4_accuracy_level')})"
+    symmetry = "asymmetric" if options.get("int4_is_symmetric") is False else "symmetric"
+    return f"(block {options.get('int4_block_size')}{embed}, {symmetry}, acc {options.get('int4_accuracy_level')})"
 
 
 # --- report ------------------------------------------------------------------------------------
