@@ -42,6 +42,20 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["chat", "--threads", "0"], ["phi3e2e chat", "--threads", "greater than or equal to 1"]),
+        (["chat", "--temprature", "1"], ["phi3e2e chat", "--temprature", "--temperature"]),
+        (["eval", "a", "b"], ["phi3e2e eval", "unexpected extra argument"]),
+        (["fine-tune"], ["No such command 'fine-tune'"]),
+    ],
+)
+def test_a_mistyped_command_line_is_one_error_line_too(args, fragments, tmp_path):
+    # Checked by the command-line parser before any phi3e2e code runs; same rule as phi3e2e's own errors.
+    assert_one_line_error(run_cli(*args, env={"PHI3E2E_PROJECT_DIR": str(tmp_path)}), *fragments, "--help")
+
+
 def test_finetune_without_prepare_says_what_to_run(tmp_path):
     from phi3e2e.project import Project
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer 0.29 vendors click
 
 from phi3e2e import __version__
 from phi3e2e.commands import chat, finetune, prepare
@@ -49,7 +50,24 @@ def _root(
 
 def main() -> None:
     try:
-        app()
+        # Not standalone: usage errors come back here instead of Typer's boxed panel.
+        exit_code = typer.main.get_command(app).main(prog_name="phi3e2e", standalone_mode=False)
     except UserError as e:
-        typer.echo("error: " + " ".join(str(e).split("\n")), err=True)
+        _fail(str(e), e.exit_code)
+    except NoArgsIsHelpError as e:  # `phi3e2e` or `phi3e2e jobs` alone: the help
+        e.show()
         raise SystemExit(e.exit_code) from None
+    except UsageError as e:  # a bad option value, an unknown option, a missing argument
+        command = e.ctx.command_path if e.ctx else "phi3e2e"
+        _fail(f"{command}: {e.format_message()} (see {command} --help)", e.exit_code)
+    except ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except typer.Abort:
+        raise SystemExit(1) from None
+    if isinstance(exit_code, int) and exit_code:  # typer.Exit(n) and Ctrl-C (130)
+        raise SystemExit(exit_code)
+
+
+def _fail(message: str, exit_code: int) -> None:
+    typer.echo("error: " + " ".join(message.split()), err=True)
+    raise SystemExit(exit_code) from None
