@@ -11,11 +11,12 @@ Measures, on a Phi-3-mini-shaped model with random weights (hidden 3072, interme
   generate loop on the same model and the same prompt tokens, and transformers fp32 (CPU,
   `model.generate`) on the Hugging Face model (the "merged" form);
 - the memory-bandwidth bound: weight bytes read per generated token / the machine's read
-  bandwidth (measured here, with all cores), and each engine's share of it;
+  bandwidth (measured here, with all cores), and each engine's share of it. For int4 the bytes
+  are measured: what an onnxruntime-genai load adds in memory, i.e. the weights as prepacked;
 - `phi3e2e --help` against `olive --help` wall time.
 
-The int4 model is built with `phi3e2e.export` (Olive's ModelBuilder pass, the same pass and
-options `finetune` uses). Models are cached in --work-dir, so reruns skip building them.
+The int4 model is built with `phi3e2e.export` (Olive's ModelBuilder pass, with the CPU
+options `finetune` uses: docs/performance.md). Models are cached in --work-dir, so reruns skip building them.
 Prints a table and writes JSON (and a PNG chart) to benchmarks/results/.
 """
 
@@ -175,34 +176,16 @@ def read_bandwidth(threads: int, gib: float = 1.0, tries: int = 8) -> float:
     return data.numel() * 4 / best
 
 
-def onnx_bytes_per_token(onnx_dir: Path) -> int:
-    """Weight bytes one decode step reads: every initializer, but one row of a Gather'ed table."""
-    import onnx
-
-    graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
-    sizes = {}
-    for tensor in graph.initializer:
-        external = {entry.key: entry.value for entry in tensor.external_data}
-        if "length" in external:
-            size = int(external["length"])
-        else:
-            size = len(tensor.raw_data) or onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize * _numel(tensor)
-        sizes[tensor.name] = (size, tensor.dims[0] if tensor.dims else 1)
-    total = sum(size for size, _ in sizes.values())
-    for node in graph.node:
-        if node.op_type in ("Gather", "GatherBlockQuantized"):
-            for name in node.input[:1] + (node.input[2:3] if node.op_type == "GatherBlockQuantized" else []):
-                if name in sizes:
-                    size, rows = sizes[name]
-                    total -= size - size // max(rows, 1)
-    return total
-
-
-def _numel(tensor) -> int:
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count
+def weights_read_per_token(folder: Path) -> int:
+    """The anonymous mappings an onnxruntime-genai load adds (fresh process): the int4 weights as
+    onnxruntime prepacked them, which decode reads once per token. The packed form keeps a block
+    sum beside each scale, so it is larger than the file's share of them (the input embedding
+    stays in the file mapping; one row of it is read per token)."""
+    code = ("import sys, onnxruntime_genai as og; from phi3e2e.huge_pages import anonymous_regions as regions; "
+            "before = regions(); model = og.Model(sys.argv[1]); "
+            "print(sum(max(0, size - before.get(r, 0)) for r, size in regions().items()))")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1])
 
 
 def torch_bytes_per_token(model) -> int:
@@ -290,7 +273,7 @@ def main() -> None:
         assert all(r["prompt_tokens"] == length for r in chat_runs), chat_runs
         record("phi3e2e chat (onnx int4)", length, chat_runs)
         record("bare genai loop (onnx int4)", length, bare_runs)
-    int4_bytes = onnx_bytes_per_token(onnx_dir)
+    int4_bytes = weights_read_per_token(onnx_dir)
     del session, bare_model
 
     log("Loading the fp32 Hugging Face model (transformers) ...")

@@ -190,18 +190,6 @@ class LlamaCppPeer:
         self.process.wait(timeout=30)
 
 
-def weights_read_per_token(folder: Path) -> int:
-    """The anonymous mappings an onnxruntime-genai load adds (fresh process): the int4 weights as
-    onnxruntime prepacked them, which decode reads once per token. The packed form keeps a block
-    sum beside each scale, so it is larger than the file's share of them (the input embedding
-    stays in the file mapping; one row of it is read per token)."""
-    code = ("import sys, onnxruntime_genai as og; from phi3e2e.huge_pages import anonymous_regions as regions; "
-            "before = regions(); model = og.Model(sys.argv[1]); "
-            "print(sum(max(0, size - before.get(r, 0)) for r, size in regions().items()))")
-    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
-    return int(done.stdout.split()[-1])
-
-
 def make_ggufs(hf_dir: Path, work_dir: Path, quants: tuple[str, ...]) -> dict[str, Path]:
     peer = [str(PEERS_PYTHON), str(PEER_SCRIPT)]
     f16 = work_dir / "model-f16.gguf"
@@ -227,6 +215,7 @@ def measure_speed(args, threads: int) -> dict:
         time_chat_path,
         time_transformers,
         user_text_for,
+        weights_read_per_token,
     )
     from transformers import AutoModelForCausalLM
 
