@@ -57,16 +57,16 @@ def test_the_input_embedding_is_quantized_in_the_shipped_model(finished_run):
     assert block_sizes == {64}
 
 
-def test_the_shipped_int4_blocks_are_symmetric(finished_run):
-    """No zero points: the measured choice, written into the Olive config, not left to ModelBuilder."""
+def test_the_shipped_int4_blocks_are_asymmetric(finished_run):
+    """A zero point per block: the measured choice, written into the Olive config, not left to ModelBuilder."""
     import onnx
 
     _, run_dir = finished_run
-    assert json.loads((run_dir / "olive-config.json").read_text())["passes"]["int4"]["int4_is_symmetric"] is True
+    assert json.loads((run_dir / "olive-config.json").read_text())["passes"]["int4"]["int4_is_symmetric"] is False
     graph = onnx.load(str(run_dir / "onnx-int4" / "model.onnx"), load_external_data=False).graph
     quantized = [node for node in graph.node if node.op_type in ("MatMulNBits", "GatherBlockQuantized")]
     assert {node.op_type for node in quantized} == {"MatMulNBits", "GatherBlockQuantized"}
-    assert not [node.name for node in quantized if len(node.input) > 3 and node.input[3]]
+    assert all(len(node.input) > 3 and node.input[3] for node in quantized)
 
 
 def test_a_block_wider_than_the_model_is_refused_in_one_line(tiny_project):
@@ -82,12 +82,12 @@ def test_a_block_wider_than_the_model_is_refused_in_one_line(tiny_project):
 def test_the_users_own_int4_options_win_over_the_defaults(tiny_project):
     result = finetune(tiny_project, algo="lora", target="local", run_name="mine", dry_run=True, say=quiet,
                       set_args=["export.int4_block_size=32", "export.int4_op_types_to_quantize=[MatMul]",
-                                "export.int4_is_symmetric=false"])
+                                "export.int4_is_symmetric=true"])
     int4 = result.record["settings"]["export"]
     assert int4["int4_block_size"] == 32
     assert int4["int4_op_types_to_quantize"] == ["MatMul"]
-    assert int4["int4_is_symmetric"] is False
-    assert json.loads(result.config_file.read_text())["passes"]["int4"]["int4_is_symmetric"] is False
+    assert int4["int4_is_symmetric"] is True
+    assert json.loads(result.config_file.read_text())["passes"]["int4"]["int4_is_symmetric"] is True
     assert int4["int4_accuracy_level"] == CPU_INT4_DEFAULTS["int4_accuracy_level"]
 
 

@@ -122,18 +122,18 @@ def _matmuls_with_zero_points(model_dir) -> set[bool]:
 
 def test_export_set_rebuilds_with_other_int4_options_and_records_them(run_copy):
     project, run_dir = run_copy
-    # The run's own build: the tiny model's default block, symmetric.
+    # The run's own build: the tiny model's default block, asymmetric.
     assert _matmul_block_sizes(run_dir / "onnx-int4") == {64}
-    assert _matmuls_with_zero_points(run_dir / "onnx-int4") == {False}
+    assert _matmuls_with_zero_points(run_dir / "onnx-int4") == {True}
     result = run_cli("export", "--device", "cpu", "--set", "export.int4_block_size=32",
-                     "--set", "export.int4_is_symmetric=false", project=project)
+                     "--set", "export.int4_is_symmetric=true", project=project)
     assert result.returncode == 0, result.stderr
     model_dir = run_dir / "onnx-cpu-int4"
     assert _matmul_block_sizes(model_dir) == {32}
-    assert _matmuls_with_zero_points(model_dir) == {True}
+    assert _matmuls_with_zero_points(model_dir) == {False}
     build = json.loads((model_dir / "export.json").read_text())["pass"]
     # The options asked for win; the run's other CPU options stay.
-    assert build["int4_block_size"] == 32 and build["int4_is_symmetric"] is False
+    assert build["int4_block_size"] == 32 and build["int4_is_symmetric"] is True
     assert build["int4_op_types_to_quantize"] == ["MatMul", "Gather"]
 
 
