@@ -92,7 +92,7 @@ def speed_candidates() -> list[Candidate]:
                                                          "int4_op_types_to_quantize": EMBED}),
         Candidate("block 256 + int4 embedding", {"int4_block_size": 256, "int4_op_types_to_quantize": EMBED}),
         Candidate("phi3e2e default, 4 KiB pages", dict(CPU_INT4_DEFAULTS), huge_pages=False),
-        Candidate("phi3e2e default but asymmetric", dict(CPU_INT4_DEFAULTS, int4_is_symmetric=False)),
+        Candidate("phi3e2e default but symmetric", dict(CPU_INT4_DEFAULTS, int4_is_symmetric=True)),
         Candidate("phi3e2e default: block 128 + int4 embedding", dict(CPU_INT4_DEFAULTS), bare=True),
     ]
 
