@@ -16,7 +16,8 @@ Measures, on a Phi-3-mini-shaped model with random weights (hidden 3072, interme
 - `phi3e2e --help` against `olive --help` wall time.
 
 The int4 model is built with `phi3e2e.export` (Olive's ModelBuilder pass, with the CPU
-options `finetune` uses: docs/performance.md). Models are cached in --work-dir, so reruns skip building them.
+options `finetune` uses: docs/performance.md). Models are cached in --work-dir, so reruns skip
+building them.
 Prints a table and writes JSON (and a PNG chart) to benchmarks/results/.
 """
 

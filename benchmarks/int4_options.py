@@ -125,16 +125,12 @@ def build_int4(hf_dir: Path, out_dir: Path, options: dict) -> Path:
     partial = out_dir.with_name(out_dir.name + ".partial")
     subprocess.run(["rm", "-rf", str(partial)], check=True)
     partial.mkdir(parents=True)
-    code = (
-        "import json, sys; from pathlib import Path; from phi3e2e.base_int4 import build; "
-        "o = json.loads(sys.argv[3]); "
-        "o = {k: tuple(v) if isinstance(v, list) else v for k, v in o.items()}; "
-        "build(Path(sys.argv[1]), Path(sys.argv[2]), 'cpu', o)"
-    )
+    command = [sys.executable, "-m", "phi3e2e.base_int4", str(hf_dir), str(partial),
+               json.dumps({"execution_provider": "cpu", **options})]
     start = time.monotonic()
     with open(out_dir.with_name(out_dir.name + ".log"), "w") as out:
-        done = subprocess.run([sys.executable, "-c", code, str(hf_dir), str(partial), json.dumps(options)], check=False,
-                              stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, OLIVE_DISABLE_TELEMETRY="1"))
+        done = subprocess.run(command, check=False, stdout=out, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, OLIVE_DISABLE_TELEMETRY="1"))
     if done.returncode != 0:
         raise SystemExit(f"building {out_dir.name} failed; see {out_dir.with_name(out_dir.name + '.log')}")
     subprocess.run(["rm", "-rf", str(partial / "cache")], check=True)

@@ -22,7 +22,6 @@ from phi3e2e.errors import UserError
 
 EXECUTION_PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 BUILT_FROM = "phi3e2e-built-from.json"
-INT4_KEYS = ("int4_block_size", "int4_accuracy_level", "int4_op_types_to_quantize", "int4_is_symmetric")
 
 
 def int4_options(run_dir: Path, record: dict) -> dict:
@@ -32,10 +31,7 @@ def int4_options(run_dir: Path, record: dict) -> dict:
     provider = (accelerator.get("execution_providers") or ["CPUExecutionProvider"])[0]
     export = record.get("settings", {}).get("export", {})
     options = {"execution_provider": EXECUTION_PROVIDERS.get(provider, "cpu")}
-    for key in INT4_KEYS:
-        if export.get(key) is not None:
-            options[key] = export[key]
-    return options
+    return options | {key: value for key, value in export.items() if key.startswith("int4_") and value is not None}
 
 
 def cached_base_int4(model_cache: Path, base_model: Path, options: dict, say: Callable[[str], None] = print) -> Path:
@@ -49,8 +45,7 @@ def cached_base_int4(model_cache: Path, base_model: Path, options: dict, say: Ca
     staging.mkdir(parents=True)
     log = staging.parent / f"{target.name}.log"
     say(f"Building the base model as int4 ONNX for comparison (once; cached in {target.parent.name}/) ...")
-    command = [sys.executable, "-m", "phi3e2e.base_int4", str(base_model), str(staging)]
-    command += [f"--{name}={'/'.join(value) if isinstance(value, list) else value}" for name, value in options.items()]
+    command = [sys.executable, "-m", "phi3e2e.base_int4", str(base_model), str(staging), json.dumps(options)]
     with open(log, "w") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0 or not (staging / "genai_config.json").is_file():
@@ -85,6 +80,7 @@ def build(base_model: Path, output_dir: Path, execution_provider: str, extra: di
         pass
     from onnxruntime_genai.models.builder import create_model
 
+    extra = {key: tuple(value) if isinstance(value, list) else value for key, value in extra.items()}  # op types
     create_model(
         model_name=str(base_model),
         input_path=str(base_model),
@@ -101,14 +97,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3e2e.base_int4")
     parser.add_argument("base_model", type=Path)
     parser.add_argument("output_dir", type=Path)
-    parser.add_argument("--execution_provider", default="cpu")
-    parser.add_argument("--int4_block_size", type=int)
-    parser.add_argument("--int4_accuracy_level", type=int)
-    parser.add_argument("--int4_op_types_to_quantize", type=lambda text: tuple(text.split("/")))
-    parser.add_argument("--int4_is_symmetric", type=lambda text: {"true": True, "false": False}[text.lower()])
+    parser.add_argument("options", type=json.loads, help='JSON: {"execution_provider": "cpu", "int4_...": ...}')
     args = parser.parse_args(argv)
-    extra = {k: v for k, v in vars(args).items() if k.startswith("int4_") and v is not None}
-    build(args.base_model, args.output_dir, args.execution_provider, extra)
+    build(args.base_model, args.output_dir, args.options.pop("execution_provider", "cpu"), args.options)
 
 
 if __name__ == "__main__":
