@@ -15,7 +15,7 @@ Measures, on a Phi-3-mini-shaped model with random weights (hidden 3072, interme
   are measured: what an onnxruntime-genai load adds in memory, i.e. the weights as prepacked;
 - `phi3e2e --help` against `olive --help` wall time.
 
-The int4 model is built with `phi3e2e.export` (Olive's ModelBuilder pass, with the CPU
+The int4 model is built with `phi3e2e.train.export` (Olive's ModelBuilder pass, with the CPU
 options `finetune` uses: docs/performance.md). Models are cached in --work-dir, so reruns skip
 building them.
 Prints a table and writes JSON (and a PNG chart) to benchmarks/results/.
@@ -50,9 +50,9 @@ def log(message: str) -> None:
 def build_models(work_dir: Path, layers: int) -> tuple[Path, Path]:
     """The Phi-3-mini-shaped HF model (as a finished run's merged/) and its int4 ONNX export."""
     from phi3e2e import runs
-    from phi3e2e.export import export
+    from phi3e2e.prepare.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
     from phi3e2e.project import Project
-    from phi3e2e.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
+    from phi3e2e.train.export import export
 
     project = Project(work_dir / f"phi3-mini-shaped-{layers}-layers")
     run_dir = project.gen_model / "bench"
@@ -80,14 +80,14 @@ def user_text_for(engine, length: int) -> str:
     """A user message whose full chat-format prompt is exactly `length` tokens."""
     import numpy
 
-    from phi3e2e.chat import phi3_prompt
+    from phi3e2e.chat_format import chat_prompt
 
     words = " ".join(benchmark_corpus()).split()
     text_ids = engine.encode(" ".join(words * (1 + 4 * length // max(len(words), 1))))
-    overhead = len(engine.encode(phi3_prompt([], "")))
+    overhead = len(engine.encode(chat_prompt([], "")))
     for keep in range(length - overhead, 0, -1):
         text = engine.tokenizer.decode(numpy.array(text_ids[:keep], dtype=numpy.int32))
-        if len(engine.encode(phi3_prompt([], text))) == length:
+        if len(engine.encode(chat_prompt([], text))) == length:
             return text
     raise RuntimeError(f"cannot make a {length}-token prompt with this tokenizer")
 
@@ -182,7 +182,7 @@ def weights_read_per_token(folder: Path) -> int:
     onnxruntime prepacked them, which decode reads once per token. The packed form keeps a block
     sum beside each scale, so it is larger than the file's share of them (the input embedding
     stays in the file mapping; one row of it is read per token)."""
-    code = ("import sys, onnxruntime_genai as og; from phi3e2e.huge_pages import anonymous_regions as regions; "
+    code = ("import sys, onnxruntime_genai as og; from phi3e2e.infer.huge_pages import anonymous_regions as regions; "
             "before = regions(); model = og.Model(sys.argv[1]); "
             "print(sum(max(0, size - before.get(r, 0)) for r, size in regions().items()))")
     done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
@@ -231,9 +231,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from phi3e2e.chat import ChatSession
-    from phi3e2e.engines.genai import GenaiEngine
-    from phi3e2e.generation import GenerationOptions
+    from phi3e2e.infer.chat import ChatSession
+    from phi3e2e.infer.engines.genai import GenaiEngine
+    from phi3e2e.infer.generation import GenerationOptions
 
     merged_dir, onnx_dir = build_models(args.work_dir, args.layers)
     threads = os.cpu_count() or 1

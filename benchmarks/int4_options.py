@@ -16,10 +16,10 @@ Q4_0 and Q4_K_M (llama-cpp-python from .venv-peers, see `make bench-peers`; the 
 with the converter vendored in its source distribution) and transformers fp32. All engines
 stay loaded and are timed round-robin, so a change in machine load hits them alike; medians.
 Each round first reads the memory bandwidth the machine gives (int4 decode is bound by it).
-phi3e2e's engines load as `chat` loads them (weights on 2 MiB pages, phi3e2e.huge_pages);
+phi3e2e's engines load as `chat` loads them (weights on 2 MiB pages, phi3e2e.infer.huge_pages);
 one candidate keeps 4 KiB pages to show what that is worth.
 
-Quality: the held-out loss (phi3e2e.evaluate's loss, on the dataset's eval split) of each
+Quality: the held-out loss (phi3e2e.evaluate.evaluation's loss, on the dataset's eval split) of each
 candidate build of a fine-tuned model against the merged fp32 model it was built from: the
 tiny model after `finetune` (hidden 64: blocks 32 and 64 only) and a wider tiny model
 (hidden 256, so block 128 is measured too). The rule: the fastest, smallest build within 2%.
@@ -68,7 +68,7 @@ class Candidate:
     options: dict  # ModelBuilder int4 options
     all_cores: bool = True  # write intra_op_num_threads = physical cores into genai_config.json
     bare: bool = False  # also time a bare onnxruntime-genai loop (the chat path's overhead check)
-    huge_pages: bool = True  # weights on 2 MiB pages after loading, as `chat` does (phi3e2e.huge_pages)
+    huge_pages: bool = True  # weights on 2 MiB pages after loading, as `chat` does (phi3e2e.infer.huge_pages)
 
     @property
     def build_key(self) -> str:
@@ -80,7 +80,7 @@ class Candidate:
 
 
 def speed_candidates() -> list[Candidate]:
-    from phi3e2e.cpu_tuning import CPU_INT4_DEFAULTS
+    from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS
 
     return [
         Candidate("ModelBuilder default (block 32, 1 thread)", {}, all_cores=False, bare=True),
@@ -119,13 +119,13 @@ def quality_candidates(hidden: int) -> list[Candidate]:
 
 
 def build_int4(hf_dir: Path, out_dir: Path, options: dict) -> Path:
-    """ModelBuilder int4 for CPU with Olive's patches (phi3e2e.base_int4.build), in a subprocess; cached."""
+    """ModelBuilder int4 for CPU with Olive's patches (phi3e2e.evaluate.base_int4.build), in a subprocess; cached."""
     if (out_dir / "genai_config.json").is_file():
         return out_dir
     partial = out_dir.with_name(out_dir.name + ".partial")
     subprocess.run(["rm", "-rf", str(partial)], check=True)
     partial.mkdir(parents=True)
-    command = [sys.executable, "-m", "phi3e2e.base_int4", str(hf_dir), str(partial),
+    command = [sys.executable, "-m", "phi3e2e.evaluate.base_int4", str(hf_dir), str(partial),
                json.dumps({"execution_provider": "cpu", **options})]
     start = time.monotonic()
     with open(out_dir.with_name(out_dir.name + ".log"), "w") as out:
@@ -141,7 +141,7 @@ def build_int4(hf_dir: Path, out_dir: Path, options: dict) -> Path:
 
 def candidate_folder(build_dir: Path, candidate: Candidate, threads: int) -> Path:
     """The build with this candidate's thread setting: a folder of links with its own genai_config."""
-    from phi3e2e.cpu_tuning import use_all_cores
+    from phi3e2e.infer.threads import use_all_cores
 
     folder = build_dir.with_name(build_dir.name + ("-cores" if candidate.all_cores else "-default-threads"))
     if not folder.is_dir():
@@ -215,10 +215,10 @@ def measure_speed(args, threads: int) -> dict:
     )
     from transformers import AutoModelForCausalLM
 
-    from phi3e2e.chat import ChatSession
-    from phi3e2e.engines.genai import GenaiEngine
-    from phi3e2e.generation import GenerationOptions
-    from phi3e2e.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
+    from phi3e2e.infer.chat import ChatSession
+    from phi3e2e.infer.engines.genai import GenaiEngine
+    from phi3e2e.infer.generation import GenerationOptions
+    from phi3e2e.prepare.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
 
     work = args.work_dir / f"phi3-mini-shaped-{args.layers}-layers"
     hf_dir = work / "hf-fp32"
@@ -360,11 +360,11 @@ def measure_quality(args) -> list[dict]:
 
 def tiny_quality_run(work_dir: Path, label: str) -> Path:
     """`prepare --tiny` + `finetune --algo lora` of a tiny model (widened for `tiny-wide`); cached."""
-    from phi3e2e.finetune import finetune
-    from phi3e2e.prepare import prepare
+    from phi3e2e.prepare.prepare_project import prepare
+    from phi3e2e.prepare.tiny_model import TINY, write_tiny_model
     from phi3e2e.project import Project
     from phi3e2e.runs import read_run_record
-    from phi3e2e.tiny_model import TINY, write_tiny_model
+    from phi3e2e.train.local import finetune
 
     def quiet(_message):
         pass
@@ -388,7 +388,7 @@ def tiny_quality_run(work_dir: Path, label: str) -> Path:
 
 def quality_of_run(run_dir: Path, label: str, builds_dir: Path) -> list[dict]:
     """Held-out loss of the run's own onnx-int4 and of each candidate built from its merged/."""
-    from phi3e2e.evaluate import EvalOptions, load_eval_rows, onnx_loss, torch_loss
+    from phi3e2e.evaluate.evaluation import EvalOptions, load_eval_rows, onnx_loss, torch_loss
     from phi3e2e.project import Project
     from phi3e2e.runs import read_run_record
 
@@ -538,7 +538,8 @@ def main() -> None:
                         help="an earlier result JSON whose rounds the plot shows too (repeatable)")
     args = parser.parse_args()
 
-    from phi3e2e.cpu_tuning import CPU_INT4_DEFAULTS, physical_cores
+    from phi3e2e.infer.threads import physical_cores
+    from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS
 
     threads = args.threads or physical_cores()
     args.work_dir.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from phi3e2e.finetune import finetune
-from phi3e2e.prepare import prepare
+from phi3e2e.prepare.prepare_project import prepare
 from phi3e2e.project import Project
+from phi3e2e.train.local import finetune
 
 REPO = Path(__file__).resolve().parents[1]
 # The recipe's real dataset lives in shared/ beside the checkout (CI lays a copy there too);

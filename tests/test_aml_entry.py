@@ -13,12 +13,12 @@ import sys
 
 import pytest
 
-from phi3e2e.aml.compute_entry import fill_placeholders
-from phi3e2e.aml.staging import ENTRY_SCRIPT, stage_job_files
-from phi3e2e.finetune import CHECKPOINTS, OLIVE_CACHE, OLIVE_OUTPUT
-from phi3e2e.olive_runner import missing_outputs
-from phi3e2e.render import WorkflowPaths, render_workflow
-from phi3e2e.settings import build_settings
+from phi3e2e.train.aml.compute_entry import fill_placeholders
+from phi3e2e.train.aml.staging import ENTRY_SCRIPT, stage_job_files
+from phi3e2e.train.local import CHECKPOINTS, OLIVE_CACHE, OLIVE_OUTPUT
+from phi3e2e.train.olive_runner import missing_outputs
+from phi3e2e.workflow.render import WorkflowPaths, render_workflow
+from phi3e2e.workflow.settings import build_settings
 
 
 def test_placeholders_are_filled_everywhere_and_only_there():

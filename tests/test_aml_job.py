@@ -16,11 +16,11 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from phi3e2e.aml import workspace
-from phi3e2e.aml.job import DEFAULT_IMAGE, JOB_FILE
-from phi3e2e.aml.submit import AmlOptions
 from phi3e2e.errors import UserError
-from phi3e2e.finetune import finetune
+from phi3e2e.train.aml import workspace
+from phi3e2e.train.aml.job import DEFAULT_IMAGE, JOB_FILE
+from phi3e2e.train.aml.submit import AmlOptions
+from phi3e2e.train.local import finetune
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"  # made up, shaped like a real one
 HF_TOKEN = "hf_abcdefghijklmnopqrstuvwxyz012345"
@@ -165,7 +165,7 @@ def test_cli_dry_run_on_a_prepared_project(tiny_project):
 @pytest.mark.parametrize("args", [["--help"], ["jobs", "--help"], ["finetune", "--help"]])
 def test_help_does_not_import_azure(args):
     probe = (
-        "import sys\nfrom phi3e2e.cli import app\ntry:\n"
+        "import sys\nfrom phi3e2e.cli.app import app\ntry:\n"
         f"    app({args!r})\nexcept SystemExit:\n    pass\n"
         "print('AZURE' if any(m.split('.')[0] == 'azure' for m in sys.modules) else 'CLEAN')\n"
     )

@@ -21,13 +21,13 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import ResourceNotFoundError
 from azure.identity import CredentialUnavailableError
 
-from phi3e2e.aml import workspace
-from phi3e2e.aml.job import local_uploads
-from phi3e2e.aml.submit import AmlOptions
 from phi3e2e.errors import UserError
-from phi3e2e.finetune import finetune
 from phi3e2e.project import Project
 from phi3e2e.runs import read_run_record
+from phi3e2e.train.aml import workspace
+from phi3e2e.train.aml.job import local_uploads
+from phi3e2e.train.aml.submit import AmlOptions
+from phi3e2e.train.local import finetune
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
 STUDIO_URL = f"https://ml.azure.com/runs/olive-job-1?wsid=/subscriptions/{SUBSCRIPTION}/resourcegroups/rg/workspaces/ws"
@@ -185,8 +185,8 @@ def test_failed_job_is_recorded_and_not_downloaded(tiny_project, azure):
 
 
 def test_jobs_commands_come_back_to_a_submitted_run(tiny_project, azure):
-    from phi3e2e.aml.jobs import download_models, list_runs, run_status
-    from phi3e2e.aml.workspace import WorkspaceRef, connect
+    from phi3e2e.train.aml.jobs import download_models, list_runs, run_status
+    from phi3e2e.train.aml.workspace import WorkspaceRef, connect
 
     submit(tiny_project)
     client = connect(WorkspaceRef(), (tiny_project.root,))

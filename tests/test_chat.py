@@ -11,9 +11,10 @@ import shutil
 import pytest
 from conftest import run_cli
 
-from phi3e2e.chat import ChatSession, GenerationOptions, phi3_prompt
-from phi3e2e.commands.chat import EMPTY_ANSWER
+from phi3e2e.chat_format import chat_prompt
+from phi3e2e.cli.chat import EMPTY_ANSWER
 from phi3e2e.errors import UserError
+from phi3e2e.infer.chat import ChatSession, GenerationOptions
 
 FORMS = {"onnx-int4": "onnx", "merged": "merged", "adapter": "adapter"}
 QUESTION = "How long does shipping take?"
@@ -31,7 +32,7 @@ def test_each_model_form_answers_in_the_chat_format(finished_run, folder):
     assert 8 <= answer.tokens <= 16
     assert answer.text and "".join(streamed).strip() == answer.text
     # The prompt is exactly Phi-3's chat format, system prompt included.
-    assert answer.prompt_tokens == len(session.engine.encode(phi3_prompt([], QUESTION, "Answer briefly.")))
+    assert answer.prompt_tokens == len(session.engine.encode(chat_prompt([], QUESTION, "Answer briefly.")))
     assert session.turns == [(QUESTION, answer.text)]
 
 

@@ -14,7 +14,7 @@ HEAVY = ("torch", "olive", "transformers", "onnxruntime", "onnxruntime_genai", "
 def test_help_and_version_import_no_ml_stack(args):
     probe = (
         "import sys, json\n"
-        "from phi3e2e.cli import app\n"
+        "from phi3e2e.cli.app import app\n"
         "try:\n"
         f"    app({args!r})\n"
         "except SystemExit:\n"

@@ -8,13 +8,9 @@ import shutil
 
 from conftest import run_cli
 
-from phi3e2e.cpu_tuning import (
-    CPU_INT4_DEFAULTS,
-    cpu_int4_options,
-    physical_cores,
-    use_all_cores,
-)
-from phi3e2e.finetune import finetune
+from phi3e2e.infer.threads import physical_cores, use_all_cores
+from phi3e2e.train.local import finetune
+from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS, cpu_int4_options
 
 
 def quiet(_message: str) -> None:

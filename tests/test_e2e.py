@@ -17,11 +17,11 @@ from conftest import quiet, run_cli
 from safetensors.numpy import load_file
 
 from phi3e2e import runs
-from phi3e2e.chat import ChatSession, GenerationOptions
 from phi3e2e.errors import UserError
-from phi3e2e.finetune import finetune
-from phi3e2e.olive_runner import collect_forms, missing_outputs
+from phi3e2e.infer.chat import ChatSession, GenerationOptions
 from phi3e2e.project import Project
+from phi3e2e.train.local import finetune
+from phi3e2e.train.olive_runner import collect_forms, missing_outputs
 
 
 def test_finetune_leaves_three_verified_model_forms(finished_run):

@@ -9,10 +9,10 @@ import shutil
 import pytest
 from conftest import run_cli
 
-from phi3e2e.chat import ChatSession, GenerationOptions
 from phi3e2e.errors import UserError
-from phi3e2e.export import export
+from phi3e2e.infer.chat import ChatSession, GenerationOptions
 from phi3e2e.project import Project
+from phi3e2e.train.export import export
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_export_for_cpu_yields_a_model_that_chats(run_copy):
     genai_config = json.loads((model_dir / "genai_config.json").read_text())
     assert genai_config["model"]["decoder"]["session_options"]["provider_options"] == []
     # A CPU export decodes on every physical core, like the run's own onnx-int4/.
-    from phi3e2e.cpu_tuning import physical_cores
+    from phi3e2e.infer.threads import physical_cores
 
     assert genai_config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == physical_cores()
     options = GenerationOptions(max_new_tokens=8, min_new_tokens=8)
@@ -83,7 +83,7 @@ def test_export_without_a_finished_run_says_what_to_run(tiny_project):
 
 def test_export_builds_with_the_int4_options_the_run_used(run_copy):
     from phi3e2e import runs
-    from phi3e2e.export import int4_build_options, render_export
+    from phi3e2e.train.export import int4_build_options, render_export
 
     project, run_dir = run_copy
     merged = run_dir / "merged"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3e2e.huge_pages import (
+from phi3e2e.infer.huge_pages import (
     HUGE_PAGE,
     MADV_COLLAPSE,
     MADV_HUGEPAGE,

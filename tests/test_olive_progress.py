@@ -1,6 +1,6 @@
 """Reading Olive's output: pass boundaries, the loss history, and the real failure reason."""
 
-from phi3e2e.olive_runner import ProgressReader
+from phi3e2e.train.olive_runner import ProgressReader
 
 # Lines as Olive 0.13 + transformers print them (tqdm's carriage returns already split).
 TRAINING = [

@@ -11,7 +11,7 @@ from conftest import quiet, run_cli
 from fake_hub import FakeHub
 
 from phi3e2e.errors import UserError
-from phi3e2e.prepare import prepare
+from phi3e2e.prepare.prepare_project import prepare
 from phi3e2e.project import Project
 
 SECRET = "hf_test_token_do_not_leak_123"

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 
-from phi3e2e import render
 from phi3e2e.errors import UserError
-from phi3e2e.render import WorkflowPaths, render_workflow
 from phi3e2e.resources import templates_dir
-from phi3e2e.settings import build_settings
+from phi3e2e.workflow import render
+from phi3e2e.workflow.render import WorkflowPaths, render_workflow
+from phi3e2e.workflow.settings import build_settings
 
 PATHS = WorkflowPaths(
     model="/models/phi3", train_file="/data/train.jsonl", eval_file="/data/eval.jsonl",

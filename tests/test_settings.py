@@ -3,7 +3,7 @@
 import pytest
 
 from phi3e2e.errors import UserError
-from phi3e2e.settings import build_settings, parse_override, valid_keys
+from phi3e2e.workflow.settings import build_settings, parse_override, valid_keys
 
 
 def test_defaults_are_the_recipes():

@@ -10,9 +10,9 @@ from conftest import REPO
 
 PROBE = """
 import json, phi3e2e
-from phi3e2e.render import WorkflowPaths, render_workflow
+from phi3e2e.workflow.render import WorkflowPaths, render_workflow
 from phi3e2e.resources import sample_dataset, templates_dir
-from phi3e2e.settings import build_settings
+from phi3e2e.workflow.settings import build_settings
 paths = WorkflowPaths("m", "t.jsonl", None, "o", "c", "k")
 config = render_workflow("lora", "local", build_settings("tiny", {}), paths)
 print(json.dumps([phi3e2e.__file__, str(templates_dir()), str(sample_dataset()), config["passes"]["int4"]["type"]]))

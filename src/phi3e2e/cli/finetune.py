@@ -1,0 +1,98 @@
+"""`phi3e2e finetune`: render, validate and run the Olive workflow."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from phi3e2e.cli.jobs import (
+    ComputeOption,
+    HfTokenSecretOption,
+    ImageOption,
+    ResourceGroupOption,
+    SubscriptionOption,
+    WaitOption,
+    WorkspaceOption,
+    aml_options,
+)  # fmt: skip
+from phi3e2e.cli.options import ModelOption, choice, current_project, say
+from phi3e2e.errors import UserError
+
+Algo = Annotated[str, typer.Option("--algo", help="lora (CPU or GPU) or qlora (CUDA GPU only).")]
+Target = Annotated[str, typer.Option("--target", help="local: this machine; aml: Azure ML compute.")]
+
+
+def finetune(
+    algo: Algo = "lora",
+    target: Target = "local",
+    model: ModelOption = None,
+    data: Annotated[
+        Optional[str], typer.Option("--data", help="Dataset name under datasets/ or folder; default: the prepared one.")
+    ] = None,
+    run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run folder name under gen-model/.")] = None,
+    set_values: Annotated[
+        Optional[List[str]],
+        typer.Option("--set", help="Override a setting, e.g. --set lora.r=16 --set training.max_steps=50."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and validate the workflow only.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream Olive's full output.")] = False,
+    compute: ComputeOption = None,
+    image: ImageOption = None,
+    wait: WaitOption = True,
+    hf_token_secret: HfTokenSecretOption = None,
+    subscription: SubscriptionOption = None,
+    resource_group: ResourceGroupOption = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Fine-tune, merge the adapter and build the int4 ONNX model into gen-model/<run>/.
+
+    Examples:
+      phi3e2e finetune --algo lora
+      phi3e2e finetune --algo lora --set lora.r=16 --set training.max_steps=50
+      phi3e2e finetune --algo qlora --target aml --compute gpu-a100 --dry-run
+      phi3e2e finetune --algo qlora --target aml --compute gpu-a100 --model microsoft/Phi-3-mini-4k-instruct
+      phi3e2e finetune --target aml --compute gpu-a100 --no-wait \
+        --data azureml://datastores/workspaceblobstore/paths/data/train.jsonl
+    """
+    from phi3e2e.train.local import finetune as run_finetune
+
+    project = current_project()
+    result = run_finetune(
+        project,
+        algo=choice(algo, ("lora", "qlora"), "--algo"),
+        target=choice(target, ("local", "aml"), "--target"),
+        model=model,
+        data=data,
+        run_name=run_name,
+        set_args=set_values or [],
+        dry_run=dry_run,
+        verbose=verbose,
+        say=say,
+        aml_options=aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace),
+    )
+    if result.dry_run:
+        say(f"Workflow rendered and validated: {project.relative(result.config_file)}")
+        return
+    if result.record.get("status") == "submitted":  # --target aml --no-wait: the job runs on; `phi3e2e jobs` follows it
+        return
+    loss = result.record.get("train_loss") or {}
+    say(f"Done in {result.record['duration_s']:.0f}s: {project.relative(result.run_dir)}/")
+    say("  adapter/    LoRA adapter (PEFT)")
+    say("  merged/     base model with the adapter merged in")
+    say("  onnx-int4/  int4 ONNX Runtime GenAI model")
+    if loss:
+        say(f"  training loss {loss['first']:.3f} -> {loss['last']:.3f} (curve: loss.png)")
+    # Evidence right away: held-out loss, base vs fine-tuned int4 (full comparison: `phi3e2e eval`).
+    from phi3e2e.evaluate.evaluation import REPORT_FILE, EvalOptions, evaluate_run, summary_lines
+
+    try:
+        evaluation = evaluate_run(project, result.run_dir, EvalOptions(samples=2, max_rows=200), say=say)
+    except (UserError, RuntimeError, OSError, KeyboardInterrupt) as e:  # the run itself is complete and verified
+        say(f"Eval skipped: {' '.join(str(e).split()) or 'interrupted'} (try `phi3e2e eval {result.run_dir.name}`)")
+    else:
+        say(f"Held-out loss on {evaluation['eval_rows']} eval rows (lower is better):")
+        for line in summary_lines(evaluation):
+            say(line)
+        say(f"Report:  {project.relative(result.run_dir / REPORT_FILE)}")
+    say('Next:    phi3e2e chat --prompt "..."')

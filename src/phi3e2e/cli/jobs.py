@@ -1,0 +1,127 @@
+"""`phi3e2e jobs`: come back to Azure ML fine-tunes (list, status, logs, download), and the Azure options."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from phi3e2e.cli.options import current_project, say
+
+ComputeOption = Annotated[
+    Optional[str], typer.Option("--compute", help="--target aml: the Azure ML GPU compute to run on, e.g. gpu-a100.")
+]
+ImageOption = Annotated[
+    Optional[str], typer.Option("--image", help="--target aml: base image (default: Azure ML's CUDA 12 image).")
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait/--no-wait", help="--target aml: stream the log and download the models, or just submit."),
+]
+HfTokenSecretOption = Annotated[
+    Optional[str],
+    typer.Option("--hf-token-secret", help="--target aml: workspace Key Vault secret with a Hugging Face token."),
+]
+SubscriptionOption = Annotated[
+    Optional[str], typer.Option("--subscription", help="Azure subscription ID (default: config.json / env).")
+]
+ResourceGroupOption = Annotated[
+    Optional[str], typer.Option("--resource-group", help="Azure resource group (default: config.json / env).")
+]
+WorkspaceOption = Annotated[
+    Optional[str], typer.Option("--workspace", help="Azure ML workspace name (default: config.json / env).")
+]
+RunArgument = Annotated[
+    Optional[str], typer.Argument(help="Run name under gen-model/ (default: the newest Azure ML run).")
+]
+
+app = typer.Typer(
+    help="Follow Azure ML fine-tunes: list, status, logs, download.\n\n"
+    "Examples:\n\n  phi3e2e jobs list\n\n  phi3e2e jobs logs 20250101-120000-qlora\n\n  phi3e2e jobs download",
+    no_args_is_help=True,
+)
+
+
+def aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace):
+    """The finetune command's Azure flags as the domain's AmlOptions (no azure import)."""
+    from phi3e2e.train.aml.job import DEFAULT_IMAGE
+    from phi3e2e.train.aml.submit import AmlOptions
+    from phi3e2e.train.aml.workspace import WorkspaceRef
+
+    return AmlOptions(
+        compute=compute,
+        image=image or DEFAULT_IMAGE,
+        wait=wait,
+        hf_token_secret=hf_token_secret,
+        workspace=WorkspaceRef(subscription, resource_group, workspace),
+    )
+
+
+def _client(subscription, resource_group, workspace):
+    from phi3e2e.train.aml.workspace import WorkspaceRef, connect
+
+    project = current_project()
+    return project, connect(WorkspaceRef(subscription, resource_group, workspace), (project.root,))
+
+
+@app.command("list")
+def list_jobs(
+    subscription: SubscriptionOption = None,
+    resource_group: ResourceGroupOption = None,
+    workspace: WorkspaceOption = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Only what the run folders recorded.")] = False,
+) -> None:
+    """Azure ML runs in gen-model/, newest first, with their job's live status."""
+    from phi3e2e.train.aml.jobs import list_runs
+
+    project = current_project()
+    client = None if offline else _client(subscription, resource_group, workspace)[1]
+    for line in list_runs(project, client):
+        say(line)
+
+
+@app.command()
+def status(
+    run: RunArgument = None,
+    subscription: SubscriptionOption = None,
+    resource_group: ResourceGroupOption = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """The job's status and its Azure ML studio link."""
+    from phi3e2e.train.aml.jobs import run_status
+
+    project, client = _client(subscription, resource_group, workspace)
+    for line in run_status(project, client, run):
+        say(line)
+
+
+@app.command()
+def logs(
+    run: RunArgument = None,
+    subscription: SubscriptionOption = None,
+    resource_group: ResourceGroupOption = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Stream the job's log until it ends."""
+    from phi3e2e.train.aml.jobs import follow_logs
+
+    project, client = _client(subscription, resource_group, workspace)
+    say(f"Job ended: {follow_logs(project, client, run, say)}")
+
+
+@app.command()
+def download(
+    run: RunArgument = None,
+    subscription: SubscriptionOption = None,
+    resource_group: ResourceGroupOption = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Download a finished job's adapter/, merged/ and onnx-int4/ into its run folder."""
+    from phi3e2e.train.aml.jobs import download_models
+
+    project, client = _client(subscription, resource_group, workspace)
+    run_dir = download_models(project, client, run, say)
+    say(f"Done: {project.relative(run_dir)}/ holds adapter/, merged/, onnx-int4/")
+    say(
+        f'Next:  phi3e2e chat --model {project.relative(run_dir / "onnx-int4")} --device cuda --prompt "..."  (int4 built for CUDA)'
+    )

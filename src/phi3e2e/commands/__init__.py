@@ -1,1 +1,0 @@
-"""One module per command; each defines a plain function that cli.py registers."""

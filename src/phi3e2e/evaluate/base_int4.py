@@ -1,0 +1,106 @@
+"""The base model as int4 ONNX, built exactly like a fine-tune's onnx-int4/, cached in model-cache/.
+
+`eval` compares the fine-tuned int4 model with the base model in the same form, so the base
+must go through the same builder: onnxruntime-genai's ModelBuilder with Olive's ModelBuilder
+pass patches applied, the run's execution provider and its int4 options. The build runs in a
+subprocess (`python -m phi3e2e.evaluate.base_int4 ...`) so its chatter goes to a log file; it is
+written to a temporary folder and renamed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from phi3e2e.errors import UserError
+
+EXECUTION_PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
+BUILT_FROM = "phi3e2e-built-from.json"
+
+
+def int4_options(run_dir: Path, record: dict) -> dict:
+    """The execution provider and int4 options the run's ModelBuilder pass used."""
+    config = json.loads((run_dir / "olive-config.json").read_text())
+    accelerator = next(iter(config.get("systems", {}).values()), {}).get("accelerators", [{}])[0]
+    provider = (accelerator.get("execution_providers") or ["CPUExecutionProvider"])[0]
+    export = record.get("settings", {}).get("export", {})
+    options = {"execution_provider": EXECUTION_PROVIDERS.get(provider, "cpu")}
+    return options | {key: value for key, value in export.items() if key.startswith("int4_") and value is not None}
+
+
+def cached_base_int4(model_cache: Path, base_model: Path, options: dict, say: Callable[[str], None] = print) -> Path:
+    """model-cache/.onnx-int4/<model>-<key>/: built once per base model (and its files) and options."""
+    key = _fingerprint(base_model, options)
+    target = model_cache / ".onnx-int4" / f"{base_model.name}-{key}"
+    if (target / "genai_config.json").is_file() and (target / BUILT_FROM).is_file():
+        return target
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    log = staging.parent / f"{target.name}.log"
+    say(f"Building the base model as int4 ONNX for comparison (once; cached in {target.parent.name}/) ...")
+    command = [sys.executable, "-m", "phi3e2e.evaluate.base_int4", str(base_model), str(staging), json.dumps(options)]
+    with open(log, "w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0 or not (staging / "genai_config.json").is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        raise UserError(f"building the base int4 model failed: {last[0] if last else 'no output'} (log: {log})")
+    shutil.rmtree(staging / "cache", ignore_errors=True)
+    (staging / BUILT_FROM).write_text(json.dumps({"base_model": str(base_model), **options}, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    log.unlink(missing_ok=True)
+    return target
+
+
+def _fingerprint(base_model: Path, options: dict) -> str:
+    """Changes when the base model's files or the options change, so a stale build is never used."""
+    parts = [str(base_model.resolve()), json.dumps(options, sort_keys=True)]
+    for path in sorted(base_model.glob("*")):
+        if path.is_file():
+            stat = path.stat()
+            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def build(base_model: Path, output_dir: Path, execution_provider: str, extra: dict) -> None:
+    """What Olive's ModelBuilder pass does for an HfModel input, minus Olive's bookkeeping."""
+    try:
+        from olive.passes.onnx.model_builder import ModelBuilder
+
+        ModelBuilder.maybe_patch_quant()  # the same builder patches the fine-tune's int4 got
+    except ImportError:
+        pass
+    from onnxruntime_genai.models.builder import create_model
+
+    extra = {key: tuple(value) if isinstance(value, list) else value for key, value in extra.items()}  # op types
+    create_model(
+        model_name=str(base_model),
+        input_path=str(base_model),
+        output_dir=str(output_dir),
+        precision="int4",
+        execution_provider=execution_provider,
+        cache_dir=str(output_dir / "cache"),
+        filename="model.onnx",
+        **extra,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m phi3e2e.evaluate.base_int4")
+    parser.add_argument("base_model", type=Path)
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("options", type=json.loads, help='JSON: {"execution_provider": "cpu", "int4_...": ...}')
+    args = parser.parse_args(argv)
+    build(args.base_model, args.output_dir, args.options.pop("execution_provider", "cpu"), args.options)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The eval report of a run: eval-report.md with the loss plot, the numbers and sample answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from phi3e2e.evaluate.evaluation import REPORT_FILE
+
+PLOT_FILE = "eval-loss.png"
+
+
+def write_report(run_dir: Path, result: dict) -> Path:
+    history = _history(run_dir / "train-log.jsonl")
+    plot = plot_losses(history, result, run_dir / PLOT_FILE)
+    lines = [
+        f"# Evaluation of run `{result['run']}`",
+        "",
+        f"Held-out data: {result['eval_rows']} rows of the eval split of `{result['dataset']}` "
+        f"({result['eval_tokens']} predicted tokens, rows cut at {result['max_length']} tokens as in training). "
+        "Loss is the mean next-token negative log-likelihood; lower is better. Perplexity = exp(loss).",
+        "",
+        "| model form | base loss | fine-tuned loss | change | base perplexity | fine-tuned perplexity |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for form, numbers in result["losses"].items():
+        base, tuned = numbers["base"], numbers["fine_tuned"]
+        lines.append(
+            f"| {form} | {base['loss']:.4f} | {tuned['loss']:.4f} | {numbers['change']:+.4f} "
+            f"| {base['perplexity']:g} | {tuned['perplexity']:g} |"
+        )
+    lines += ["", "## Loss during training", ""]
+    if plot:
+        lines.append(f"![training and held-out loss]({plot.name})")
+    else:
+        lines.append("No training-loss history was logged for this run (train-log.jsonl is missing or empty).")
+    if result["samples"]:
+        lines += ["", "## Sample answers (int4, greedy)", ""]
+        for i, sample in enumerate(result["samples"], 1):
+            lines += [
+                f"### Sample {i}: {' '.join(sample['question'].split())[:120]}",
+                "",
+                "Prompt as the model saw it:",
+                "",
+            ]
+            lines += [_block(sample["prompt"]), "", "Reference answer:", ""]
+            lines += [_block(sample["reference"]), "", "Base model:", "", _block(sample["base"]), ""]
+            lines += ["Fine-tuned model:", "", _block(sample["fine_tuned"]), ""]
+    lines += ["", f"Measured in {result['seconds']:.0f} s at {result['evaluated_at']}. Numbers: `eval.json`."]
+    report = run_dir / REPORT_FILE
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report
+
+
+def _block(text: str) -> str:
+    fence = "````" if "```" in text else "```"
+    return f"{fence}text\n{text or '(empty)'}\n{fence}"
+
+
+def _history(log_file: Path) -> list[dict]:
+    if not log_file.is_file():
+        return []
+    with open(log_file, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_losses(history: list[dict], result: dict, png: Path):
+    """Training loss and the trainer's eval loss by step, with the int4 held-out losses as lines."""
+    train = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+    evals = [(entry["step"], entry["eval_loss"]) for entry in history if "eval_loss" in entry]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers or CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(*zip(*train), marker="o", markersize=3, label="training loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="s", markersize=4, label="eval loss (trainer)")
+    int4 = result["losses"].get("int4")
+    if int4:
+        ax.axhline(int4["base"]["loss"], color="gray", linestyle="--", label="held-out loss, base int4")
+        ax.axhline(int4["fine_tuned"]["loss"], color="green", linestyle="--", label="held-out loss, fine-tuned int4")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"Run {result['run']}: loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png

@@ -1,0 +1,1 @@
+"""Talking to a model: the engines for each model form and the chat session over them."""

@@ -1,0 +1,86 @@
+"""A conversation in the Phi-3 chat format with any model form, streaming tokens.
+
+The history kept within the model's context, Ctrl-C handling and the timing
+live here once; the engines (engines/genai.py, engines/hf.py) only encode and generate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from phi3e2e.chat_format import chat_prompt
+from phi3e2e.errors import UserError
+from phi3e2e.infer.engines import Engine
+from phi3e2e.infer.generation import Answer, GenerationOptions
+
+__all__ = ["Answer", "ChatSession", "GenerationOptions"]
+
+TRIM_NOTICE = "[oldest turn dropped to stay within the model's context]"
+
+
+@dataclass
+class ChatSession:
+    """A conversation with one model; keeps history within the model's context length.
+
+    `engine` is normally opened from `model_dir` (any form, see model_forms.py); pass an
+    already loaded one to reuse it.
+    """
+
+    model_dir: Path
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    system: Optional[str] = None
+    device: str = "cpu"
+    base: Optional[Path] = None
+    threads: Optional[int] = None
+    engine: Optional[Engine] = None
+    turns: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.engine is None:
+            from phi3e2e.infer.forms import open_model
+
+            self.engine = open_model(Path(self.model_dir), self.device, self.base, self.threads)
+        self.context_length = self.engine.context_length
+
+    @property
+    def form(self) -> str:
+        return self.engine.form
+
+    def prompt_tokens(self, user: str, notice: Callable[[str], None] = lambda _: None) -> list[int]:
+        """The prompt for `user`'s turn, dropping the oldest turns until it leaves room for an answer."""
+        room = self.context_length - self.options.max_new_tokens
+        while True:
+            tokens = self.engine.encode(chat_prompt(self.turns, user, self.system))
+            if len(tokens) <= room or not self.turns:
+                break
+            self.turns.pop(0)
+            notice(TRIM_NOTICE)
+        if len(tokens) > room:
+            raise UserError(
+                f"prompt is {len(tokens)} tokens; this model's context of {self.context_length} leaves room for "
+                f"{max(room, 0)} with {self.options.max_new_tokens} for the answer: shorten it or lower --max-length"
+            )
+        return tokens
+
+    def ask(self, user: str, on_text: Callable[[str], None] = lambda _: None, notice=lambda _: None) -> Answer:
+        prompt_tokens = self.prompt_tokens(user, notice)
+        pieces: list[str] = []
+        count, first, stopped = 0, None, False
+        start = time.perf_counter()
+        try:
+            for piece in self.engine.stream(prompt_tokens, self.options):
+                count += 1
+                if first is None:
+                    first = time.perf_counter() - start
+                if piece:
+                    pieces.append(piece)
+                    on_text(piece)
+        except KeyboardInterrupt:
+            stopped = True  # Ctrl-C ends this answer, not the session
+        seconds = time.perf_counter() - start
+        text = "".join(pieces).strip()
+        self.turns.append((user, text))
+        return Answer(text, count, seconds, first, stopped, prompt_tokens=len(prompt_tokens))

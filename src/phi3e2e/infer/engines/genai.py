@@ -1,0 +1,124 @@
+"""The ONNX Runtime GenAI engine: the int4 (or fp16/fp32) model phi3e2e ships."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Optional
+
+from phi3e2e.errors import UserError
+from phi3e2e.infer.generation import GenerationOptions
+
+GENAI_CONFIG = "genai_config.json"
+
+
+def is_genai_model(folder: Path) -> bool:
+    return (folder / GENAI_CONFIG).is_file()
+
+
+def genai_config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / GENAI_CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{folder / GENAI_CONFIG}:{e.lineno}: invalid JSON: {e.msg}") from None
+
+
+def built_for(settings: dict):
+    """The execution provider ModelBuilder built the model for ("cpu" when it names none)."""
+    options = settings.get("model", {}).get("decoder", {}).get("session_options", {}).get("provider_options") or []
+    return next(iter(options[0]), None) if options and isinstance(options[0], dict) else "cpu"
+
+
+def check_cuda_available() -> None:
+    import onnxruntime_genai as og
+
+    if not og.is_cuda_available():
+        raise UserError(
+            "--device cuda: this onnxruntime-genai has no CUDA support (install onnxruntime-genai-cuda "
+            "on a machine with an NVIDIA GPU), or use --device cpu"
+        )
+
+
+class GenaiEngine:
+    form = "onnx"
+
+    def __init__(self, model_dir: Path, device: str = "cpu", threads: Optional[int] = None, huge_pages: bool = True):
+        """`huge_pages=False` keeps the weights on 4 KiB pages (benchmarks compare the two)."""
+        import onnxruntime_genai as og
+
+        from phi3e2e.infer import huge_pages as pages
+
+        self._og = og
+        self.model_dir = model_dir
+        self.device = device
+        settings = genai_config(model_dir)
+        try:
+            self.context_length = int(settings["model"]["context_length"])
+            eos = settings["model"]["eos_token_id"]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{model_dir / GENAI_CONFIG}: model.context_length or model.eos_token_id missing") from None
+        self._end_ids = set(eos if isinstance(eos, list) else [eos])
+        if device == "cuda":
+            check_cuda_available()
+        mapped_before = pages.anonymous_regions() if device == "cpu" and huge_pages else {}
+        try:
+            if built_for(settings) == device and not threads:
+                # As built. Re-setting the providers of a CPU model (clear_providers, or an overlay of
+                # provider_options) made decode ~10% slower in onnxruntime-genai 0.14.1 (benchmarks/).
+                self.model = og.Model(str(model_dir))
+            else:
+                # The device is the user's choice, not the build's: a CUDA-built int4 model also runs on CPU.
+                config = og.Config(str(model_dir))
+                config.clear_providers()
+                if device == "cuda":
+                    config.append_provider("cuda")
+                if threads:  # overrides the thread count written into genai_config.json at build time
+                    session_options = {"intra_op_num_threads": threads}
+                    config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
+                self.model = og.Model(config)
+        except Exception as e:  # the runtime raises plain RuntimeError/OSError with its reason
+            hint = ""
+            if device == "cpu" and built_for(settings) not in ("cpu", None):
+                built = built_for(settings)
+                hint = f" (built for {built}: use --device {built}, or `phi3e2e export --device cpu`)"
+            raise UserError(f"{model_dir}: cannot load model: {str(e).splitlines()[0]}{hint}") from None
+        # CPU decode streams every weight each token: on 2 MiB pages it was ~8% faster (docs/performance.md).
+        if mapped_before:
+            pages.collapse_new(mapped_before, pages.anonymous_regions())
+        self.tokenizer = og.Tokenizer(self.model)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[str]:
+        for _token, text in self.stream_tokens(prompt_tokens, options):
+            yield text
+
+    def stream_tokens(
+        self, prompt_tokens: list[int], options: GenerationOptions, seed: Optional[int] = None
+    ) -> Iterator[tuple[int, str]]:
+        """(token id, its text) per generated token; an end-of-turn token comes last, with text "".
+
+        `seed` makes sampling repeatable (the server's `seed`); greedy decoding ignores it.
+        """
+        og = self._og
+        params = og.GeneratorParams(self.model)
+        max_length = min(self.context_length, len(prompt_tokens) + options.max_new_tokens)
+        search = {"max_length": max_length, "min_length": min(max_length, len(prompt_tokens) + options.min_new_tokens)}
+        if options.do_sample:
+            search |= {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
+            if seed is not None:
+                search["random_seed"] = seed
+        # Greedy gets no sampling options: setting them anyway cost ~5% decode speed (onnxruntime-genai 0.14.1).
+        params.set_search_options(do_sample=options.do_sample, **search)
+        generator = og.Generator(self.model, params)
+        decoder = self.tokenizer.create_stream()
+        generator.append_tokens(prompt_tokens)
+        while not generator.is_done():
+            generator.generate_next_token()
+            token = generator.get_next_tokens()[0]
+            yield token, "" if self.is_end(token) else decoder.decode(token)
+
+    def is_end(self, token: int) -> bool:
+        """An end-of-turn / end-of-text token (genai_config's eos_token_id)."""
+        return token in self._end_ids

@@ -1,0 +1,138 @@
+"""Runs ON the Azure ML compute (staged as aml-code/phi3e2e_job.py): `olive run` on the staged config.
+
+The staged olive-config.json names the job's inputs and outputs by placeholders such as
+"${{inputs.train_file}}"; Azure ML substitutes the same placeholders in the job's command line
+only, so the command passes them here as `--bind inputs.train_file=/mnt/...` and this script
+writes them into the config before running Olive. Afterwards the adapter, merged and int4 models
+are moved out of Olive's cache into the job's `models` output as adapter/, merged/, onnx-int4/.
+
+phi3e2e itself is not installed on the compute: this file is standard library only (plus
+azure-identity / azure-keyvault-secrets when --hf-token-secret is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+# Mirrors phi3e2e.train.olive_runner: the Olive pass types (as footprint.json spells them) per form.
+FORM_FROM_PASS = {"adapter": ("lora", "qlora"), "merged": ("mergeadapterweights",), "onnx-int4": ("modelbuilder",)}
+REQUIRED_FILES = {
+    "adapter": ["adapter_config.json", "adapter_model.safetensors"],
+    "merged": ["config.json", "*.safetensors", "tokenizer.json"],
+    "onnx-int4": ["genai_config.json", "model.onnx", "tokenizer.json"],
+}
+PLACEHOLDER = re.compile(r"\$\{\{\s*(?:inputs|outputs)\.\w+\s*\}\}")
+WORK_DIR = "phi3e2e-work"
+
+
+def fill_placeholders(value, bindings: dict[str, str]):
+    """Replace every "${{inputs.x}}" / "${{outputs.x}}" in the config's strings with its mount path."""
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda m: bindings.get(re.sub(r"\s", "", m[0]), m[0]), value)
+    if isinstance(value, list):
+        return [fill_placeholders(item, bindings) for item in value]
+    if isinstance(value, dict):
+        return {key: fill_placeholders(item, bindings) for key, item in value.items()}
+    return value
+
+
+def parse_bindings(pairs: list[str]) -> dict[str, str]:
+    bindings = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not path:
+            sys.exit(f"phi3e2e_job: --bind {pair!r}: expected NAME=PATH")
+        bindings["${{" + name + "}}"] = path
+    return bindings
+
+
+def read_hf_token(secret_name: str) -> str:
+    """The HF token from the workspace's Key Vault, read with the compute's managed identity."""
+    from azure.identity import DefaultAzureCredential
+    from azure.keyvault.secrets import SecretClient
+
+    credential = DefaultAzureCredential(managed_identity_client_id=os.environ.get("DEFAULT_IDENTITY_CLIENT_ID"))
+    return SecretClient(workspace_key_vault_url(credential), credential).get_secret(secret_name).value
+
+
+def workspace_key_vault_url(credential) -> str:
+    # Azure ML sets these on its computes; they are read here, never written into the job.
+    workspace = (
+        f"https://management.azure.com/subscriptions/{os.environ['AZUREML_ARM_SUBSCRIPTION']}"
+        f"/resourceGroups/{os.environ['AZUREML_ARM_RESOURCEGROUP']}/providers/"
+        f"Microsoft.MachineLearningServices/workspaces/{os.environ['AZUREML_ARM_WORKSPACE_NAME']}"
+        "?api-version=2024-04-01"
+    )
+    token = credential.get_token("https://management.azure.com/.default").token
+    request = urllib.request.Request(workspace, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        key_vault_id = json.load(response)["properties"]["keyVault"]
+    return f"https://{key_vault_id.rstrip('/').split('/')[-1]}.vault.azure.net"
+
+
+def collect_forms(olive_output: Path, models_out: Path) -> None:
+    footprint_file = olive_output / "footprint.json"
+    if not footprint_file.is_file():
+        sys.exit("phi3e2e_job: Olive produced no output model (no footprint.json); see the log above")
+    footprint = json.loads(footprint_file.read_text())
+    by_pass = {node.get("from_pass"): node.get("model_config_data") or {} for node in footprint.values()}
+    for form, pass_types in FORM_FROM_PASS.items():
+        model_config = next((by_pass[p] for p in pass_types if p in by_pass), {}).get("config", {})
+        source = model_config.get("adapter_path") if form == "adapter" else model_config.get("model_path")
+        if not source or not Path(source).is_dir():
+            sys.exit(f"phi3e2e_job: Olive produced no {form} model; see the log above")
+        shutil.copytree(source, models_out / form, dirs_exist_ok=True)
+    missing = [
+        f"{form}/{pattern}"
+        for form, patterns in REQUIRED_FILES.items()
+        for pattern in patterns
+        if not any((models_out / form).glob(pattern))
+    ]
+    if missing:
+        sys.exit(f"phi3e2e_job: incomplete models, missing {', '.join(missing)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="olive-config.json", help="the staged Olive workflow")
+    parser.add_argument("--bind", action="append", default=[], metavar="NAME=PATH", help="e.g. inputs.model=/mnt/x")
+    parser.add_argument("--models-out", required=True, help="the job's `models` output folder")
+    parser.add_argument("--hf-token-secret", help="workspace Key Vault secret holding a Hugging Face token")
+    args = parser.parse_args(argv)
+
+    config_file = Path(args.config).resolve()
+    config = fill_placeholders(json.loads(config_file.read_text()), parse_bindings(args.bind))
+    if unbound := sorted(set(PLACEHOLDER.findall(json.dumps(config)))):
+        sys.exit(f"phi3e2e_job: {config_file.name} uses {', '.join(unbound)} but the command binds no such path")
+    work = Path(WORK_DIR).resolve()  # local disk of the node, not the code snapshot or an output mount
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "olive-config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    env = dict(os.environ)
+    env.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if args.hf_token_secret:
+        env["HF_TOKEN"] = read_hf_token(args.hf_token_secret)  # lives only in this process's environment
+    print(f"phi3e2e_job: olive run --config {work / 'olive-config.json'}", flush=True)
+    returncode = subprocess.call(
+        [sys.executable, "-m", "olive", "run", "--config", "olive-config.json"], cwd=work, env=env
+    )
+    if returncode != 0:
+        return returncode
+    models_out = Path(args.models_out)
+    models_out.mkdir(parents=True, exist_ok=True)
+    collect_forms(work / config.get("output_dir", "olive-output"), models_out)
+    print("phi3e2e_job: adapter/, merged/, onnx-int4/ written to the `models` output", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

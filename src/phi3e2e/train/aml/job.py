@@ -1,0 +1,122 @@
+"""The Azure ML command job: a CLI v2 job YAML, loaded into the SDK's job entity.
+
+The YAML written into the run folder is the job itself: `phi3e2e finetune --target aml` submits
+exactly what `load_job` reads from it, and a user can inspect it or submit it by hand with
+`az ml job create -f gen-model/<run>/aml-job.yml`. It holds no workspace IDs and no secrets:
+the workspace comes from the MLClient, the HF token from Key Vault on the compute.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from phi3e2e.train.aml.sources import DataSource, ModelSource
+from phi3e2e.train.aml.staging import CONFIG_FILE, ENTRY_SCRIPT, StagedFiles
+
+JOB_FILE = "aml-job.yml"
+SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
+# The newest Azure ML CUDA 12 base image (Ubuntu 24.04, OpenMPI 5), at a dated tag so a job
+# rebuilds the same environment; --image picks another.
+DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:20250202.v1"
+EXPERIMENT = "phi3e2e"
+OUTPUT = "models"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    compute: str
+    image: str = DEFAULT_IMAGE
+    experiment: str = EXPERIMENT
+    hf_token_secret: Optional[str] = None
+
+
+def job_command(model: ModelSource, data: DataSource, hf_token_secret: Optional[str]) -> str:
+    inputs = ([model.job_input] if model.job_input else []) + data.inputs
+    parts = [f"python {ENTRY_SCRIPT} --config {CONFIG_FILE}", "--models-out ${{outputs." + OUTPUT + "}}"]
+    parts += [f"--bind inputs.{item.name}={item.placeholder}" for item in inputs]
+    if hf_token_secret:
+        parts.append(f"--hf-token-secret {hf_token_secret}")
+    return " ".join(parts)
+
+
+def job_spec(
+    run_name: str, algo: str, options: JobOptions, model: ModelSource, data: DataSource, staged: StagedFiles
+) -> dict:
+    """The job as the CLI v2 YAML schema spells it; local paths relative to the run folder."""
+    run_dir = staged.code_dir.parent
+    inputs = {}
+    for item in ([model.job_input] if model.job_input else []) + data.inputs:
+        path = os.path.relpath(item.path, run_dir) if item.local else item.path
+        inputs[item.name] = {
+            "type": item.type,
+            "path": path,
+            "mode": "download" if item.type == "uri_file" else "ro_mount",
+        }
+    spec = {
+        "$schema": SCHEMA,
+        "type": "command",
+        "display_name": run_name,
+        "experiment_name": options.experiment,
+        "description": f"phi3e2e {algo}: fine-tune {model.label}, merge the adapter, build int4 ONNX (CUDA)",
+        "tags": {"phi3e2e.run": run_name, "phi3e2e.algo": algo},
+        "code": os.path.relpath(staged.code_dir, run_dir),
+        "command": job_command(model, data, options.hf_token_secret),
+        "environment": {
+            "image": options.image,
+            "conda_file": os.path.relpath(staged.conda_file, run_dir),
+        },
+        "environment_variables": {"OLIVE_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"},
+        "compute": f"azureml:{options.compute}",
+        "inputs": inputs,
+        "outputs": {OUTPUT: {"type": "uri_folder", "mode": "rw_mount"}},
+    }
+    if options.hf_token_secret:
+        # The compute's managed identity reads the token from the workspace Key Vault.
+        spec["identity"] = {"type": "managed"}
+    return spec
+
+
+def write_job_file(run_dir: Path, spec: dict) -> Path:
+    job_file = run_dir / JOB_FILE
+    header = (
+        "# Azure ML command job written by phi3e2e. Submit by hand with:\n"
+        f"#   az ml job create -f {JOB_FILE} --resource-group RG --workspace-name WS\n"
+    )
+    job_file.write_text(header + yaml.safe_dump(spec, sort_keys=False, width=1000))
+    return job_file
+
+
+def load_job_file(job_file: Path):
+    """The SDK's job entity for the YAML (validated by the SDK's own schema)."""
+    import logging
+
+    from azure.ai.ml import load_job
+    from marshmallow.exceptions import ValidationError
+
+    from phi3e2e.errors import UserError
+
+    # The SDK logs a line per experimental schema class it touches; not the user's business.
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+    try:
+        return load_job(job_file)
+    except ValidationError as e:
+        raise UserError(f"{job_file}: rejected by the Azure ML job schema: {' '.join(str(e).split())[:300]}") from None
+
+
+def local_uploads(job) -> list[Path]:
+    """The local files the SDK uploads when the job is created: its code folder and local inputs."""
+    base = Path(job.base_path)
+    roots = [base / job.code]
+    for job_input in job.inputs.values():
+        path = getattr(job_input, "path", None)
+        if path and not str(path).startswith(("azureml:", "http:", "https:")) and (base / path).exists():
+            roots.append(base / path)
+    files = []
+    for root in roots:
+        files += sorted(p.resolve() for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root.resolve()]
+    return files

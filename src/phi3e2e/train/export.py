@@ -1,0 +1,181 @@
+"""`phi3e2e export`: build another ONNX Runtime GenAI model from a run's merged model.
+
+Runs Olive's ModelBuilder pass (the same pass `finetune` ends with) through `olive run`, for
+the device and precision asked, e.g. a CPU int4 model from an Azure ML run built for CUDA.
+Building needs no GPU: a CUDA model can be built here and run on a GPU machine.
+
+The model is built in gen-model/<run>/.onnx-<device>-<precision>.partial/ and renamed to
+onnx-<device>-<precision>/ only once its files are verified; a failed build leaves only its
+log, as onnx-<device>-<precision>.failed.log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+from phi3e2e import runs
+from phi3e2e.errors import UserError
+from phi3e2e.prepare.models import check_model_folder
+from phi3e2e.project import Project
+from phi3e2e.workflow.olive_schema import ExportWorkflow, validate_workflow
+
+Device = Literal["cpu", "cuda"]
+Precision = Literal["int4", "fp16", "fp32"]
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("int4", "fp16", "fp32")
+EXPORT_CONFIG, EXPORT_LOG, EXPORT_RECORD = "olive-config.json", "olive.log", "export.json"
+MODEL_FILES = ("genai_config.json", "model.onnx", "tokenizer.json")
+
+
+@dataclass
+class ExportResult:
+    run_dir: Path
+    model_dir: Path
+    record: dict
+
+
+def export_folder_name(device: str, precision: str) -> str:
+    return f"onnx-{device}-{precision}"
+
+
+def check_choices(device: str, precision: str) -> None:
+    if device not in DEVICES:
+        raise UserError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device == "cpu":
+        # Olive's ModelBuilder skips fp16 for CPU (onnxruntime has no fast fp16 CPU kernels).
+        raise UserError("--precision fp16 is for --device cuda; for CPU use int4 (smallest, fastest) or fp32")
+
+
+def render_export(merged_dir: Path, device: str, precision: str, int4_options: dict) -> dict:
+    """The Olive workflow: the merged model -> ModelBuilder for `device` at `precision`."""
+    on_gpu = device == "cuda"
+    build = {"type": "ModelBuilder", "precision": precision}
+    if precision == "int4":
+        build |= {key: value for key, value in int4_options.items() if value is not None}
+    config = {
+        "input_model": {"type": "HfModel", "model_path": str(merged_dir)},
+        "systems": {
+            "local_system": {
+                "type": "LocalSystem",
+                "accelerators": [
+                    {
+                        "device": "gpu" if on_gpu else "cpu",
+                        "execution_providers": ["CUDAExecutionProvider" if on_gpu else "CPUExecutionProvider"],
+                    }
+                ],
+            }
+        },
+        "passes": {"build": build},
+        "host": "local_system",
+        "target": "local_system",
+        "cache_dir": ".olive-cache",
+        "output_dir": "olive-output",
+        "log_severity_level": 1,
+    }
+    validate_workflow(config, "export workflow", schema=ExportWorkflow)
+    return config
+
+
+def int4_build_options(run_dir: Path, device: str, merged_dir: Path, overrides: Optional[dict] = None) -> dict:
+    """int4 options for this export: `overrides` (export --set) first; then, for CPU, the CPU
+    run's own options (or phi3e2e's measured CPU defaults when the run was built for CUDA); a
+    CUDA export otherwise keeps ModelBuilder's."""
+    from phi3e2e.workflow.int4_options import check_block_size, cpu_int4_options
+
+    overrides = overrides or {}
+    if device == "cuda":
+        check_block_size(overrides.get("int4_block_size"), merged_dir)
+        return dict(overrides)
+    record = runs.read_run_record(run_dir)
+    built_for_cpu = "cpu_int4" in record
+    export_settings = record.get("settings", {}).get("export", {}) if built_for_cpu else {}
+    recorded = {k: v for k, v in export_settings.items() if k.startswith("int4_")}
+    return cpu_int4_options(recorded | overrides, merged_dir)
+
+
+def export(
+    project: Project,
+    run: Optional[str] = None,
+    *,
+    device: str = "cpu",
+    precision: str = "int4",
+    int4_options: Optional[dict] = None,
+    verbose: bool = False,
+    say: Callable[[str], None] = print,
+) -> ExportResult:
+    """`int4_options`: ModelBuilder int4 options that win over the run's and the defaults."""
+    check_choices(device, precision)
+    if int4_options and precision != "int4":
+        raise UserError(f"--set export.int4_*: only for --precision int4, not {precision}")
+    run_dir = runs.find_finished_run(project, run)
+    merged_dir = run_dir / "merged"
+    check_model_folder(merged_dir)
+    name = export_folder_name(device, precision)
+    final = run_dir / name
+    if final.exists():
+        raise UserError(f"{final} already exists; delete it to build it again")
+    config = render_export(merged_dir, device, precision, int4_build_options(run_dir, device, merged_dir, int4_options))
+
+    staging = run_dir / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    (staging / EXPORT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    say(f"Building {name} from {project.relative(merged_dir)} (Olive ModelBuilder, {precision} for {device})")
+    start = time.monotonic()
+    try:
+        from phi3e2e.train.olive_runner import run_olive
+
+        run_olive(staging / EXPORT_CONFIG, staging / EXPORT_LOG, say, verbose=verbose)
+        model_dir = _collect_model(staging)
+        if device == "cpu":
+            from phi3e2e.infer.threads import use_all_cores
+
+            use_all_cores(model_dir)  # ModelBuilder leaves onnxruntime-genai on one decode thread
+        for kept in (EXPORT_CONFIG, EXPORT_LOG):
+            shutil.move(staging / kept, model_dir / kept)
+        record = {
+            "run": run_dir.name,
+            "source": "merged",
+            "device": device,
+            "precision": precision,
+            "pass": config["passes"]["build"],
+            "duration_s": runs.elapsed(start),
+            "size_bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
+        }
+        (model_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        model_dir.rename(final)  # the last step: only a verified model ever appears under its name
+    except (UserError, KeyboardInterrupt) as e:
+        failed_log = run_dir / f"{name}.failed.log"
+        if (staging / EXPORT_LOG).is_file():
+            shutil.move(staging / EXPORT_LOG, failed_log)
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        raise UserError(f"export failed: {reason} [log: {project.relative(failed_log)}]") from None
+    shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(run_dir, final, record)
+
+
+def _collect_model(staging: Path) -> Path:
+    """Move the built model out of Olive's cache into staging/model and check its files."""
+    footprint_file = staging / "olive-output" / "footprint.json"
+    if not footprint_file.is_file():
+        raise UserError("Olive produced no model (no footprint.json)")
+    footprint = json.loads(footprint_file.read_text())
+    built = [node for node in footprint.values() if node.get("from_pass") == "modelbuilder"]
+    source = ((built[0].get("model_config_data") or {}).get("config") or {}).get("model_path") if built else None
+    if not source or not (staging / source).is_dir():  # Olive records it relative to its working folder, or absolute
+        raise UserError("Olive produced no ONNX model")
+    source = staging / source
+    model_dir = staging / "model"
+    shutil.move(source, model_dir)
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise UserError(f"the built model lacks {', '.join(missing)}")
+    return model_dir
