@@ -48,7 +48,7 @@ def test_entry_script_runs_olive_and_collects_the_three_models(tiny_project, tmp
         model="${{inputs.model}}", train_file="${{inputs.train_file}}", eval_file=None,
         output=OLIVE_OUTPUT, cache=OLIVE_CACHE, checkpoints=CHECKPOINTS,
     )  # fmt: skip
-    staged = stage_job_files(tmp_path / "run", render_workflow("lora", "local", settings, paths))
+    staged = stage_job_files(tmp_path / "run", render_workflow("lora", "local", settings, paths).config)
     models_out = tmp_path / "outputs" / "models"
     result = subprocess.run(
         [

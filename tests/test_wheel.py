@@ -14,7 +14,7 @@ from phi3e2e.workflow.render import WorkflowPaths, render_workflow
 from phi3e2e.resources import sample_dataset, templates_dir
 from phi3e2e.workflow.settings import build_settings
 paths = WorkflowPaths("m", "t.jsonl", None, "o", "c", "k")
-config = render_workflow("lora", "local", build_settings("tiny", {}), paths)
+config = render_workflow("lora", "local", build_settings("tiny", {}), paths).config
 print(json.dumps([phi3e2e.__file__, str(templates_dir()), str(sample_dataset()), config["passes"]["int4"]["type"]]))
 """
 

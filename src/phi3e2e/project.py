@@ -37,6 +37,11 @@ class Project:
         return self.root / "gen-model"
 
     @property
+    def templates(self) -> Path:
+        """The project's own copies of the workflow templates (optional; `phi3e2e init` writes them)."""
+        return self.root / "templates"
+
+    @property
     def project_file(self) -> Path:
         return self.root / PROJECT_FILE
 

@@ -139,7 +139,7 @@ def finetune(
         cache=OLIVE_CACHE,
         checkpoints=CHECKPOINTS,
     )
-    config = render_workflow(algo, target, settings, paths)
+    config = render_workflow(algo, target, settings, paths, project_templates=project.templates).config
     record = {
         "name": name,
         "algo": algo,

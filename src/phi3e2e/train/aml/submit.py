@@ -171,7 +171,7 @@ def _stage(
         cache=OLIVE_CACHE,
         checkpoints=CHECKPOINTS,
     )
-    config = render_workflow(algo, "aml", settings, paths)
+    config = render_workflow(algo, "aml", settings, paths, project_templates=project.templates).config
     staged = stage_job_files(run_dir, config)
     job_options = JobOptions(options.compute, options.image, hf_token_secret=options.hf_token_secret)
     job_file = write_job_file(run_dir, job_spec(name, algo, job_options, model_src, data_src, staged))
