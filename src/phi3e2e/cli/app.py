@@ -6,22 +6,28 @@ functions that need them, so `phi3e2e --help` starts fast.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer 0.29 vendors click
 
 from phi3e2e import __version__
 from phi3e2e.cli import chat, finetune, prepare
 from phi3e2e.cli import eval as eval_command
 from phi3e2e.cli import export as export_command
 from phi3e2e.cli import jobs as jobs_command
+from phi3e2e.cli.options import help_when_alone
 from phi3e2e.errors import UserError
 
 app = typer.Typer(
     help="Fine-tune Phi-3 on your Q&A data and chat with the int4 ONNX model it produces.\n\n"
-    "Typical session:  phi3e2e prepare  ->  phi3e2e finetune --algo lora  ->  phi3e2e chat",
-    no_args_is_help=True,
+    "Examples (a typical session):\n\n\b\n"
+    "  phi3e2e prepare                # Phi-3-mini and the sample dataset\n"
+    "  phi3e2e finetune --algo lora   # LoRA -> merge -> int4 ONNX in gen-model/\n"
+    "  phi3e2e chat                   # talk to the newest fine-tuned model",
+    # Click's plain help: flags shown as flags (rich shows `--tiny <bool>`), paragraphs wrapped
+    # to the terminal, and `\b` example blocks kept line for line.
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
@@ -39,33 +45,54 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
     """Fine-tune Phi-3 on your Q&A data and chat with the result."""
+    help_when_alone(ctx)
 
 
 def main() -> None:
+    cli = typer.main.get_command(app)
     try:
-        # Not standalone: usage errors come back here instead of Typer's boxed panel.
-        exit_code = typer.main.get_command(app).main(prog_name="phi3e2e", standalone_mode=False)
+        # Not standalone: usage errors come back here instead of Typer's own error panel.
+        exit_code = cli.main(prog_name="phi3e2e", standalone_mode=False)
     except UserError as e:
         _fail(str(e), e.exit_code)
-    except NoArgsIsHelpError as e:  # `phi3e2e` or `phi3e2e jobs` alone: the help
-        e.show()
-        raise SystemExit(e.exit_code) from None
-    except UsageError as e:  # a bad option value, an unknown option, a missing argument
-        command = e.ctx.command_path if e.ctx else "phi3e2e"
-        _fail(f"{command}: {e.format_message()} (see {command} --help)", e.exit_code)
-    except ClickException as e:
+    except typer.TyperException as e:
+        # Typer vendors click and exports only this base of click's exceptions (no UsageError);
+        # exit code 2 is click's usage error: a bad option value, an unknown option or command,
+        # an extra argument, a missing value.
+        if e.exit_code == 2:
+            command = _command_path(e, cli)
+            _fail(f"{command}: {e.format_message()} (see {command} --help)", e.exit_code)
         _fail(e.format_message(), e.exit_code)
     except typer.Abort:
         raise SystemExit(1) from None
     if isinstance(exit_code, int) and exit_code:  # typer.Exit(n) and Ctrl-C (130)
         raise SystemExit(exit_code)
+
+
+def _command_path(error: typer.TyperException, cli) -> str:
+    """The command a usage error is about, so the hint names that command's --help."""
+    ctx = getattr(error, "ctx", None)
+    if ctx is not None:
+        return ctx.command_path
+    # Click's parser raises "Option '--prompt' requires an argument." with no context:
+    # follow the command names on the command line instead.
+    path = ["phi3e2e"]
+    for arg in sys.argv[1:]:
+        if arg.startswith("-"):
+            continue  # phi3e2e's groups have flags only (--help, --version): no value to skip
+        cli = getattr(cli, "commands", {}).get(arg)
+        if cli is None:
+            break
+        path.append(arg)
+    return " ".join(path)
 
 
 def _fail(message: str, exit_code: int) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from phi3e2e.cli.options import choice, current_project
+from phi3e2e.cli.options import Device, current_project
 from phi3e2e.errors import UserError
 
 EMPTY_ANSWER = "[empty answer: the model ended its turn at once; --min-length N makes it say at least N tokens]"
@@ -27,7 +27,7 @@ def chat(
     base: Annotated[
         Optional[Path], typer.Option("--base", help="Base model folder for an adapter (default: from its adapter_config.json).")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: Annotated[Device, typer.Option("--device", help="Where the model runs.")] = "cpu",
     threads: Annotated[
         Optional[int],
         typer.Option("--threads", min=1, help="CPU compute threads (default: as built, every physical core)."),
@@ -52,13 +52,18 @@ def chat(
         ),
     ] = False,
 ) -> None:
-    """Chat with a fine-tuned model (multi-turn; /exit or Ctrl-D leaves, Ctrl-C stops an answer).
+    """Chat with a fine-tuned model, in any of its forms.
+
+    Multi-turn: /exit or Ctrl-D leaves, Ctrl-C stops an answer.
 
     Examples:
+
+    \b
       phi3e2e chat
       phi3e2e chat --prompt "How long does shipping take?"
-      phi3e2e chat --model gen-model/RUN/merged --system "You answer in one sentence."
-      phi3e2e chat --model gen-model/RUN/adapter --base model-cache/Phi-3-mini-4k-instruct
+      phi3e2e chat --model gen-model/RUN/merged --system "Answer in one sentence."
+      phi3e2e chat --model gen-model/RUN/adapter \\
+          --base model-cache/Phi-3-mini-4k-instruct
       phi3e2e chat --model gen-model/RUN/onnx-cuda-int4 --device cuda
       echo "Where is your roastery?" | phi3e2e chat --json
     """
@@ -66,7 +71,6 @@ def chat(
     from phi3e2e.infer.forms import resolve_model_dir
     from phi3e2e.runs import newest_onnx_model
 
-    choice(device, ("cpu", "cuda"), "--device")
     if min_length > max_length:
         raise UserError(f"--min-length {min_length} is more than --max-length {max_length}")
     model_dir = resolve_model_dir(model.resolve()) if model else newest_onnx_model(current_project().gen_model)

@@ -11,7 +11,8 @@ from phi3e2e.cli.options import current_project, say
 
 def eval(  # the command is called `eval`
     run: Annotated[
-        Optional[str], typer.Argument(help="Run name under gen-model/ (default: the newest finished run).")
+        Optional[str],
+        typer.Argument(metavar="RUN", help="Run name under gen-model/ (default: the newest finished run)."),
     ] = None,
     forms: Annotated[
         str, typer.Option("--forms", help="Model forms to compare, comma-separated: int4, merged, adapter.")
@@ -26,9 +27,11 @@ def eval(  # the command is called `eval`
 
     Measures the eval split on the int4 ONNX models you ship (and, if asked, on the merged
     model and the adapter), answers a few eval questions with both models, and writes
-    gen-model/<run>/eval.json and eval-report.md (with a loss plot).
+    gen-model/RUN/eval.json and eval-report.md (with a loss plot).
 
     Examples:
+
+    \b
       phi3e2e eval
       phi3e2e eval 20250101-120000-lora --samples 5
       phi3e2e eval --forms int4,merged,adapter

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from phi3e2e.cli.options import current_project, say
+from phi3e2e.cli.options import Device, current_project, say
 
 
 def export(
     run: Annotated[
-        Optional[str], typer.Argument(help="Run name under gen-model/ or a run folder; default: the newest finished run.")
+        Optional[str],
+        typer.Argument(
+            metavar="RUN", help="Run name under gen-model/ or a run folder; default: the newest finished run."
+        ),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="Where the model will run: cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision", help="int4, fp16 (cuda only) or fp32.")] = "int4",
+    device: Annotated[Device, typer.Option("--device", help="Where the model will run.")] = "cpu",
+    precision: Annotated[
+        Literal["int4", "fp16", "fp32"], typer.Option("--precision", help="Weight precision (fp16: cuda only).")
+    ] = "int4",
     set_values: Annotated[
         Optional[list[str]],
-        typer.Option("--set", help="An int4 build option for this export, e.g. --set export.int4_block_size=32."),
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="An int4 build option for this export, e.g. --set export.int4_block_size=32.",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Olive's full output.")] = False,
 ) -> None:
@@ -27,10 +36,12 @@ def export(
     built on a laptop, and a CPU model from an Azure ML run built for CUDA.
 
     Examples:
+
+    \b
       phi3e2e export --device cpu
       phi3e2e export 20250101-120000-qlora --device cpu --precision int4
       phi3e2e export --device cuda --precision fp16
-      phi3e2e export --device cpu --set export.int4_block_size=32   # finer blocks, if eval shows a loss
+      phi3e2e export --set export.int4_block_size=32   # finer int4 blocks
     """
     from phi3e2e.train.export import export as export_model
     from phi3e2e.workflow.settings import int4_overrides

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, List, Optional
+from typing import Annotated, List, Literal, Optional
 
 import typer
 
@@ -16,11 +16,13 @@ from phi3e2e.cli.jobs import (
     WorkspaceOption,
     aml_options,
 )  # fmt: skip
-from phi3e2e.cli.options import ModelOption, choice, current_project, say
+from phi3e2e.cli.options import ModelOption, current_project, say
 from phi3e2e.errors import UserError
 
-Algo = Annotated[str, typer.Option("--algo", help="lora (CPU or GPU) or qlora (CUDA GPU only).")]
-Target = Annotated[str, typer.Option("--target", help="local: this machine; aml: Azure ML compute.")]
+Algo = Annotated[Literal["lora", "qlora"], typer.Option("--algo", help="lora: CPU or GPU; qlora: CUDA GPU only.")]
+Target = Annotated[
+    Literal["local", "aml"], typer.Option("--target", help="local: this machine; aml: Azure ML compute.")
+]
 
 
 def finetune(
@@ -33,7 +35,9 @@ def finetune(
     run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run folder name under gen-model/.")] = None,
     set_values: Annotated[
         Optional[List[str]],
-        typer.Option("--set", help="Override a setting, e.g. --set lora.r=16 --set training.max_steps=50."),
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help="Override a setting, e.g. --set lora.r=16 --set training.max_steps=50."
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and validate the workflow only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream Olive's full output.")] = False,
@@ -45,23 +49,29 @@ def finetune(
     resource_group: ResourceGroupOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Fine-tune, merge the adapter and build the int4 ONNX model into gen-model/<run>/.
+    """Fine-tune, merge the adapter and build the int4 ONNX model in gen-model/.
+
+    Each run gets its own folder, gen-model/RUN/, with the adapter, the merged model and the
+    int4 ONNX model.
 
     Examples:
+
+    \b
       phi3e2e finetune --algo lora
-      phi3e2e finetune --algo lora --set lora.r=16 --set training.max_steps=50
+      phi3e2e finetune --set lora.r=16 --set training.max_steps=50
       phi3e2e finetune --algo qlora --target aml --compute gpu-a100 --dry-run
-      phi3e2e finetune --algo qlora --target aml --compute gpu-a100 --model microsoft/Phi-3-mini-4k-instruct
-      phi3e2e finetune --target aml --compute gpu-a100 --no-wait \
-        --data azureml://datastores/workspaceblobstore/paths/data/train.jsonl
+      phi3e2e finetune --algo qlora --target aml --compute gpu-a100 \\
+          --model microsoft/Phi-3-mini-4k-instruct
+      phi3e2e finetune --target aml --compute gpu-a100 --no-wait \\
+          --data azureml://datastores/workspaceblobstore/paths/data/train.jsonl
     """
     from phi3e2e.train.local import finetune as run_finetune
 
     project = current_project()
     result = run_finetune(
         project,
-        algo=choice(algo, ("lora", "qlora"), "--algo"),
-        target=choice(target, ("local", "aml"), "--target"),
+        algo=algo,
+        target=target,
         model=model,
         data=data,
         run_name=run_name,

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from phi3e2e.cli.options import current_project, say
+from phi3e2e.cli.options import current_project, help_when_alone, say
 
 ComputeOption = Annotated[
     Optional[str], typer.Option("--compute", help="--target aml: the Azure ML GPU compute to run on, e.g. gpu-a100.")
@@ -32,14 +32,18 @@ WorkspaceOption = Annotated[
     Optional[str], typer.Option("--workspace", help="Azure ML workspace name (default: config.json / env).")
 ]
 RunArgument = Annotated[
-    Optional[str], typer.Argument(help="Run name under gen-model/ (default: the newest Azure ML run).")
+    Optional[str], typer.Argument(metavar="RUN", help="Run name under gen-model/ (default: the newest Azure ML run).")
 ]
 
 app = typer.Typer(
     help="Follow Azure ML fine-tunes: list, status, logs, download.\n\n"
-    "Examples:\n\n  phi3e2e jobs list\n\n  phi3e2e jobs logs 20250101-120000-qlora\n\n  phi3e2e jobs download",
-    no_args_is_help=True,
+    "Examples:\n\n\b\n"
+    "  phi3e2e jobs list\n"
+    "  phi3e2e jobs logs 20250101-120000-qlora\n"
+    "  phi3e2e jobs download",
+    rich_markup_mode=None,  # the same plain help as the other commands (see cli/app.py)
 )
+app.callback(invoke_without_command=True)(help_when_alone)
 
 
 def aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace):
@@ -71,7 +75,15 @@ def list_jobs(
     workspace: WorkspaceOption = None,
     offline: Annotated[bool, typer.Option("--offline", help="Only what the run folders recorded.")] = False,
 ) -> None:
-    """Azure ML runs in gen-model/, newest first, with their job's live status."""
+    """Azure ML runs in gen-model/, newest first, with their job's live status.
+
+    Examples:
+
+    \b
+      phi3e2e jobs list
+      phi3e2e jobs list --offline     # no Azure call: the run folders' record
+      phi3e2e jobs list --resource-group my-rg --workspace my-ws
+    """
     from phi3e2e.train.aml.jobs import list_runs
 
     project = current_project()
@@ -87,7 +99,14 @@ def status(
     resource_group: ResourceGroupOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """The job's status and its Azure ML studio link."""
+    """The job's status and its Azure ML studio link.
+
+    Examples:
+
+    \b
+      phi3e2e jobs status                          # the newest Azure ML run
+      phi3e2e jobs status 20250101-120000-qlora
+    """
     from phi3e2e.train.aml.jobs import run_status
 
     project, client = _client(subscription, resource_group, workspace)
@@ -102,7 +121,14 @@ def logs(
     resource_group: ResourceGroupOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Stream the job's log until it ends."""
+    """Stream the job's log until it ends.
+
+    Examples:
+
+    \b
+      phi3e2e jobs logs                            # the newest Azure ML run
+      phi3e2e jobs logs 20250101-120000-qlora
+    """
     from phi3e2e.train.aml.jobs import follow_logs
 
     project, client = _client(subscription, resource_group, workspace)
@@ -116,7 +142,15 @@ def download(
     resource_group: ResourceGroupOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Download a finished job's adapter/, merged/ and onnx-int4/ into its run folder."""
+    """Download a finished job's adapter/, merged/ and onnx-int4/ into its run folder.
+
+    Examples:
+
+    \b
+      phi3e2e jobs download                        # the newest Azure ML run
+      phi3e2e jobs download 20250101-120000-qlora
+      phi3e2e chat --model gen-model/20250101-120000-qlora --device cuda
+    """
     from phi3e2e.train.aml.jobs import download_models
 
     project, client = _client(subscription, resource_group, workspace)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from phi3e2e.errors import UserError
+
+# Choices as Literals: `--help` lists them, Typer rejects other values, and the commands pass
+# plain strings on to the domain functions.
+Device = Literal["cpu", "cuda"]
 
 ModelOption = Annotated[
     Optional[str], typer.Option("--model", help="Base model: a Hugging Face Hub id or a local model folder.")
@@ -21,6 +25,17 @@ def choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     if value not in allowed:
         raise UserError(f"{option} {value!r}: choose one of {', '.join(allowed)}")
     return value
+
+
+def help_when_alone(ctx: typer.Context) -> None:
+    """`phi3e2e` or `phi3e2e jobs` with no command: the group's help, exit 2 (click's no_args_is_help).
+
+    A group callback with invoke_without_command=True rather than no_args_is_help, whose
+    exception class typer does not export.
+    """
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
 
 
 def current_project():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -23,7 +23,8 @@ def prepare(
         Optional[str], typer.Option("--name", help="Dataset name under datasets/ (default: file name).")
     ] = None,
     data_format: Annotated[
-        Optional[str], typer.Option("--format", help="csv, json or jsonl; default: detected from the content.")
+        Optional[Literal["csv", "json", "jsonl"]],
+        typer.Option("--format", help="Format of the data file (default: detected from the content)."),
     ] = None,
     question_col: Annotated[
         Optional[str], typer.Option("--question-col", help="Column holding the question (default: 'Question').")
@@ -50,12 +51,14 @@ def prepare(
     instruction/input/output records, or chat `messages` lists.
 
     Examples:
-      phi3e2e prepare                      # Phi-3-mini-4k-instruct + the sample dataset
-      phi3e2e prepare --tiny               # a tiny offline model for trying things out
+
+    \b
+      phi3e2e prepare                   # Phi-3-mini-4k-instruct + sample data
+      phi3e2e prepare --tiny            # a tiny offline model to try things
       phi3e2e prepare --data TruthfulQA.csv
       phi3e2e prepare --data faq.csv --question-col 问题 --answer-col 答案
       phi3e2e prepare --data chats.jsonl --name support --eval-split 0.05
-      phi3e2e prepare --model ./my-phi3    # use a model folder you already have
+      phi3e2e prepare --model ./my-phi3 # a model folder you already have
     """
     from phi3e2e.prepare.dataset_import import describe
     from phi3e2e.prepare.prepare_project import ImportOptions
