@@ -29,6 +29,8 @@ def test_export_for_cpu_yields_a_model_that_chats(run_copy):
     assert result.returncode == 0, result.stderr
     model_dir = run_dir / "onnx-cpu-int4"
     assert "onnx-cpu-int4" in result.stdout and "phi3e2e chat --model" in result.stdout
+    first_line = result.stdout.splitlines()[0]
+    assert first_line.endswith("(Olive ModelBuilder, int4 for cpu; template: model-builder.json.j2, shipped)")
     record = json.loads((model_dir / "export.json").read_text())
     assert record["device"] == "cpu" and record["precision"] == "int4" and record["source"] == "merged"
     assert json.loads((model_dir / "olive-config.json").read_text())["passes"]["build"]["type"] == "ModelBuilder"
@@ -76,6 +78,22 @@ def test_bad_export_requests_fail_before_anything_is_built(run_copy, kwargs, mes
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
+def test_export_renders_the_projects_model_builder_template(run_copy):
+    """A project's templates/model-builder.json.j2 wins; a broken edit stops export before it builds."""
+    from phi3e2e.resources import templates_dir
+
+    project, run_dir = run_copy
+    project.templates.mkdir()
+    template = project.templates / "model-builder.json.j2"
+    shutil.copyfile(templates_dir() / template.name, template)
+    template.write_text(template.read_text().replace('"log_severity_level": 1', '"log_severity_level": "loud"'))
+    before = sorted(p.name for p in run_dir.iterdir())
+    result = run_cli("export", "--device", "cpu", project=project)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {template} rendered an invalid Olive config: log_severity_level:")
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
 def test_export_without_a_finished_run_says_what_to_run(tiny_project):
     result = run_cli("export", project=tiny_project)
     assert result.returncode == 2 and "phi3e2e finetune" in result.stderr
@@ -83,7 +101,8 @@ def test_export_without_a_finished_run_says_what_to_run(tiny_project):
 
 def test_export_builds_with_the_int4_options_the_run_used(run_copy):
     from phi3e2e import runs
-    from phi3e2e.train.export import int4_build_options, render_export
+    from phi3e2e.train.export import int4_build_options
+    from phi3e2e.workflow.render import render_model_builder
 
     project, run_dir = run_copy
     merged = run_dir / "merged"
@@ -91,16 +110,16 @@ def test_export_builds_with_the_int4_options_the_run_used(run_copy):
     record["settings"]["export"] |= {"int4_block_size": 16, "int4_accuracy_level": 4}
     runs.write_run_record(run_dir, record)
     options = int4_build_options(run_dir, "cpu", merged)
-    int4 = render_export(merged, "cpu", "int4", options)["passes"]["build"]
+    int4 = render_model_builder(merged, "cpu", "int4", options).config["passes"]["build"]
     assert int4["int4_block_size"] == 16 and int4["int4_accuracy_level"] == 4
     # A CUDA build keeps ModelBuilder's own options, not the CPU run's.
-    assert render_export(merged, "cuda", "int4", int4_build_options(run_dir, "cuda", merged))["passes"]["build"] == {
-        "type": "ModelBuilder", "precision": "int4"}
+    cuda = render_model_builder(merged, "cuda", "int4", int4_build_options(run_dir, "cuda", merged)).config
+    assert cuda["passes"]["build"] == {"type": "ModelBuilder", "precision": "int4"}
     # A run built for CUDA (no cpu_int4 record) gets phi3e2e's measured CPU defaults on a CPU export.
     del record["cpu_int4"]
     runs.write_run_record(run_dir, record)
     assert int4_build_options(run_dir, "cpu", merged)["int4_op_types_to_quantize"] == ["MatMul", "Gather"]
-    fp32 = render_export(merged, "cuda", "fp32", options)
+    fp32 = render_model_builder(merged, "cuda", "fp32", options).config
     assert fp32["passes"]["build"] == {"type": "ModelBuilder", "precision": "fp32"}
     assert fp32["systems"]["local_system"]["accelerators"][0]["execution_providers"] == ["CUDAExecutionProvider"]
 

@@ -10,12 +10,14 @@ from conftest import REPO
 
 PROBE = """
 import json, phi3e2e
-from phi3e2e.workflow.render import WorkflowPaths, render_workflow
+from phi3e2e.workflow.render import WorkflowPaths, render_model_builder, render_workflow
 from phi3e2e.resources import sample_dataset, templates_dir
 from phi3e2e.workflow.settings import build_settings
 paths = WorkflowPaths("m", "t.jsonl", None, "o", "c", "k")
-config = render_workflow("lora", "local", build_settings("tiny", {}), paths).config
-print(json.dumps([phi3e2e.__file__, str(templates_dir()), str(sample_dataset()), config["passes"]["int4"]["type"]]))
+rendered = [render_workflow(algo, "local", build_settings("tiny", {}), paths) for algo in ("lora", "qlora")]
+rendered.append(render_model_builder("m", "cpu", "int4", {}))
+print(json.dumps([phi3e2e.__file__, str(templates_dir()), str(sample_dataset()), [str(r.template) for r in rendered],
+                  [list(r.config["passes"].values())[-1]["type"] for r in rendered]]))  # the int4 / export pass
 """
 
 
@@ -26,7 +28,8 @@ def test_wheel_carries_templates_and_sample_data(tmp_path):
     )
     (wheel,) = tmp_path.glob("phi3e2e-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "phi3e2e/templates/olive-workflow.json.j2" in names
+    assert sorted(n for n in names if n.startswith("phi3e2e/templates/")) == [
+        "phi3e2e/templates/lora.json.j2", "phi3e2e/templates/model-builder.json.j2", "phi3e2e/templates/qlora.json.j2"]
     assert "phi3e2e/sample_data/sample-qa.jsonl" in names
     assert "phi3e2e/aml/conda.yaml" in names  # the Azure ML job's environment
 
@@ -37,7 +40,8 @@ def test_wheel_carries_templates_and_sample_data(tmp_path):
         [sys.executable, "-c", PROBE], cwd=tmp_path, env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, check=True,
     ).stdout
-    module, templates, sample, int4 = json.loads(out.strip().splitlines()[-1])
-    for path in (module, templates, sample):
+    module, templates, sample, used, int4 = json.loads(out.strip().splitlines()[-1])
+    for path in (module, templates, sample, *used):
         assert Path(path).is_relative_to(installed), path
-    assert int4 == "ModelBuilder"
+    assert [Path(path).name for path in used] == ["lora.json.j2", "qlora.json.j2", "model-builder.json.j2"]
+    assert int4 == ["ModelBuilder"] * 3

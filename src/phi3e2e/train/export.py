@@ -22,7 +22,7 @@ from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.models import check_model_folder
 from phi3e2e.project import Project
-from phi3e2e.workflow.olive_schema import ExportWorkflow, validate_workflow
+from phi3e2e.workflow.render import render_model_builder
 
 Device = Literal["cpu", "cuda"]
 Precision = Literal["int4", "fp16", "fp32"]
@@ -51,36 +51,6 @@ def check_choices(device: str, precision: str) -> None:
     if precision == "fp16" and device == "cpu":
         # Olive's ModelBuilder skips fp16 for CPU (onnxruntime has no fast fp16 CPU kernels).
         raise UserError("--precision fp16 is for --device cuda; for CPU use int4 (smallest, fastest) or fp32")
-
-
-def render_export(merged_dir: Path, device: str, precision: str, int4_options: dict) -> dict:
-    """The Olive workflow: the merged model -> ModelBuilder for `device` at `precision`."""
-    on_gpu = device == "cuda"
-    build = {"type": "ModelBuilder", "precision": precision}
-    if precision == "int4":
-        build |= {key: value for key, value in int4_options.items() if value is not None}
-    config = {
-        "input_model": {"type": "HfModel", "model_path": str(merged_dir)},
-        "systems": {
-            "local_system": {
-                "type": "LocalSystem",
-                "accelerators": [
-                    {
-                        "device": "gpu" if on_gpu else "cpu",
-                        "execution_providers": ["CUDAExecutionProvider" if on_gpu else "CPUExecutionProvider"],
-                    }
-                ],
-            }
-        },
-        "passes": {"build": build},
-        "host": "local_system",
-        "target": "local_system",
-        "cache_dir": ".olive-cache",
-        "output_dir": "olive-output",
-        "log_severity_level": 1,
-    }
-    validate_workflow(config, "export workflow", schema=ExportWorkflow)
-    return config
 
 
 def int4_build_options(run_dir: Path, device: str, merged_dir: Path, overrides: Optional[dict] = None) -> dict:
@@ -121,13 +91,17 @@ def export(
     final = run_dir / name
     if final.exists():
         raise UserError(f"{final} already exists; delete it to build it again")
-    config = render_export(merged_dir, device, precision, int4_build_options(run_dir, device, merged_dir, int4_options))
+    build_options = int4_build_options(run_dir, device, merged_dir, int4_options)
+    # model-builder.json.j2, the project's copy first: the same ModelBuilder pass as finetune's int4 step
+    rendered = render_model_builder(merged_dir, device, precision, build_options, project_templates=project.templates)
+    config = rendered.config
 
     staging = run_dir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     (staging / EXPORT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    say(f"Building {name} from {project.relative(merged_dir)} (Olive ModelBuilder, {precision} for {device})")
+    say(f"Building {name} from {project.relative(merged_dir)} (Olive ModelBuilder, {precision} for {device}; "
+        f"template: {rendered.template_note(project.root)})")
     start = time.monotonic()
     try:
         from phi3e2e.train.olive_runner import run_olive

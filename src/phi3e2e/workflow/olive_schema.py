@@ -153,7 +153,7 @@ class ExportWorkflow(_Strict):
 
     input_model: HfModel
     systems: dict[str, LocalSystem]
-    passes: dict[str, ModelBuilderPass]
+    passes: dict[Literal["build"], ModelBuilderPass]  # export reads passes.build back for export.json
     host: str
     target: str
     cache_dir: str
