@@ -15,6 +15,7 @@ from phi3e2e import __version__
 from phi3e2e.cli import chat, finetune, prepare
 from phi3e2e.cli import eval as eval_command
 from phi3e2e.cli import export as export_command
+from phi3e2e.cli import init as init_command
 from phi3e2e.cli import jobs as jobs_command
 from phi3e2e.cli.options import help_when_alone
 from phi3e2e.errors import UserError
@@ -31,6 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+app.command()(init_command.init)
 app.command()(prepare.prepare)
 app.command()(finetune.finetune)
 app.command()(chat.chat)
