@@ -22,7 +22,9 @@ demo: install
 	$(BIN)/phi3e2e finetune --algo lora
 	$(BIN)/phi3e2e chat --prompt "$(DEMO_PROMPT)"
 
+# The playground's browser test drives Debian's chromium (CI runs as root on a fresh machine).
 test: install
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
 clean-demo:

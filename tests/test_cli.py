@@ -11,7 +11,8 @@ from conftest import run_cli
 
 import phi3e2e
 
-HEAVY = ("torch", "olive", "transformers", "onnxruntime", "onnxruntime_genai", "peft", "azure")
+HEAVY = ("torch", "olive", "transformers", "onnxruntime", "onnxruntime_genai", "peft", "azure",
+         "fastapi", "uvicorn", "starlette")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["finetune", "--help"], ["chat", "--help"]])

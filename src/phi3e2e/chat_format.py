@@ -46,6 +46,14 @@ def chat_prompt(turns: list[tuple[str, str]], user: str, system: Optional[str] =
     return "".join(parts)
 
 
+def messages_prompt(messages: list[tuple[str, str]]) -> str:
+    """A whole conversation of (role, content) turns, ending where the assistant's answer starts.
+
+    For callers that get the history as one list (the OpenAI-style server); same text as chat_prompt.
+    """
+    return render_chat(messages) + ANSWER_START
+
+
 def split_prompt(text: str) -> tuple[str, str]:
     """A rendered conversation -> (prompt up to the last assistant turn, that turn's answer)."""
     cut = text.rfind(ANSWER_START)

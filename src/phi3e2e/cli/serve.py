@@ -1,0 +1,52 @@
+"""`phi3e2e serve`: the project's int4 models behind an OpenAI-compatible API, with a playground page."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from phi3e2e.cli.options import Device, current_project, say
+
+
+def serve(
+    run: Annotated[
+        Optional[str],
+        typer.Argument(help="Run the playground opens with and requests without `model` get (default: the newest)."),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option("--api-key", envvar="PHI3E2E_API_KEY", show_envvar=True,
+                     help="Require 'Authorization: Bearer KEY' on every request (the page asks for it as a password)."),
+    ] = None,
+    device: Annotated[Device, typer.Option("--device", help="Where the models run.")] = "cpu",
+    memory_budget: Annotated[
+        Optional[float],
+        typer.Option("--memory-budget",
+                     help="GiB for loaded models and answers' KV caches (default: 60% of free memory)."),
+    ] = None,
+) -> None:
+    """Serve the fine-tuned models with an OpenAI-compatible API and a playground page.
+
+    Lists every finished run's int4 model (id = run name) and each run's base model built
+    as int4 the same way (id base/NAME, built on first use), loads models on first use,
+    and streams answers. The page at / chats with a run, or shows the base and fine-tuned
+    answers to the same question side by side.
+
+    Examples:
+
+    \b
+      phi3e2e serve
+      phi3e2e serve 20250101-120000-lora --port 8080
+      PHI3E2E_API_KEY=$(openssl rand -hex 16) phi3e2e serve --host 0.0.0.0
+      phi3e2e serve --memory-budget 6
+    """
+    from phi3e2e.serve.server import ServeOptions
+    from phi3e2e.serve.server import serve as run_server
+
+    options = ServeOptions(run, host, port, api_key, device, memory_budget)
+    run_server(current_project(), options, say=say)

@@ -1,0 +1,144 @@
+"""Models loaded on first use and kept within a memory budget.
+
+A model's memory is counted as its folder's size (the int4 weights as loaded); the answers in
+progress add their KV caches (scheduler.py asks `kv_room`). Loading a model that does not fit
+unloads the least recently used models that no request is using; if that is not enough, the
+request is refused with 503 rather than the machine swapping.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from phi3e2e.errors import UserError
+from phi3e2e.serve.catalog import Catalog
+from phi3e2e.serve.errors import ApiError
+
+GIB = 1 << 30
+
+
+@dataclass
+class Loaded:
+    engine: Any  # GenaiEngine
+    bytes: int
+    kv_bytes_per_token: int
+    users: int = 0
+    last_used: float = 0.0
+
+
+class ModelRegistry:
+    def __init__(self, catalog: Catalog, device: str, budget_bytes: int, say: Callable[[str], None] = print):
+        self.catalog, self.device, self.budget, self.say = catalog, device, budget_bytes, say
+        self.kv_in_use: Callable[[], int] = lambda: 0  # set to the scheduler's once both exist
+        self._loaded: dict[str, Loaded] = {}
+        self._lock = threading.Lock()  # guards _loaded
+        self._load_lock = threading.Lock()  # one load at a time, so two loads never both count on the same room
+
+    def models_bytes(self) -> int:
+        with self._lock:
+            return sum(loaded.bytes for loaded in self._loaded.values())
+
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._loaded)
+
+    def kv_room(self) -> int:
+        return self.budget - self.models_bytes()
+
+    def acquire(self, model_id: str) -> Loaded:
+        """The loaded model, marked in use until `release` (blocking: may build and load it)."""
+        model = self.catalog.get(model_id)
+        if (loaded := self._use(model.id)) is not None:
+            return loaded
+        with self._load_lock:
+            if (loaded := self._use(model.id)) is not None:
+                return loaded
+            model_dir = self.catalog.model_dir(model)
+            size = _folder_bytes(model_dir)
+            self._make_room(model.id, size)
+            self.say(f"Loading {model.id} ({size / GIB:.2f} GiB) ...")
+            start = time.monotonic()
+            try:
+                engine = _open_engine(model_dir, self.device)
+            except UserError as e:
+                raise ApiError(500, f"{model.id}: {e}", "server_error") from None
+            self.say(f"Loaded {model.id} in {time.monotonic() - start:.1f} s")
+            loaded = Loaded(engine, size, _kv_bytes_per_token(engine, self.device), users=1, last_used=time.monotonic())
+            with self._lock:
+                self._loaded[model.id] = loaded
+            return loaded
+
+    def release(self, model_id: str) -> None:
+        with self._lock:
+            loaded = self._loaded.get(model_id)
+            if loaded is not None:
+                loaded.users -= 1
+                loaded.last_used = time.monotonic()
+
+    def _use(self, model_id: str):
+        with self._lock:
+            loaded = self._loaded.get(model_id)
+            if loaded is not None:
+                loaded.users += 1
+                loaded.last_used = time.monotonic()
+            return loaded
+
+    def _make_room(self, model_id: str, size: int) -> None:
+        if size > self.budget:
+            raise ApiError(503, f"{model_id} needs {size / GIB:.2f} GiB, more than the server's memory budget of "
+                                f"{self.budget / GIB:.2f} GiB (phi3e2e serve --memory-budget)", "server_error",
+                           code="memory_budget")
+        kv_in_use = self.kv_in_use()  # asked before taking our lock: the scheduler's admission takes them the other way
+        with self._lock:
+            idle = sorted((loaded.last_used, name) for name, loaded in self._loaded.items() if loaded.users == 0)
+            free = self.budget - sum(loaded.bytes for loaded in self._loaded.values()) - kv_in_use
+            evicted = []
+            while free < size and idle:
+                _, name = idle.pop(0)
+                free += self._loaded.pop(name).bytes
+                evicted.append(name)
+        if evicted:
+            gc.collect()  # the engines' memory goes back now, before the new model is loaded
+            self.say(f"Unloaded {', '.join(evicted)} to stay within the memory budget")
+        if free < size:
+            raise ApiError(503, f"{model_id} does not fit in the memory budget ({self.budget / GIB:.2f} GiB) while "
+                                "other models are answering; retry shortly", "server_error", code="memory_budget")
+
+
+def _open_engine(model_dir: Path, device: str):
+    from phi3e2e.infer.engines.genai import GenaiEngine, genai_config
+    from phi3e2e.infer.threads import physical_cores
+
+    options = genai_config(model_dir)["model"]["decoder"].get("session_options", {})
+    # The base build is ModelBuilder's own, which leaves decode on one thread; give it every core like the run's.
+    threads = None if device != "cpu" or options.get("intra_op_num_threads") else physical_cores()
+    return GenaiEngine(model_dir, device, threads=threads)
+
+
+def _kv_bytes_per_token(engine, device: str) -> int:
+    """Keys and values of every layer: what one more token of max_length costs onnxruntime-genai."""
+    from phi3e2e.infer.engines.genai import genai_config
+
+    decoder = genai_config(engine.model_dir)["model"]["decoder"]
+    per_layer = decoder["num_key_value_heads"] * decoder["head_size"] * 2
+    return decoder["num_hidden_layers"] * per_layer * (4 if device == "cpu" else 2)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+
+
+def default_budget_bytes() -> int:
+    """60% of the memory available now: room for the OS, the page cache and the server itself."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(int(line.split()[1]) * 1024 * 0.6)
+    except (OSError, ValueError):
+        pass
+    return 8 * GIB

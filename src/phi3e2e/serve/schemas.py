@@ -1,0 +1,90 @@
+"""The /v1/chat/completions request body, with OpenAI's field names and limits.
+
+Fields OpenAI clients send that do not change a local answer (user, metadata, store, penalties
+at 0) are accepted and ignored; ones that would need what this server does not do (tools,
+n > 1, logprobs, JSON mode) are refused with 400 naming the field, rather than ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from phi3e2e.serve.errors import ApiError
+
+MAX_STOPS = 4  # as OpenAI
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # e.g. "name"
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart], None] = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: Optional[str] = None  # the server's default run when left out
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    n: int = Field(1, ge=1)
+    min_tokens: int = Field(0, ge=0)  # vLLM's extension: the end of turn is held back until then
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop):
+        if isinstance(stop, list) and len(stop) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
+        return stop
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def answer_limit(self) -> Optional[int]:
+        return self.max_completion_tokens or self.max_tokens
+
+    def turns(self) -> list[tuple[str, str]]:
+        return [(ROLES[message.role], message.text()) for message in self.messages]
+
+    def refuse_unsupported(self) -> None:
+        extra = self.model_extra or {}
+        if self.answer_limit() is not None and self.min_tokens > self.answer_limit():
+            raise ApiError(400, f"min_tokens {self.min_tokens} is more than max_tokens {self.answer_limit()}",
+                           param="min_tokens")
+        if self.n != 1:
+            raise ApiError(400, "n: only one choice per request is supported (n=1)", param="n")
+        for name in ("tools", "functions", "logprobs", "top_logprobs"):
+            if extra.get(name):
+                raise ApiError(400, f"{name}: not supported by this server", param=name)
+        if extra.get("tool_choice") not in (None, "none"):
+            raise ApiError(400, "tool_choice: not supported by this server", param="tool_choice")
+        response_format = extra.get("response_format") or {}
+        if isinstance(response_format, dict) and response_format.get("type", "text") != "text":
+            raise ApiError(400, "response_format: only text answers are supported", param="response_format")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if extra.get(name):
+                raise ApiError(400, f"{name}: not supported by this server (leave it at 0)", param=name)

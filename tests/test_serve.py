@@ -1,0 +1,272 @@
+"""`phi3e2e serve` as an app developer meets it: the official `openai` client against the real server.
+
+One server per module (the real CLI in a subprocess, on a free loopback port, with an API key)
+on a copy of the `finished_run` project. The tiny model's answers are gibberish, so the tests
+check structure and consistency (usage counts, finish reasons, the same greedy answer alone and
+under load), never the words. `min_tokens` (vLLM's extension, which the server accepts) holds
+back the end of turn, so a test can count on an answer's length.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from conftest import run_cli
+
+from phi3e2e.project import Project
+
+API_KEY = "test-key-0123456789"
+START_TIMEOUT_S = 90
+
+
+class Server:
+    """`phi3e2e serve --port 0` in a subprocess; its address read from what it prints."""
+
+    def __init__(self, project: Project, *args: str):
+        self.project = project
+        env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(project.root), PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen([sys.executable, "-m", "phi3e2e", "serve", "--port", "0", *args], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()  # drains the pipe for the server's whole life
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise AssertionError(f"server did not start in {START_TIMEOUT_S} s: {''.join(self.output)}") from None
+            if line is None:
+                raise AssertionError(f"server exited: {''.join(self.output)}")
+            if line.startswith("Playground: "):
+                self.url = line.split()[1].rstrip("/")
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def stop(self) -> int:
+        """Ctrl-C, as a user stops it; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def served(finished_run, tmp_path_factory):
+    """(server, run name) on a copy of the finished run's project (the server may write a cache there)."""
+    original, run_dir = finished_run
+    project = Project(tmp_path_factory.mktemp("serve") / "project")
+    shutil.copytree(original.root, project.root, symlinks=True)
+    server = Server(project, "--api-key", API_KEY)
+    yield server, run_dir.name
+    assert server.stop() in (0, 130, -signal.SIGINT), "".join(server.output)
+    assert "Traceback" not in "".join(server.output)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    server, _ = served
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def ask(client, model, question="How long does shipping take?", **options):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **options)
+
+
+def exactly(n: int) -> dict:
+    """An answer of exactly n tokens: greedy, the end of turn held back until the limit."""
+    return {"max_tokens": n, "temperature": 0, "extra_body": {"min_tokens": n}}
+
+
+def health(server) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/health", headers={"Authorization": f"Bearer {API_KEY}"})
+    return json.loads(connection.getresponse().read())
+
+
+def test_models_lists_the_run_and_the_base_model_built_like_it(served, client):
+    _, run = served
+    models = {model.id: model for model in client.models.list()}
+    assert run in models
+    base = models[run].model_extra["phi3e2e_base"]
+    assert base.startswith("base/") and base in models
+    assert client.models.retrieve(run).id == run
+
+
+def test_a_plain_answer_has_consistent_usage_and_finish_reason(served, client):
+    _, run = served
+    reply = ask(client, run, max_tokens=24, temperature=0)
+    choice = reply.choices[0]
+    assert reply.object == "chat.completion" and reply.model == run
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    usage = reply.usage
+    assert usage.prompt_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.completion_tokens == 24 if choice.finish_reason == "length" else usage.completion_tokens < 24
+
+    long = ask(client, run, **exactly(12))
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 12
+    assert long.choices[0].message.content  # twelve tokens of something
+
+
+def test_a_streamed_answer_is_the_plain_answer_in_pieces(served, client):
+    _, run = served
+    plain = ask(client, run, **exactly(16)).choices[0].message.content
+    chunks = list(ask(client, run, stream=True, stream_options={"include_usage": True}, **exactly(16)))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [chunk.choices[0].delta.content for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]
+    assert len(pieces) > 1 and "".join(pieces) == plain
+    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    assert finishes == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
+    assert len({chunk.id for chunk in chunks}) == 1
+
+
+def test_stop_cuts_the_answer_before_the_stop_sequence(served, client):
+    _, run = served
+    whole = ask(client, run, **exactly(20)).choices[0].message.content
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]  # three characters from the middle of the greedy answer
+    assert stop.strip(), whole
+    cut = ask(client, run, stop=[stop], **exactly(20))
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == whole[: whole.index(stop)]
+    stream = ask(client, run, stop=stop, stream=True, **exactly(20))
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert streamed == whole[: whole.index(stop)]
+
+
+def test_a_seed_repeats_a_sampled_answer(served, client):
+    _, run = served
+    sampled = [ask(client, run, max_tokens=16, temperature=1.0, top_p=0.9, seed=11, extra_body={"min_tokens": 16})
+               for _ in range(2)]
+    assert sampled[0].choices[0].message.content == sampled[1].choices[0].message.content
+
+
+def test_sixteen_parallel_requests_from_eight_clients_get_their_own_answers(served):
+    server, run = served
+    clients = [openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+               for _ in range(8)]
+    questions = [f"Question {i}: how long does shipping to zone {i} take?" for i in range(8)]
+    alone = [ask(clients[0], run, question, **exactly(24)).choices[0].message.content for question in questions]
+
+    def one(i: int) -> str:
+        client, question = clients[i % 8], questions[i % 8]
+        if i < 8:
+            return ask(client, run, question, **exactly(24)).choices[0].message.content
+        stream = ask(client, run, question, stream=True, **exactly(24))
+        return "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(one, range(16)))
+    assert answers == alone + alone  # greedy: under load every client gets exactly its own answer
+
+
+def test_errors_are_openai_errors_with_the_right_status(served, client):
+    _, run = served
+    with pytest.raises(openai.NotFoundError) as unknown:
+        ask(client, "no-such-run", max_tokens=4)
+    assert unknown.value.status_code == 404 and unknown.value.code == "model_not_found"
+
+    with pytest.raises(openai.BadRequestError) as negative:
+        ask(client, run, max_tokens=-5)
+    assert negative.value.status_code == 400 and negative.value.param == "max_tokens"
+
+    with pytest.raises(openai.BadRequestError) as too_long:
+        ask(client, run, "coffee " * 5000, max_tokens=4)
+    assert too_long.value.code == "context_length_exceeded" and "4096 tokens" in too_long.value.message
+
+    with pytest.raises(openai.BadRequestError):
+        ask(client, run, max_tokens=4, temperature=3)
+    with pytest.raises(openai.BadRequestError) as tools:
+        ask(client, run, max_tokens=4, tools=[{"type": "function", "function": {"name": "f"}}])
+    assert tools.value.param == "tools"
+
+
+def test_every_request_needs_the_api_key(served):
+    server, _ = served
+    wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="not-the-key", max_retries=0, timeout=30)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    for path in ("/", "/health", "/v1/models"):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 401 and response.getheader("WWW-Authenticate"), path
+        assert "error" in json.loads(response.read())
+
+
+def test_a_too_large_body_is_refused_before_it_is_read(served):
+    server, run = served
+    body = json.dumps({"model": run, "messages": [{"role": "user", "content": "x" * (2 << 20)}]})
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body=body,
+                       headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "body_too_large"
+
+
+def test_a_client_that_goes_away_mid_stream_stops_its_generation(served):
+    server, run = served
+    before = health(server)
+    body = json.dumps({"model": run, "messages": [{"role": "user", "content": "Tell me everything."}], "stream": True,
+                       "max_tokens": 4000, "min_tokens": 4000})
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body=body,
+                       headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    events = [response.readline() for _ in range(6)]  # a few tokens' events: the answer is under way
+    assert all(line.startswith(b"data: ") for line in events[::2]), events
+    connection.sock.shutdown(socket.SHUT_RDWR)
+    connection.close()
+
+    deadline = time.monotonic() + 20
+    while (now := health(server))["running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert now["running"] == 0 and now["answers_cancelled"] == before["answers_cancelled"] + 1
+    assert now["tokens_generated"] - before["tokens_generated"] < 4000  # stopped, not run to its end
+
+
+def test_serve_refuses_an_open_address_without_a_key_and_a_port_in_use(served):
+    result = run_cli("serve", "--host", "0.0.0.0")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: --host 0.0.0.0")
+    assert "--api-key" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+    server, _ = served  # its port is taken
+    taken = run_cli("serve", "--port", str(server.port), project=server.project)
+    assert taken.returncode == 2, taken.stderr
+    assert f":{server.port}: already in use" in taken.stderr and "Traceback" not in taken.stderr
+
+
+def test_serve_help_imports_no_server_or_ml_stack():
+    heavy = ("torch", "onnxruntime", "onnxruntime_genai", "transformers", "fastapi", "uvicorn", "starlette", "openai")
+    probe = (
+        "import sys, json\nfrom phi3e2e.cli.app import app\ntry:\n    app(['serve', '--help'])\nexcept SystemExit:\n"
+        "    pass\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in " + repr(heavy) + ")))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "--api-key" in out and json.loads(out.strip().splitlines()[-1]) == []
