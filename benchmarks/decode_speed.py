@@ -53,6 +53,7 @@ def build_models(work_dir: Path, layers: int) -> tuple[Path, Path]:
     from phi3e2e.prepare.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
     from phi3e2e.project import Project
     from phi3e2e.train.export import export
+    from phi3e2e.workflow.settings import FinetuneSettings
 
     project = Project(work_dir / f"phi3-mini-shaped-{layers}-layers")
     run_dir = project.gen_model / "bench"
@@ -60,7 +61,10 @@ def build_models(work_dir: Path, layers: int) -> tuple[Path, Path]:
     if not (merged / "phi3e2e-tiny.json").is_file():
         log(f"Writing a Phi-3-mini-shaped random model ({layers} layers) into {merged} ...")
         write_tiny_model(merged, benchmark_corpus(), shape=replace(PHI3_MINI_SHAPED, num_hidden_layers=layers))
-        runs.write_run_record(run_dir, {"name": "bench", "status": "succeeded", "finished_at": runs._now()})
+        # A finished run's record around it, so `phi3e2e export` builds from it as from a fine-tune.
+        record = runs.RunRecord(name="bench", algo="lora", target="local", profile="tiny", base_model=str(merged),
+                                dataset="none", settings=FinetuneSettings(), status="succeeded", finished_at=runs.now())
+        runs.write_record(run_dir, record)
     onnx_dir = run_dir / "onnx-cpu-int4"
     if not (onnx_dir / "genai_config.json").is_file():
         log("Building its int4 ONNX model with phi3e2e export (Olive ModelBuilder) ...")

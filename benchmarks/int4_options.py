@@ -363,15 +363,16 @@ def tiny_quality_run(work_dir: Path, label: str) -> Path:
     from phi3e2e.prepare.prepare_project import prepare
     from phi3e2e.prepare.tiny_model import TINY, write_tiny_model
     from phi3e2e.project import Project
-    from phi3e2e.runs import read_run_record
-    from phi3e2e.train.local import finetune
+    from phi3e2e.runs import try_read_record
+    from phi3e2e.train.finetune import finetune
 
     def quiet(_message):
         pass
 
     project = Project(work_dir / f"quality-{label}")
     run_dir = project.gen_model / "quality"
-    if read_run_record(run_dir).get("status") == "succeeded":
+    record = try_read_record(run_dir)
+    if record and record.status == "succeeded":
         return run_dir
     log(f"Fine-tuning the {label} model (phi3e2e prepare --tiny; finetune --algo lora) ...")
     prepare(project, tiny=True, say=quiet)
@@ -388,22 +389,23 @@ def tiny_quality_run(work_dir: Path, label: str) -> Path:
 
 def quality_of_run(run_dir: Path, label: str, builds_dir: Path) -> list[dict]:
     """Held-out loss of the run's own onnx-int4 and of each candidate built from its merged/."""
-    from phi3e2e.evaluate.evaluation import EvalOptions, load_eval_rows, onnx_loss, torch_loss
+    from phi3e2e.evaluate.eval_data import load_eval_rows
+    from phi3e2e.evaluate.losses import onnx_loss, torch_loss
     from phi3e2e.project import Project
-    from phi3e2e.runs import read_run_record
+    from phi3e2e.runs import try_read_record
 
-    record = read_run_record(run_dir)
-    if record.get("status") != "succeeded" or not (run_dir / "merged" / "config.json").is_file():
+    record = try_read_record(run_dir)
+    if record is None or record.status != "succeeded" or not (run_dir / "merged" / "config.json").is_file():
         raise SystemExit(f"{run_dir}: not a finished phi3e2e run with a merged/ model")
     project = Project(run_dir.parent.parent)  # run.json paths are relative to the project
-    base_model, merged = project.resolve(record["base_model"]), run_dir / "merged"
+    base_model, merged = project.resolve(record.base_model), run_dir / "merged"
     hidden = json.loads((merged / "config.json").read_text())["hidden_size"]
-    data = load_eval_rows(project.resolve(record["dataset"]), base_model, record["settings"]["data"], EvalOptions())
+    data = load_eval_rows(project.resolve(record.dataset), base_model, record.settings.data, None)
     fp32 = torch_loss(merged, data.token_ids, base_model)
     log(f"  {label} (hidden {hidden}): merged fp32 held-out loss {fp32:.4f} on {len(data.token_ids)} rows")
     measured = []
-    if "cpu_int4" in record:
-        built = record["cpu_int4"]["build_options"]
+    if record.cpu_int4:
+        built = record.cpu_int4["build_options"]
         measured.append((f"phi3e2e finetune's onnx-int4 {_options_label(built)}", run_dir / "onnx-int4", built))
     for c in quality_candidates(hidden):
         measured.append((c.name, build_int4(merged, builds_dir / c.build_key, c.options), c.options))

@@ -16,7 +16,7 @@ import pytest
 
 from phi3e2e.prepare.prepare_project import prepare
 from phi3e2e.project import Project
-from phi3e2e.train.local import finetune
+from phi3e2e.train.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[1]
 # The recipe's real dataset lives in shared/ beside the checkout (CI lays a copy there too);

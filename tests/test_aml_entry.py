@@ -15,8 +15,8 @@ import pytest
 
 from phi3e2e.train.aml.compute_entry import fill_placeholders
 from phi3e2e.train.aml.staging import ENTRY_SCRIPT, stage_job_files
-from phi3e2e.train.local import CHECKPOINTS, OLIVE_CACHE, OLIVE_OUTPUT
-from phi3e2e.train.olive_runner import missing_outputs
+from phi3e2e.runs import missing_outputs
+from phi3e2e.train.plan import CHECKPOINTS, OLIVE_CACHE, OLIVE_OUTPUT
 from phi3e2e.workflow.render import WorkflowPaths, render_workflow
 from phi3e2e.workflow.settings import build_settings
 
@@ -61,3 +61,13 @@ def test_entry_script_runs_olive_and_collects_the_three_models(tiny_project, tmp
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert missing_outputs(models_out) == []
     assert json.loads((models_out / "adapter" / "adapter_config.json").read_text())["r"] == settings.lora.r
+
+
+def test_the_entry_script_names_forms_as_phi3e2e_does():
+    """The staged script runs without phi3e2e installed, so it keeps its own copy of these names."""
+    from phi3e2e.runs import REQUIRED_FILES
+    from phi3e2e.train.aml import compute_entry
+    from phi3e2e.train.olive_outputs import FORM_FROM_PASS
+
+    assert compute_entry.REQUIRED_FILES == REQUIRED_FILES
+    assert compute_entry.FORM_FROM_PASS == FORM_FROM_PASS

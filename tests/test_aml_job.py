@@ -18,9 +18,8 @@ from conftest import run_cli
 
 from phi3e2e.errors import UserError
 from phi3e2e.train.aml import workspace
-from phi3e2e.train.aml.job import DEFAULT_IMAGE, JOB_FILE
-from phi3e2e.train.aml.submit import AmlOptions
-from phi3e2e.train.local import finetune
+from phi3e2e.train.aml.job import DEFAULT_IMAGE, JOB_FILE, AmlOptions
+from phi3e2e.train.finetune import finetune
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"  # made up, shaped like a real one
 HF_TOKEN = "hf_abcdefghijklmnopqrstuvwxyz012345"
@@ -129,7 +128,7 @@ def test_hub_model_is_downloaded_on_the_compute(tiny_project, offline):
     job = load(result.run_dir / JOB_FILE)
     config = json.loads((result.run_dir / "aml-code" / "olive-config.json").read_text())
     assert config["input_model"]["model_path"] == "microsoft/Phi-3-mini-4k-instruct"
-    assert "model" not in job.inputs and result.record["profile"] == "phi3-mini"
+    assert "model" not in job.inputs and result.record.profile == "phi3-mini"
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,10 @@ from azure.identity import CredentialUnavailableError
 
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
-from phi3e2e.runs import read_run_record
+from phi3e2e.runs import RUN_FILE, read_record
 from phi3e2e.train.aml import workspace
-from phi3e2e.train.aml.job import local_uploads
-from phi3e2e.train.aml.submit import AmlOptions
-from phi3e2e.train.local import finetune
+from phi3e2e.train.aml.job import AmlOptions, local_uploads
+from phi3e2e.train.finetune import finetune
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
 STUDIO_URL = f"https://ml.azure.com/runs/olive-job-1?wsid=/subscriptions/{SUBSCRIPTION}/resourcegroups/rg/workspaces/ws"
@@ -153,7 +152,7 @@ def test_no_wait_submits_the_staged_job_and_records_its_name(tiny_project, azure
     }
     assert all(p.startswith(("gen-model/", "datasets/", "model-cache/tiny-phi3/")) for p in relative)
 
-    record = read_run_record(result.run_dir)
+    record = read_raw(result.run_dir)
     assert result.run_dir == tiny_project.gen_model / "job1"
     assert record["status"] == "submitted" and record["aml"]["job_name"] == "olive-job-1"
     assert any("Studio: https://ml.azure.com" in line for line in lines)  # shown to the user ...
@@ -165,7 +164,7 @@ def test_wait_streams_then_downloads_a_finished_run(tiny_project, azure, capsys)
     result = submit(tiny_project, wait=True)
 
     assert "Execution Summary" in capsys.readouterr().out  # the job log was streamed
-    record = read_run_record(result.run_dir)
+    record = read_raw(result.run_dir)
     assert record["status"] == "succeeded" and record["duration_s"] == 42 * 60
     for form in ("adapter", "merged", "onnx-int4"):
         assert (result.run_dir / form).is_dir()
@@ -180,7 +179,7 @@ def test_failed_job_is_recorded_and_not_downloaded(tiny_project, azure):
     azure.job_status = "Failed"
     with pytest.raises(UserError, match="ended Failed on Azure ML.*jobs logs job1"):
         submit(tiny_project, wait=True)
-    record = read_run_record(tiny_project.gen_model / "job1")
+    record = read_raw(tiny_project.gen_model / "job1")
     assert record["status"] == "failed" and not (tiny_project.gen_model / "job1" / "onnx-int4").exists()
 
 
@@ -194,7 +193,7 @@ def test_jobs_commands_come_back_to_a_submitted_run(tiny_project, azure):
     assert list_runs(tiny_project, client)[1].endswith("Completed")
     assert run_status(tiny_project, client, "job1")[-1] == "  Next: phi3e2e jobs download job1"
     run_dir = download_models(tiny_project, client, None, say=lambda _: None)
-    assert read_run_record(run_dir)["status"] == "succeeded"
+    assert read_record(run_dir).status == "succeeded"
 
 
 @pytest.mark.parametrize(
@@ -219,3 +218,8 @@ def test_setup_problems_are_one_line_before_any_upload(tiny_project, azure, monk
     assert message in str(error.value) and "\n" not in str(error.value)
     assert azure.submitted == []
     assert not (tiny_project.gen_model / "job1").exists()
+
+
+def read_raw(run_dir):
+    """run.json as written on disk."""
+    return json.loads((run_dir / RUN_FILE).read_text())

@@ -9,7 +9,7 @@ import shutil
 from conftest import run_cli
 
 from phi3e2e.infer.threads import physical_cores, use_all_cores
-from phi3e2e.train.local import finetune
+from phi3e2e.train.finetune import finetune
 from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS, cpu_int4_options
 
 
@@ -79,7 +79,7 @@ def test_the_users_own_int4_options_win_over_the_defaults(tiny_project):
     result = finetune(tiny_project, algo="lora", target="local", run_name="mine", dry_run=True, say=quiet,
                       set_args=["export.int4_block_size=32", "export.int4_op_types_to_quantize=[MatMul]",
                                 "export.int4_is_symmetric=true"])
-    int4 = result.record["settings"]["export"]
+    int4 = result.record.settings.export.model_dump()
     assert int4["int4_block_size"] == 32
     assert int4["int4_op_types_to_quantize"] == ["MatMul"]
     assert int4["int4_is_symmetric"] is True

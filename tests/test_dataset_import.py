@@ -11,7 +11,7 @@ from conftest import TRUTHFUL_QA, quiet, run_cli
 from phi3e2e.chat_format import RECIPE_TEXT_TEMPLATE
 from phi3e2e.prepare.dataset_import import CHAT_TEXT_TEMPLATE
 from phi3e2e.prepare.prepare_project import ImportOptions, prepare
-from phi3e2e.train.local import finetune
+from phi3e2e.train.finetune import finetune
 
 
 def read_jsonl(path):

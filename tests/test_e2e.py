@@ -20,8 +20,9 @@ from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.infer.chat import ChatSession, GenerationOptions
 from phi3e2e.project import Project
-from phi3e2e.train.local import finetune
-from phi3e2e.train.olive_runner import collect_forms, missing_outputs
+from phi3e2e.train.finetune import finetune
+from phi3e2e.runs import missing_outputs
+from phi3e2e.train.olive_outputs import collect_forms, read_footprint
 
 
 def test_finetune_leaves_three_verified_model_forms(finished_run):
@@ -89,7 +90,7 @@ def test_failed_run_is_kept_for_reading_but_never_chatted_with(finished_run, tmp
     with pytest.raises(UserError, match="olive run failed: .*SafetensorError"):
         finetune(project, algo="lora", target="local", model=str(broken_model), run_name="broken", say=quiet)
     failed = project.gen_model / "broken.failed"
-    assert runs.read_run_record(failed)["status"] == "failed"
+    assert runs.read_record(failed).status == "failed"
     assert (failed / "olive.log").stat().st_size > 0
     assert not (project.gen_model / "broken").exists()
     assert runs.newest_onnx_model(project.gen_model) == project.gen_model / "e2e" / "onnx-int4"
@@ -110,24 +111,34 @@ def test_interrupted_run_does_not_look_finished(tiny_project):
     assert process.returncode != 0
     assert "Traceback" not in stderr
     assert not (tiny_project.gen_model / "cut").exists()
-    assert runs.read_run_record(tiny_project.gen_model / "cut.failed")["status"] == "failed"
+    assert runs.read_record(tiny_project.gen_model / "cut.failed").status == "failed"
     with pytest.raises(UserError, match="no finished fine-tune"):
         runs.newest_onnx_model(tiny_project.gen_model)
 
 
 def test_olive_output_without_a_model_is_caught(tmp_path):
     """Olive can log "No output model produced" and exit 0: the footprint then lacks the int4 node."""
+    from olive.engine.footprint import Footprint
+
     olive_output = tmp_path / "olive-output"
     olive_output.mkdir()
     adapter = tmp_path / "cache" / "adapter"
     adapter.mkdir(parents=True)
-    footprint = {"a": {"from_pass": "lora", "model_config_data": {"config": {"adapter_path": str(adapter)}}}}
+    # As Olive 0.13 writes it: the input model, then the LoRA pass's output, and nothing after it.
+    footprint = {
+        "in": {"model_id": "in", "model_config_data": {"type": "hfmodel", "config": {"model_path": "base"}}},
+        "a": {"model_id": "a", "parent_model_id": "in", "from_pass": "lora",
+              "model_config_data": {"type": "hfmodel", "config": {"adapter_path": str(adapter)}}},
+    }
     (olive_output / "footprint.json").write_text(json.dumps(footprint))
+    # Olive's own reader drops the model configs it wrote (olive_outputs.read_footprint works around it).
+    assert Footprint.from_file(olive_output / "footprint.json").get_model_config("a") == {}
+    assert read_footprint(olive_output / "footprint.json").get_model_config("a")["adapter_path"] == str(adapter)
     with pytest.raises(UserError, match="no merged model"):
-        collect_forms(olive_output, tmp_path)
+        collect_forms(olive_output, tmp_path, tmp_path / "olive.log")
     (olive_output / "footprint.json").unlink()
     with pytest.raises(UserError, match="no output model"):
-        collect_forms(olive_output, tmp_path)
+        collect_forms(olive_output, tmp_path, tmp_path / "olive.log")
 
 
 def test_missing_files_in_a_form_are_listed(finished_run, tmp_path):

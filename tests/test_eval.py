@@ -15,7 +15,7 @@ from phi3e2e.errors import UserError
 from phi3e2e.evaluate.base_int4 import cached_base_int4, int4_options
 from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run
 from phi3e2e.project import Project
-from phi3e2e.runs import find_finished_run
+from phi3e2e.runs import find_finished_run, read_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -74,7 +74,7 @@ def test_loss_matches_the_trainers_own_eval_loss(evaluated_project):
 def test_base_int4_is_built_exactly_as_finetune_builds_its_int4(evaluated_project):
     """Built from the run's merged model, our base-int4 builder reproduces the run's onnx-int4 byte for byte."""
     run_dir = evaluated_project.gen_model / "e2e"
-    options = int4_options(run_dir, json.loads((run_dir / "run.json").read_text()))
+    options = int4_options(read_record(run_dir))
     record = json.loads((run_dir / "run.json").read_text())
     assert options == {"execution_provider": "cpu", **record["cpu_int4"]["build_options"]}
     built = cached_base_int4(evaluated_project.model_cache, run_dir / "merged", options, say=quiet)

@@ -106,9 +106,9 @@ def test_export_builds_with_the_int4_options_the_run_used(run_copy):
 
     project, run_dir = run_copy
     merged = run_dir / "merged"
-    record = runs.read_run_record(run_dir)
-    record["settings"]["export"] |= {"int4_block_size": 16, "int4_accuracy_level": 4}
-    runs.write_run_record(run_dir, record)
+    record = runs.read_record(run_dir)
+    record.settings.export.int4_block_size, record.settings.export.int4_accuracy_level = 16, 4
+    runs.write_record(run_dir, record)
     options = int4_build_options(run_dir, "cpu", merged)
     int4 = render_model_builder(merged, "cpu", "int4", options).config["passes"]["build"]
     assert int4["int4_block_size"] == 16 and int4["int4_accuracy_level"] == 4
@@ -116,8 +116,8 @@ def test_export_builds_with_the_int4_options_the_run_used(run_copy):
     cuda = render_model_builder(merged, "cuda", "int4", int4_build_options(run_dir, "cuda", merged)).config
     assert cuda["passes"]["build"] == {"type": "ModelBuilder", "precision": "int4"}
     # A run built for CUDA (no cpu_int4 record) gets phi3e2e's measured CPU defaults on a CPU export.
-    del record["cpu_int4"]
-    runs.write_run_record(run_dir, record)
+    record.cpu_int4 = None
+    runs.write_record(run_dir, record)
     assert int4_build_options(run_dir, "cpu", merged)["int4_op_types_to_quantize"] == ["MatMul", "Gather"]
     fp32 = render_model_builder(merged, "cuda", "fp32", options).config
     assert fp32["passes"]["build"] == {"type": "ModelBuilder", "precision": "fp32"}

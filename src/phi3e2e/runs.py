@@ -1,25 +1,94 @@
 """Run folders: gen-model/<run>/ is the unit of truth for one fine-tune.
 
-A run is built in gen-model/.<run>.partial/ and renamed to gen-model/<run>/ only once its
-outputs are verified, with run.json saying "succeeded". A failed run is renamed to
-gen-model/<run>.failed/ (its logs kept for reading); nothing but a succeeded run is ever picked
-by `chat`.
+This module names the run folder's files and model forms, and owns run.json, the run record
+(a typed, versioned pydantic model). A run is built in gen-model/.<run>.partial/ and renamed
+to gen-model/<run>/ only once its outputs are verified, with run.json saying "succeeded". A
+failed run is renamed to gen-model/<run>.failed/ (its logs kept for reading); nothing but a
+succeeded run is ever picked by `chat`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from phi3e2e.errors import UserError
+from phi3e2e.workflow.settings import FinetuneSettings
 
+# The files of a run folder.
 RUN_FILE = "run.json"
-FORMS = ("adapter", "merged", "onnx-int4")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+CONFIG_FILE = "olive-config.json"
+OLIVE_LOG = "olive.log"
+TRAIN_LOG = "train-log.jsonl"
+LOSS_PLOT = "loss.png"
+EVAL_FILE = "eval.json"
+EVAL_REPORT = "eval-report.md"
+EVAL_PLOT = "eval-loss.png"
+
+# The three model forms a finished run holds, and the files each must have.
+ADAPTER, MERGED, ONNX_INT4 = "adapter", "merged", "onnx-int4"
+FORMS = (ADAPTER, MERGED, ONNX_INT4)
+REQUIRED_FILES = {
+    ADAPTER: ["adapter_config.json", "adapter_model.safetensors"],
+    MERGED: ["config.json", "*.safetensors", "tokenizer.json"],
+    ONNX_INT4: ["genai_config.json", "model.onnx", "tokenizer.json"],
+}
+
+SCHEMA_VERSION = 1
+Status = Literal["dry-run", "staged", "submitted", "succeeded", "failed"]
+_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+
+
+class LossSummary(BaseModel):
+    first: float
+    last: float
+    logged: int
+
+
+class AmlRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    compute: Optional[str] = None
+    image: Optional[str] = None
+    job_file: Optional[str] = None
+    job_name: Optional[str] = None
+
+
+class RunRecord(BaseModel):
+    """run.json. Paths (base_model, dataset) are relative to the project where they lie inside it."""
+
+    # Keys a newer phi3e2e added are kept when this version rewrites the record.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    algo: Literal["lora", "qlora"]
+    target: Literal["local", "aml"]
+    profile: str
+    base_model: str
+    dataset: str
+    settings: FinetuneSettings
+    versions: dict[str, Optional[str]] = {}
+    status: Status = "staged"
+    reason: Optional[str] = None
+    submitted_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    duration_s: Optional[float] = None
+    train_loss: Optional[LossSummary] = None
+    cpu_int4: Optional[dict] = None  # the CPU build's options and threads (local LoRA runs)
+    aml: Optional[AmlRecord] = None
+
+    def to_json(self) -> str:
+        data = {key: value for key, value in self.model_dump(mode="json").items() if value is not None}
+        return json.dumps(data, indent=2) + "\n"
 
 
 def new_run_name(algo: str) -> str:
@@ -36,6 +105,38 @@ def partial_dir(gen_model: Path, name: str) -> Path:
     return gen_model / f".{name}.partial"
 
 
+def write_record(folder: Path, record: RunRecord) -> None:
+    """Write run.json next to itself and rename, so a crash never leaves half a record."""
+    partial = folder / (RUN_FILE + ".partial")
+    partial.write_text(record.to_json())
+    os.replace(partial, folder / RUN_FILE)
+
+
+def read_record(folder: Path) -> RunRecord:
+    """The run's record, or one line naming the file and the field at fault."""
+    run_file = folder / RUN_FILE
+    try:
+        data = json.loads(run_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{run_file}: missing; not a phi3e2e run folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{run_file}: not a readable run record ({str(e).splitlines()[0]})") from None
+    try:
+        return RunRecord.model_validate(data)
+    except ValidationError as e:
+        error = e.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        raise UserError(f"{run_file}: {field}: {error['msg']}") from None
+
+
+def try_read_record(folder: Path) -> Optional[RunRecord]:
+    """The record, or None when it is missing or broken: one bad run never hides the others."""
+    try:
+        return read_record(folder)
+    except UserError:
+        return None
+
+
 def start_run(gen_model: Path, name: str) -> Path:
     """A fresh staging folder for run `name`; refuses to overwrite a finished run."""
     final = gen_model / name
@@ -48,45 +149,44 @@ def start_run(gen_model: Path, name: str) -> Path:
     return staging
 
 
-def write_run_record(folder: Path, record: dict) -> None:
-    (folder / RUN_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
-def read_run_record(folder: Path) -> dict:
-    try:
-        return json.loads((folder / RUN_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def finish_run(staging: Path, name: str, record: dict) -> Path:
+def finish_run(staging: Path, record: RunRecord) -> Path:
     """Mark the staged run succeeded and move it to its final name (the last step)."""
-    write_run_record(staging, record | {"status": "succeeded", "finished_at": _now()})
-    final = staging.parent / name
+    record.status, record.finished_at = "succeeded", now()
+    write_record(staging, record)
+    final = staging.parent / record.name
     staging.rename(final)
     return final
 
 
-def fail_run(staging: Path, name: str, record: dict, reason: str) -> Path:
+def fail_run(staging: Path, record: RunRecord, reason: str) -> Path:
     """Keep a failed run's logs under <name>.failed/ so the user can read what happened."""
-    write_run_record(staging, record | {"status": "failed", "reason": reason, "finished_at": _now()})
-    failed = staging.parent / f"{name}.failed"
+    record.status, record.reason, record.finished_at = "failed", reason, now()
+    write_record(staging, record)
+    failed = staging.parent / f"{record.name}.failed"
     if failed.exists():
         shutil.rmtree(failed)
     staging.rename(failed)
     return failed
 
 
-def finished_runs(gen_model: Path) -> list[Path]:
-    """Succeeded runs, newest first."""
+def run_folders(gen_model: Path) -> list[tuple[Path, RunRecord]]:
+    """Every run folder with a readable record (finished, failed, dry-run, submitted)."""
     if not gen_model.is_dir():
         return []
-    runs = [
-        folder
-        for folder in gen_model.iterdir()
-        if folder.is_dir() and not folder.name.startswith(".") and read_run_record(folder).get("status") == "succeeded"
-    ]
-    return sorted(runs, key=lambda folder: read_run_record(folder).get("finished_at", ""), reverse=True)
+    found = []
+    for folder in gen_model.iterdir():
+        if folder.is_dir() and not folder.name.startswith("."):
+            record = try_read_record(folder)
+            if record is not None:
+                found.append((folder, record))
+    return found
+
+
+def finished_runs(gen_model: Path) -> list[Path]:
+    """Succeeded runs, newest first."""
+    finished = [(folder, record) for folder, record in run_folders(gen_model) if record.status == "succeeded"]
+    finished.sort(key=lambda pair: pair[1].finished_at or "", reverse=True)
+    return [folder for folder, _ in finished]
 
 
 def find_finished_run(project, run: str | None) -> Path:
@@ -101,20 +201,30 @@ def find_finished_run(project, run: str | None) -> Path:
     run_dir = project.gen_model / run if (project.gen_model / run).is_dir() else project.resolve(run)
     if not run_dir.is_dir():
         raise UserError(f"no run {run!r} in {project.relative(project.gen_model)}/ (no such run)")
-    status = read_run_record(run_dir).get("status")
+    status = read_record(run_dir).status
     if status != "succeeded":
-        raise UserError(f"{run_dir / RUN_FILE}: status is {status or 'missing'}, not a finished run")
+        raise UserError(f"{run_dir / RUN_FILE}: status is {status}, not a finished run")
     return run_dir
 
 
 def newest_onnx_model(gen_model: Path) -> Path:
     for run in finished_runs(gen_model):
-        if (run / "onnx-int4" / "genai_config.json").is_file():
-            return run / "onnx-int4"
+        if (run / ONNX_INT4 / "genai_config.json").is_file():
+            return run / ONNX_INT4
     raise UserError(f"no finished fine-tune in {gen_model}; run `phi3e2e finetune` first, or pass --model DIR")
 
 
-def _now() -> str:
+def missing_outputs(run_dir: Path) -> list[str]:
+    """Files a finished run must have but this one lacks (relative paths or glob patterns)."""
+    return [
+        f"{form}/{pattern}"
+        for form, patterns in REQUIRED_FILES.items()
+        for pattern in patterns
+        if not any((run_dir / form).glob(pattern))
+    ]
+
+
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 

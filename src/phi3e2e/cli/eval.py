@@ -36,8 +36,8 @@ def eval(  # the command is called `eval`
       phi3e2e eval 20250101-120000-lora --samples 5
       phi3e2e eval --forms int4,merged,adapter
     """
-    from phi3e2e.evaluate.evaluation import REPORT_FILE, EvalOptions, evaluate_run, summary_lines
-    from phi3e2e.runs import find_finished_run
+    from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run, summary_lines
+    from phi3e2e.runs import EVAL_REPORT, find_finished_run
 
     project = current_project()
     run_dir = find_finished_run(project, run)
@@ -55,7 +55,7 @@ def eval(  # the command is called `eval`
         say(f"Sample {i}: {_one_line(sample['question'])}")
         say(f"  base:       {_one_line(sample['base'])}")
         say(f"  fine-tuned: {_one_line(sample['fine_tuned'])}")
-    say(f"Report:  {project.relative(run_dir / REPORT_FILE)}")
+    say(f"Report:  {project.relative(run_dir / EVAL_REPORT)}")
 
 
 def _one_line(text: str, width: int = 100) -> str:

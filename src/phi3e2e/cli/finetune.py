@@ -65,7 +65,7 @@ def finetune(
       phi3e2e finetune --target aml --compute gpu-a100 --no-wait \\
           --data azureml://datastores/workspaceblobstore/paths/data/train.jsonl
     """
-    from phi3e2e.train.local import finetune as run_finetune
+    from phi3e2e.train.finetune import finetune as run_finetune
 
     project = current_project()
     result = run_finetune(
@@ -84,17 +84,18 @@ def finetune(
     if result.dry_run:
         say(f"Workflow rendered and validated: {project.relative(result.config_file)}")
         return
-    if result.record.get("status") == "submitted":  # --target aml --no-wait: the job runs on; `phi3e2e jobs` follows it
+    if result.record.status == "submitted":  # --target aml --no-wait: the job runs on; `phi3e2e jobs` follows it
         return
-    loss = result.record.get("train_loss") or {}
-    say(f"Done in {result.record['duration_s']:.0f}s: {project.relative(result.run_dir)}/")
+    loss = result.record.train_loss
+    say(f"Done in {result.record.duration_s:.0f}s: {project.relative(result.run_dir)}/")
     say("  adapter/    LoRA adapter (PEFT)")
     say("  merged/     base model with the adapter merged in")
     say("  onnx-int4/  int4 ONNX Runtime GenAI model")
     if loss:
         say(f"  training loss {loss['first']:.3f} -> {loss['last']:.3f} (curve: loss.png)")
     # Evidence right away: held-out loss, base vs fine-tuned int4 (full comparison: `phi3e2e eval`).
-    from phi3e2e.evaluate.evaluation import REPORT_FILE, EvalOptions, evaluate_run, summary_lines
+    from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run, summary_lines
+    from phi3e2e.runs import EVAL_REPORT
 
     try:
         evaluation = evaluate_run(project, result.run_dir, EvalOptions(samples=2, max_rows=200), say=say)
@@ -104,5 +105,5 @@ def finetune(
         say(f"Held-out loss on {evaluation['eval_rows']} eval rows (lower is better):")
         for line in summary_lines(evaluation):
             say(line)
-        say(f"Report:  {project.relative(result.run_dir / REPORT_FILE)}")
+        say(f"Report:  {project.relative(result.run_dir / EVAL_REPORT)}")
     say('Next:    phi3e2e chat --prompt "..."')

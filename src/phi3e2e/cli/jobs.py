@@ -48,8 +48,7 @@ app.callback(invoke_without_command=True)(help_when_alone)
 
 def aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace):
     """The finetune command's Azure flags as the domain's AmlOptions (no azure import)."""
-    from phi3e2e.train.aml.job import DEFAULT_IMAGE
-    from phi3e2e.train.aml.submit import AmlOptions
+    from phi3e2e.train.aml.job import DEFAULT_IMAGE, AmlOptions
     from phi3e2e.train.aml.workspace import WorkspaceRef
 
     return AmlOptions(

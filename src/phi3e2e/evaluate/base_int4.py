@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from phi3e2e.errors import UserError
+from phi3e2e.runs import RunRecord
 
-EXECUTION_PROVIDERS = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 BUILT_FROM = "phi3e2e-built-from.json"
 
 
-def int4_options(run_dir: Path, record: dict) -> dict:
-    """The execution provider and int4 options the run's ModelBuilder pass used."""
-    config = json.loads((run_dir / "olive-config.json").read_text())
-    accelerator = next(iter(config.get("systems", {}).values()), {}).get("accelerators", [{}])[0]
-    provider = (accelerator.get("execution_providers") or ["CPUExecutionProvider"])[0]
-    export = record.get("settings", {}).get("export", {})
-    options = {"execution_provider": EXECUTION_PROVIDERS.get(provider, "cpu")}
+def int4_options(record: RunRecord) -> dict:
+    """The execution provider and int4 options the run's ModelBuilder pass used.
+
+    Only a CPU build records `cpu_int4`; QLoRA and Azure ML runs build for CUDA.
+    """
+    export = record.settings.export.model_dump()
+    options = {"execution_provider": "cpu" if record.cpu_int4 is not None else "cuda"}
     return options | {key: value for key, value in export.items() if key.startswith("int4_") and value is not None}
 
 

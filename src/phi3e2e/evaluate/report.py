@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from phi3e2e.evaluate.evaluation import REPORT_FILE
-
-PLOT_FILE = "eval-loss.png"
+from phi3e2e.runs import EVAL_PLOT, EVAL_REPORT, TRAIN_LOG
 
 
 def write_report(run_dir: Path, result: dict) -> Path:
-    history = _history(run_dir / "train-log.jsonl")
-    plot = plot_losses(history, result, run_dir / PLOT_FILE)
+    history = _history(run_dir / TRAIN_LOG)
+    plot = plot_losses(history, result, run_dir / EVAL_PLOT)
     lines = [
         f"# Evaluation of run `{result['run']}`",
         "",
@@ -47,7 +45,7 @@ def write_report(run_dir: Path, result: dict) -> Path:
             lines += [_block(sample["reference"]), "", "Base model:", "", _block(sample["base"]), ""]
             lines += ["Fine-tuned model:", "", _block(sample["fine_tuned"]), ""]
     lines += ["", f"Measured in {result['seconds']:.0f} s at {result['evaluated_at']}. Numbers: `eval.json`."]
-    report = run_dir / REPORT_FILE
+    report = run_dir / EVAL_REPORT
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from phi3e2e.errors import UserError
+from phi3e2e.runs import ONNX_INT4
 
-FORMS = ("onnx", "merged", "adapter")
 DEVICES = ("cpu", "cuda")
 
 
@@ -36,8 +36,8 @@ def detect_form(model_dir: Path) -> str:
 
 def resolve_model_dir(model_dir: Path) -> Path:
     """A run folder stands for the model it ships: its onnx-int4/."""
-    if (model_dir / "onnx-int4" / "genai_config.json").is_file() and not (model_dir / "config.json").is_file():
-        return model_dir / "onnx-int4"
+    if (model_dir / ONNX_INT4 / "genai_config.json").is_file() and not (model_dir / "config.json").is_file():
+        return model_dir / ONNX_INT4
     return model_dir
 
 

@@ -29,7 +29,6 @@ Precision = Literal["int4", "fp16", "fp32"]
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("int4", "fp16", "fp32")
 EXPORT_CONFIG, EXPORT_LOG, EXPORT_RECORD = "olive-config.json", "olive.log", "export.json"
-MODEL_FILES = ("genai_config.json", "model.onnx", "tokenizer.json")
 
 
 @dataclass
@@ -57,17 +56,14 @@ def int4_build_options(run_dir: Path, device: str, merged_dir: Path, overrides: 
     """int4 options for this export: `overrides` (export --set) first; then, for CPU, the CPU
     run's own options (or phi3e2e's measured CPU defaults when the run was built for CUDA); a
     CUDA export otherwise keeps ModelBuilder's."""
-    from phi3e2e.workflow.int4_options import check_block_size, cpu_int4_options
+    from phi3e2e.workflow.int4_options import int4_build_options as decide
 
     overrides = overrides or {}
     if device == "cuda":
-        check_block_size(overrides.get("int4_block_size"), merged_dir)
-        return dict(overrides)
-    record = runs.read_run_record(run_dir)
-    built_for_cpu = "cpu_int4" in record
-    export_settings = record.get("settings", {}).get("export", {}) if built_for_cpu else {}
-    recorded = {k: v for k, v in export_settings.items() if k.startswith("int4_")}
-    return cpu_int4_options(recorded | overrides, merged_dir)
+        return decide(overrides, merged_dir, for_cpu=False)
+    record = runs.read_record(run_dir)
+    recorded = record.settings.export.model_dump() if record.cpu_int4 is not None else {}
+    return decide(recorded | overrides, merged_dir, for_cpu=True)
 
 
 def export(
@@ -85,7 +81,7 @@ def export(
     if int4_options and precision != "int4":
         raise UserError(f"--set export.int4_*: only for --precision int4, not {precision}")
     run_dir = runs.find_finished_run(project, run)
-    merged_dir = run_dir / "merged"
+    merged_dir = run_dir / runs.MERGED
     check_model_folder(merged_dir)
     name = export_folder_name(device, precision)
     final = run_dir / name
@@ -107,7 +103,7 @@ def export(
         from phi3e2e.train.olive_runner import run_olive
 
         run_olive(staging / EXPORT_CONFIG, staging / EXPORT_LOG, say, verbose=verbose)
-        model_dir = _collect_model(staging)
+        model_dir = _collect_model(staging, staging / EXPORT_LOG)
         if device == "cpu":
             from phi3e2e.infer.threads import use_all_cores
 
@@ -136,20 +132,14 @@ def export(
     return ExportResult(run_dir, final, record)
 
 
-def _collect_model(staging: Path) -> Path:
+def _collect_model(staging: Path, log_file: Path) -> Path:
     """Move the built model out of Olive's cache into staging/model and check its files."""
-    footprint_file = staging / "olive-output" / "footprint.json"
-    if not footprint_file.is_file():
-        raise UserError("Olive produced no model (no footprint.json)")
-    footprint = json.loads(footprint_file.read_text())
-    built = [node for node in footprint.values() if node.get("from_pass") == "modelbuilder"]
-    source = ((built[0].get("model_config_data") or {}).get("config") or {}).get("model_path") if built else None
-    if not source or not (staging / source).is_dir():  # Olive records it relative to its working folder, or absolute
-        raise UserError("Olive produced no ONNX model")
-    source = staging / source
+    from phi3e2e.train.olive_outputs import produced_models
+
+    built = produced_models(staging / "olive-output", log_file, forms=(runs.ONNX_INT4,))[runs.ONNX_INT4]
     model_dir = staging / "model"
-    shutil.move(source, model_dir)
-    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    shutil.move(str(built), model_dir)
+    missing = [name for name in runs.REQUIRED_FILES[runs.ONNX_INT4] if not any(model_dir.glob(name))]
     if missing:
         raise UserError(f"the built model lacks {', '.join(missing)}")
     return model_dir

@@ -1,8 +1,8 @@
-"""Run `olive run --config` as a subprocess, show its progress, and collect the three model forms.
+"""Run `olive run --config` as a subprocess and show its progress.
 
 Olive prints a lot; the user sees the pass boundaries and the training loss as it goes, and
 everything lands in the run's olive.log. Olive can log "No output model produced" and still
-exit 0, so the outputs are checked file by file afterwards.
+exit 0, so the outputs are checked afterwards (olive_outputs.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import ast
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +19,6 @@ from typing import Callable
 from phi3e2e.errors import UserError
 
 PASS_LABELS = {"finetune": "fine-tune", "merge": "merge adapter", "int4": "build int4 ONNX"}
-# The Olive pass types (as footprint.json spells them) that produce each run-folder form.
-FORM_FROM_PASS = {"adapter": ("lora", "qlora"), "merged": ("mergeadapterweights",), "onnx-int4": ("modelbuilder",)}
-REQUIRED_FILES = {
-    "adapter": ["adapter_config.json", "adapter_model.safetensors"],
-    "merged": ["config.json", "*.safetensors", "tokenizer.json"],
-    "onnx-int4": ["genai_config.json", "model.onnx", "tokenizer.json"],
-}
-
 _RUNNING_PASS = re.compile(r"Running pass (\w+):")
 _PASS_DONE = re.compile(r"Pass (\w+):\w+ finished in ([\d.]+) seconds")
 _PROGRESS = re.compile(r"^\s*\d+%\|[^|]*\| *(\d+)/(\d+) \[")  # the Trainer's bars carry no label
@@ -139,31 +130,3 @@ def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], ver
         detail = reader.last_error or (NO_OUTPUT if returncode == 0 else f"exit code {returncode}")
         raise UserError(f"olive run failed: {detail[:300]} (full log: {log_file})")
     return reader.history
-
-
-def collect_forms(olive_output: Path, run_dir: Path) -> dict[str, Path]:
-    """Move the adapter, merged model and int4 model out of Olive's cache into the run folder."""
-    footprint_file = olive_output / "footprint.json"
-    if not footprint_file.is_file():
-        raise UserError(f"Olive produced no output model (no {footprint_file.name}); see {run_dir / 'olive.log'}")
-    footprint = json.loads(footprint_file.read_text())
-    by_pass = {node.get("from_pass"): node.get("model_config_data") or {} for node in footprint.values()}
-    forms = {}
-    for form, pass_types in FORM_FROM_PASS.items():
-        model_config = next((by_pass[p] for p in pass_types if p in by_pass), {}).get("config", {})
-        source = model_config.get("adapter_path") if form == "adapter" else model_config.get("model_path")
-        if not source or not Path(source).is_dir():
-            raise UserError(f"Olive produced no {form} model; see {run_dir / 'olive.log'}")
-        shutil.move(source, run_dir / form)
-        forms[form] = run_dir / form
-    return forms
-
-
-def missing_outputs(run_dir: Path) -> list[str]:
-    """Files a finished run must have but this one lacks (relative paths or glob patterns)."""
-    missing = []
-    for form, patterns in REQUIRED_FILES.items():
-        for pattern in patterns:
-            if not any((run_dir / form).glob(pattern)):
-                missing.append(f"{form}/{pattern}")
-    return missing

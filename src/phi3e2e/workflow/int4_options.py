@@ -50,6 +50,21 @@ def check_block_size(block_size: Optional[int], model_dir: Path) -> None:
         )
 
 
+def int4_build_options(requested: dict, model_dir: Optional[Path], for_cpu: bool) -> dict:
+    """The one place that decides a ModelBuilder int4 build's options (fine-tune, export, eval's base).
+
+    What the user asked for first; a CPU build fills the unset ones with phi3e2e's measured
+    defaults, a CUDA build leaves them to ModelBuilder. `model_dir` (None: not on this machine,
+    e.g. a Hub model for Azure ML) is checked against the block size.
+    """
+    requested = {key: value for key, value in requested.items() if key.startswith("int4_")}
+    if model_dir is not None:
+        check_block_size(requested.get("int4_block_size"), model_dir)
+    if not for_cpu or model_dir is None:
+        return requested
+    return cpu_int4_options(requested, model_dir)
+
+
 def cpu_int4_options(requested: dict, model_dir: Path) -> dict:
     """The user's int4 options with phi3e2e's CPU defaults filling the unset ones.
 

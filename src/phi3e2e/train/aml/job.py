@@ -9,14 +9,18 @@ the workspace comes from the MLClient, the HF token from Key Vault on the comput
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 
+from phi3e2e.errors import UserError
+from phi3e2e.runs import AmlRecord
 from phi3e2e.train.aml.sources import DataSource, ModelSource
-from phi3e2e.train.aml.staging import CONFIG_FILE, ENTRY_SCRIPT, StagedFiles
+from phi3e2e.train.aml.staging import CONFIG_FILE, ENTRY_SCRIPT, StagedFiles, stage_job_files
+from phi3e2e.train.aml.workspace import WorkspaceRef
 
 JOB_FILE = "aml-job.yml"
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
@@ -25,6 +29,32 @@ SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
 DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:20250202.v1"
 EXPERIMENT = "phi3e2e"
 OUTPUT = "models"
+_COMPUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9-]{1,127}$")  # Key Vault secret names
+
+
+@dataclass
+class AmlOptions:
+    """The finetune command's Azure flags."""
+
+    compute: Optional[str] = None
+    image: str = DEFAULT_IMAGE
+    wait: bool = True
+    hf_token_secret: Optional[str] = None
+    workspace: WorkspaceRef = field(default_factory=WorkspaceRef)
+
+
+def check_options(options: AmlOptions) -> None:
+    if not options.compute:
+        raise UserError("--target aml needs --compute NAME: the Azure ML GPU compute to run on (e.g. gpu-a100)")
+    if not _COMPUTE_NAME.match(options.compute):
+        raise UserError(f"--compute {options.compute!r}: not an Azure ML compute name (letters, digits, '-')")
+    if options.hf_token_secret and not _SECRET_NAME.match(options.hf_token_secret):
+        raise UserError(
+            f"--hf-token-secret {options.hf_token_secret!r}: a Key Vault secret name (letters, digits, '-')"
+        )
+    if not options.image or any(char.isspace() for char in options.image):
+        raise UserError(f"--image {options.image!r}: expected a container image reference such as {DEFAULT_IMAGE}")
 
 
 @dataclass(frozen=True)
@@ -91,14 +121,45 @@ def write_job_file(run_dir: Path, spec: dict) -> Path:
     return job_file
 
 
+def stage_job(project, plan, run_dir: Path, say: Callable[[str], None], dry_run: bool) -> Path:
+    """The plan as an Azure ML job in run_dir: aml-code/ (config + entry), conda.yaml, aml-job.yml.
+
+    Returns the staged Olive config. A dry-run also checks the YAML with the SDK's own schema.
+    """
+    options = plan.aml
+    model_src, data_src = plan.inputs.job_sources
+    staged = stage_job_files(run_dir, plan.workflow.config)
+    job_options = JobOptions(options.compute, options.image, hf_token_secret=options.hf_token_secret)
+    job_file = write_job_file(run_dir, job_spec(plan.name, plan.algo, job_options, model_src, data_src, staged))
+    plan.record.aml = AmlRecord(compute=options.compute, image=options.image, job_file=JOB_FILE)
+    if dry_run:
+        _validate_offline(job_file, say)
+        say(f"Azure ML job written: {project.relative(job_file)}  (code: {project.relative(staged.code_dir)}/)")
+        say(f"  submit it with phi3e2e finetune --algo {plan.algo} --target aml --compute {options.compute} "
+            "(without --dry-run),")  # fmt: skip
+        say(f"  or by hand: az ml job create -f {project.relative(job_file)} -g RG -w WS")
+    return staged.config_file
+
+
+def _validate_offline(job_file: Path, say: Callable[[str], None]) -> None:
+    """The SDK's own schema check, if azure-ai-ml is installed; it needs no network."""
+    try:
+        import azure.ai.ml  # noqa: F401
+    except ImportError:
+        say(
+            "  (azure-ai-ml is not installed: the job YAML was not checked against its schema;"
+            " pip install -r setup/requirements-azure.txt)"
+        )
+        return
+    load_job_file(job_file)
+
+
 def load_job_file(job_file: Path):
     """The SDK's job entity for the YAML (validated by the SDK's own schema)."""
     import logging
 
     from azure.ai.ml import load_job
     from marshmallow.exceptions import ValidationError
-
-    from phi3e2e.errors import UserError
 
     # The SDK logs a line per experimental schema class it touches; not the user's business.
     logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)

@@ -17,20 +17,20 @@ def list_runs(project: Project, ml_client=None) -> list[str]:
         return [f"No Azure ML runs in {project.relative(project.gen_model)}/ (phi3e2e finetune --target aml ...)"]
     lines = [f"{'RUN':<32} {'JOB':<28} {'RECORDED':<10} {'AZURE ML' if ml_client else ''}".rstrip()]
     for run_dir in found:
-        record = runs.read_run_record(run_dir)
+        record = runs.read_record(run_dir)
         live = get_job(ml_client, job_name_of(run_dir)).status if ml_client else ""
-        lines.append(f"{run_dir.name:<32} {job_name_of(run_dir):<28} {record.get('status', '?'):<10} {live}".rstrip())
+        lines.append(f"{run_dir.name:<32} {job_name_of(run_dir):<28} {record.status:<10} {live}".rstrip())
     return lines
 
 
 def run_status(project: Project, ml_client, run: Optional[str]) -> list[str]:
     run_dir = find_run(project, run)
     job = get_job(ml_client, job_name_of(run_dir))
-    record = runs.read_run_record(run_dir)
-    lines = [f"{run_dir.name}: job {job.name} is {job.status} on {record['aml'].get('compute')}"]
+    record = runs.read_record(run_dir)
+    lines = [f"{run_dir.name}: job {job.name} is {job.status} on {record.aml.compute}"]
     if job.studio_url:
         lines.append(f"  Studio: {job.studio_url}")
-    if record.get("status") != "succeeded" and job.status in ("Completed", "Finished"):
+    if record.status != "succeeded" and job.status in ("Completed", "Finished"):
         lines.append(f"  Next: phi3e2e jobs download {run_dir.name}")
     return lines
 

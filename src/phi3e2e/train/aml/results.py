@@ -46,7 +46,8 @@ def aml_runs(project: Project) -> list[Path]:
 
 
 def job_name_of(run_dir: Path) -> Optional[str]:
-    return (runs.read_run_record(run_dir).get("aml") or {}).get("job_name")
+    record = runs.try_read_record(run_dir)
+    return record.aml.job_name if record and record.aml else None
 
 
 def find_run(project: Project, run: Optional[str]) -> Path:
@@ -96,20 +97,20 @@ def stream_log(ml_client, job_name: str, say: Callable[[str], None]) -> str:
     return get_job(ml_client, job_name).status
 
 
-def download_run(ml_client, project: Project, run_dir: Path, say: Callable[[str], None]) -> dict:
+def download_run(ml_client, project: Project, run_dir: Path, say: Callable[[str], None]) -> runs.RunRecord:
     """Download a finished job's models into its run folder, verify them, and mark the run succeeded."""
-    from phi3e2e.train.local import _loss_summary, _write_history
-    from phi3e2e.train.olive_runner import missing_outputs
+    from phi3e2e.train.history import loss_summary, write_history
 
-    record = runs.read_run_record(run_dir)
-    job_name = record["aml"]["job_name"]
-    if record.get("status") == "succeeded" and not missing_outputs(run_dir):
+    record = runs.read_record(run_dir)
+    job_name = record.aml.job_name
+    if record.status == "succeeded" and not runs.missing_outputs(run_dir):
         say(f"{project.relative(run_dir)} already holds the downloaded models")
         return record
     job = get_job(ml_client, job_name)
     status = job.status
     if status in DONE_BAD:
-        runs.write_run_record(run_dir, record | {"status": "failed", "reason": f"Azure ML job {status}"})
+        record.status, record.reason = "failed", f"Azure ML job {status}"
+        runs.write_record(run_dir, record)
         raise UserError(
             f"job {job_name} ended {status} on Azure ML; read its log with `phi3e2e jobs logs {run_dir.name}`"
         )
@@ -121,23 +122,23 @@ def download_run(ml_client, project: Project, run_dir: Path, say: Callable[[str]
     say(f"Downloading the models of {job_name} into {project.relative(run_dir)}/ ...")
     ml_client.jobs.download(job_name, download_path=download, all=True)
     models = download / "named-outputs" / "models"
-    if missing := missing_outputs(models):
+    if missing := runs.missing_outputs(models):
         raise UserError(f"job {job_name} left incomplete models, missing {', '.join(missing)} (kept in {download})")
     for form in runs.FORMS:
         shutil.rmtree(run_dir / form, ignore_errors=True)
         shutil.move(str(models / form), run_dir / form)
     history = _keep_log(download, run_dir, record)
     if history:
-        _write_history(run_dir, history)
-        record["train_loss"] = _loss_summary(history)
+        write_history(run_dir, history)
+        record.train_loss = loss_summary(history)
     shutil.rmtree(download, ignore_errors=True)
-    record = record | {"status": "succeeded", "finished_at": runs._now()}
-    record["duration_s"] = job_duration(job) or 0.0
-    runs.write_run_record(run_dir, record)  # last: from here on the run counts as finished
+    record.status, record.finished_at = "succeeded", runs.now()
+    record.duration_s = job_duration(job) or 0.0
+    runs.write_record(run_dir, record)  # last: from here on the run counts as finished
     return record
 
 
-def _keep_log(download: Path, run_dir: Path, record: dict) -> list[dict]:
+def _keep_log(download: Path, run_dir: Path, record: runs.RunRecord) -> list[dict]:
     """The job's user log, redacted, as job-log.txt; and the training-loss history read from it."""
     from phi3e2e.train.olive_runner import ProgressReader
 
@@ -146,8 +147,7 @@ def _keep_log(download: Path, run_dir: Path, record: dict) -> list[dict]:
         return []
     text = redact("\n".join(log.read_text(encoding="utf-8", errors="replace") for log in logs))
     (run_dir / JOB_LOG).write_text(text, encoding="utf-8")
-    logging_steps = (record.get("settings") or {}).get("training", {}).get("logging_steps", 1)
-    reader = ProgressReader(lambda _line: None, logging_steps)
+    reader = ProgressReader(lambda _line: None, record.settings.training.logging_steps)
     for line in re.split(r"[\r\n]", text):
         reader.feed(line)
     return reader.history

@@ -18,6 +18,7 @@ from typing import Optional
 
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.models import DEFAULT_MODEL, check_model_folder, is_tiny_model
+from phi3e2e.train.inputs import RunInputs
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DATASTORE = re.compile(r"^azureml://datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$")
@@ -133,3 +134,23 @@ def data_source(data: Optional[str], recorded: Optional[str], project_root: Path
         source.inputs.append(JobInput("eval_file", "uri_file", str(eval_file), local=True))
         source.eval_file = source.inputs[1].placeholder
     return source
+
+
+def job_inputs(project, model: Optional[str], data: Optional[str]) -> RunInputs:
+    """--model and --data (else what `prepare` recorded) as job inputs, named in the workflow by placeholders."""
+    recorded = project.read_choices()
+    model_src = model_source(model, recorded.get("model"), project.root)
+    data_src = data_source(data, recorded.get("dataset"), project.root, project.datasets)
+    train = data_src.inputs[0]
+    return RunInputs(
+        model_path=model_src.model_path,
+        train_file=data_src.train_file,
+        eval_file=data_src.eval_file,
+        model_label=project.relative(model_src.local_dir) if model_src.local_dir else model_src.label,
+        dataset_label=project.relative(data_src.local_dir) if data_src.local_dir else data_src.label,
+        profile=model_src.profile,
+        model_dir=model_src.local_dir,
+        dataset_dir=data_src.local_dir,
+        local_train_file=Path(train.path) if train.local and train.type == "uri_file" else None,
+        job_sources=(model_src, data_src),
+    )

@@ -1,0 +1,86 @@
+"""Held-out loss of one model: mean next-token negative log-likelihood over the eval rows.
+
+Loss = total next-token negative log-likelihood / number of predicted tokens, over all eval
+rows; perplexity = exp(loss). The int4 ONNX model is measured with onnxruntime on its decoder
+graph; the PyTorch forms (merged, adapter) with transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def onnx_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> float:
+    """Full-sequence logits from the decoder ONNX graph, fed an empty KV cache."""
+    import numpy as np
+    import onnxruntime as ort
+
+    config = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    session = ort.InferenceSession(str(model_dir / config["filename"]), providers=providers)
+    dtypes = {
+        "tensor(float)": np.float32,
+        "tensor(float16)": np.float16,
+        "tensor(int64)": np.int64,
+        "tensor(int32)": np.int32,
+    }
+    total_nll, total_tokens = 0.0, 0
+    for i, ids in enumerate(token_ids):
+        length = len(ids)
+        feed = {}
+        for spec in session.get_inputs():
+            if spec.name == "input_ids":
+                feed[spec.name] = np.array([ids], dtype=dtypes[spec.type])
+            elif spec.name == "attention_mask":
+                feed[spec.name] = np.ones((1, length), dtype=dtypes[spec.type])
+            elif spec.name == "position_ids":
+                feed[spec.name] = np.arange(length, dtype=dtypes[spec.type])[None, :]
+            else:  # past key/values: batch 1, no past tokens yet
+                shape = [dim if isinstance(dim, int) else (1 if "batch" in dim else 0) for dim in spec.shape]
+                feed[spec.name] = np.zeros(shape, dtype=dtypes[spec.type])
+        logits = session.run(["logits"], feed)[0][0, :-1].astype(np.float64)
+        targets = np.array(ids[1:])
+        peak = logits.max(axis=-1)
+        log_norm = np.log(np.exp(logits - peak[:, None]).sum(axis=-1)) + peak
+        total_nll += float((log_norm - logits[np.arange(length - 1), targets]).sum())
+        total_tokens += length - 1
+        progress(i + 1)
+    return total_nll / total_tokens
+
+
+def torch_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> float:
+    """The same loss on a PyTorch form: a model folder, or an adapter folder on top of the base."""
+    import warnings
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar per model is noise here
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32), model_dir
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for i, ids in enumerate(token_ids):
+            input_ids = torch.tensor([ids])
+            mean_nll = model(input_ids=input_ids, labels=input_ids).loss.item()
+            total_nll += mean_nll * (len(ids) - 1)
+            total_tokens += len(ids) - 1
+            progress(i + 1)
+    return total_nll / total_tokens
+
+
+def perplexity(loss: float) -> float:
+    return round(math.exp(loss), 2) if loss < 50 else float("inf")

@@ -1,0 +1,25 @@
+"""The training-loss history of a run: train-log.jsonl, its plot, and the summary in run.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from phi3e2e.runs import LOSS_PLOT, TRAIN_LOG, LossSummary
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    with open(run_dir / TRAIN_LOG, "w") as f:
+        for entry in history:
+            f.write(json.dumps(entry) + "\n")
+    losses = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+    if losses:
+        from phi3e2e.plots import plot_training_loss
+
+        plot_training_loss(losses, run_dir / LOSS_PLOT)
+
+
+def loss_summary(history: list[dict]) -> Optional[LossSummary]:
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return LossSummary(first=losses[0], last=losses[-1], logged=len(losses)) if losses else None

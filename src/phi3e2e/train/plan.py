@@ -1,0 +1,166 @@
+"""The run plan: what one fine-tune will do, the same for both targets.
+
+inputs (model, dataset) -> settings (recipe defaults, the model's profile, the dataset's text
+template, --set) -> the rendered, validated Olive workflow -> the run record. The target only
+decides where the plan runs (local.py, or aml/submit.py) and how its inputs are named: local
+paths here, Azure ML job inputs there. A dry-run writes the plan and stops (write_dry_run).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Optional
+
+from phi3e2e import runs
+from phi3e2e.errors import UserError
+from phi3e2e.project import Project
+from phi3e2e.train.inputs import RunInputs
+from phi3e2e.workflow.render import Algo, RenderedWorkflow, Target, WorkflowPaths, render_workflow
+from phi3e2e.workflow.settings import ExportSettings, FinetuneSettings, build_settings, parse_override
+
+# Olive's working folders, relative to the config so the folder can be re-run.
+OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS = "olive-output", ".olive-cache", ".checkpoints"
+STACK = ("olive-ai", "torch", "transformers", "peft", "onnxruntime-genai", "onnxruntime")
+
+
+@dataclass
+class RunPlan:
+    name: str
+    algo: Algo
+    target: Target
+    inputs: RunInputs
+    settings: FinetuneSettings
+    workflow: RenderedWorkflow
+    record: runs.RunRecord
+    aml: object = None  # --target aml: its AmlOptions
+
+    @property
+    def builds_for_cpu(self) -> bool:
+        return builds_for_cpu(self.algo, self.target)
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    config_file: Path
+    dry_run: bool
+    record: runs.RunRecord
+
+
+def plan_run(
+    project: Project,
+    inputs: RunInputs,
+    *,
+    algo: Algo,
+    target: Target,
+    run_name: Optional[str],
+    set_args: list[str],
+    aml=None,
+) -> RunPlan:
+    name = runs.check_run_name(run_name) if run_name else runs.new_run_name(algo)
+    settings = choose_settings(inputs, set_args)
+    settings.export = int4_export_settings(settings.export, inputs.model_dir, builds_for_cpu(algo, target))
+    workflow = render_plan_workflow(project, algo, target, settings, inputs)
+    record = runs.RunRecord(
+        name=name,
+        algo=algo,
+        target=target,
+        profile=inputs.profile,
+        base_model=inputs.model_label,
+        dataset=inputs.dataset_label,
+        settings=settings,
+        versions=stack_versions(),
+    )
+    return RunPlan(name, algo, target, inputs, settings, workflow, record, aml)
+
+
+def render_plan_workflow(
+    project: Project, algo: Algo, target: Target, settings: FinetuneSettings, inputs: RunInputs
+) -> RenderedWorkflow:
+    paths = WorkflowPaths(
+        model=inputs.model_path,
+        train_file=inputs.train_file,
+        eval_file=inputs.eval_file,
+        output=OLIVE_OUTPUT,
+        cache=OLIVE_CACHE,
+        checkpoints=CHECKPOINTS,
+    )
+    return render_workflow(algo, target, settings, paths, project_templates=project.templates)
+
+
+def builds_for_cpu(algo: Algo, target: Target) -> bool:
+    """Local LoRA builds its int4 model for CPUs; QLoRA and Azure ML runs build for CUDA."""
+    return target == "local" and algo != "qlora"
+
+
+def choose_settings(inputs: RunInputs, set_args: list[str]) -> FinetuneSettings:
+    """Recipe defaults, the profile for this model, the dataset's text template, then --set."""
+    overrides: dict[str, object] = {}
+    summary_file = inputs.dataset_dir / "summary.json" if inputs.dataset_dir else None
+    if summary_file and summary_file.is_file():
+        template = json.loads(summary_file.read_text()).get("text_template")
+        if template:
+            overrides["data.text_template"] = template
+    overrides.update(parse_override(arg) for arg in set_args)
+    settings = build_settings(inputs.profile, overrides)
+    if inputs.local_train_file:
+        check_template_columns(settings.data.text_template, inputs.local_train_file)
+    return settings
+
+
+def check_template_columns(text_template: str, train_file: Path) -> None:
+    with open(train_file, encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    wanted = [name for _, name, _, _ in string.Formatter().parse(text_template) if name]
+    missing = [name for name in wanted if name not in first]
+    if missing:
+        raise UserError(
+            f"data.text_template uses {', '.join('{' + m + '}' for m in missing)} but {train_file} has columns "
+            f"{', '.join(first)}"
+        )
+
+
+def int4_export_settings(export: ExportSettings, model_dir: Optional[Path], builds_for_cpu: bool) -> ExportSettings:
+    """The export settings with the int4 options this build will use (workflow/int4_options.py)."""
+    from phi3e2e.workflow.int4_options import int4_build_options
+
+    chosen = int4_build_options(export.model_dump(), model_dir, builds_for_cpu)
+    return ExportSettings(precision=export.precision, **chosen)
+
+
+def write_dry_run(project: Project, plan: RunPlan, say: Callable[[str], None]) -> FinetuneResult:
+    """gen-model/<run>/ with the rendered workflow (and the job files for Azure ML) and a dry-run record."""
+    run_dir = project.gen_model / plan.name
+    existing = runs.try_read_record(run_dir) if run_dir.exists() else None
+    if run_dir.exists() and (existing is None or existing.status != "dry-run"):
+        raise UserError(f"{run_dir} already exists; choose another --run-name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = stage_plan(project, plan, run_dir, say, dry_run=True)
+    plan.record.status = "dry-run"
+    runs.write_record(run_dir, plan.record)
+    return FinetuneResult(run_dir, config_file, True, plan.record)
+
+
+def stage_plan(project: Project, plan: RunPlan, folder: Path, say: Callable[[str], None], dry_run: bool) -> Path:
+    """Write what runs the plan into `folder`; returns the Olive config file."""
+    if plan.target == "aml":
+        from phi3e2e.train.aml.job import stage_job
+
+        return stage_job(project, plan, folder, say, dry_run=dry_run)
+    config_file = folder / runs.CONFIG_FILE
+    config_file.write_text(json.dumps(plan.workflow.config, indent=2) + "\n")
+    return config_file
+
+
+def stack_versions() -> dict:
+    found = {}
+    for package in STACK:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
