@@ -32,7 +32,7 @@ def init(
 
     \b
       phi3e2e init my-model && cd my-model && phi3e2e prepare
-      phi3e2e init                      # in the current folder, e.g. a fresh git repository
+      phi3e2e init            # here, e.g. in a fresh git repository
     """
     from phi3e2e.prepare.init_project import init_project
 
