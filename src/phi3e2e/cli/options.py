@@ -6,8 +6,6 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from phi3e2e.errors import UserError
-
 # Choices as Literals: `--help` lists them, Typer rejects other values, and the commands pass
 # plain strings on to the domain functions.
 Device = Literal["cpu", "cuda"]
@@ -19,12 +17,6 @@ ModelOption = Annotated[
 
 def say(message: str) -> None:
     typer.echo(message)
-
-
-def choice(value: str, allowed: tuple[str, ...], option: str) -> str:
-    if value not in allowed:
-        raise UserError(f"{option} {value!r}: choose one of {', '.join(allowed)}")
-    return value
 
 
 def help_when_alone(ctx: typer.Context) -> None:
