@@ -12,10 +12,10 @@ Each request: a 32-token chat prompt, 128 greedy new tokens (`min_tokens` holds 
 back), streamed, as the decode benchmarks measure. Each client sends its requests one after
 another; N clients run at once. Per level: requests/s, latency (request sent -> last token)
 p50/p95, time to first token p50/p95, tokens/s summed over all clients, and each stream's own
-decode tokens/s. Each level starts once the machine is quiet (`--max-busy`, as int4_options.py
-waits), since a shared 2-core machine's other work slows int4 decode many times over. Then
-`chat`'s single-stream decode (ChatSession, the same model and prompt, with the server stopped)
-for comparison. The clients are plain http.client threads: cheap, so
+decode tokens/s. Then one stream through the server against `chat`'s path (ChatSession, the
+same model and prompt, in this process), in paired rounds. Each level and round starts once the
+machine is quiet (`--max-busy`, as int4_options.py waits): a shared 2-core machine's other work
+slows int4 decode many times over. The clients are plain http.client threads: cheap, so
 the 2 cores go to the server.
 
 Writes benchmarks/results/serve-load.json and prints a Markdown table.
@@ -145,24 +145,32 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
-def chat_decode(onnx_dir: Path, repeats: int) -> dict:
-    """`phi3e2e chat`'s path on the same model and prompt: ChatSession, one stream, no server."""
-    from decode_speed import time_chat_path, user_text_for
+def single_stream_pairs(port: int, onnx_dir: Path, user_text: str, repeats: int, quiet) -> dict:
+    """One answer through the server, then `chat`'s path (ChatSession, no server) on the same model and
+    prompt, round after round: a shared machine's load changes by the minute, so the two are compared
+    within each round."""
+    from decode_speed import time_chat_path
 
     from phi3e2e.infer.chat import ChatSession
     from phi3e2e.infer.generation import GenerationOptions
 
     options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
     session = ChatSession(onnx_dir, options)
-    user_text = user_text_for(session.engine, PROMPT_TOKENS)
     time_chat_path(session, user_text)  # warm-up
-    runs = [time_chat_path(session, user_text) for _ in range(repeats)]
-    return {"decode_tok_s_median": round(statistics.median(r["decode_tok_s"] for r in runs), 1),
-            "ttft_s_median": round(statistics.median(r["ttft_s"] for r in runs), 3), "user_text": user_text}
+    rounds = []
+    for _ in range(repeats):
+        quiet()
+        served = one_request(port, user_text)
+        chat = time_chat_path(session, user_text)
+        rounds.append({"serve_tok_s": round(served["decode_tok_s"], 1), "chat_tok_s": round(chat["decode_tok_s"], 1),
+                       "serve_ttft_s": round(served["ttft_s"], 3), "chat_ttft_s": round(chat["ttft_s"], 3)})
+    return {"rounds": rounds, **{f"{key}_median": statistics.median(r[key] for r in rounds) for key in rounds[0]},
+            "serve_vs_chat_median": round(statistics.median(r["serve_tok_s"] / r["chat_tok_s"] for r in rounds), 3)}
 
 
 def table(result: dict) -> str:
-    chat = result["chat"]["decode_tok_s_median"]
+    pairs = result["single_stream"]
+    chat = pairs["chat_tok_s_median"]
     rows = [("| clients | requests | requests/s | latency p50 / p95 (s) | first token p50 / p95 (s) "
              "| tokens/s, all clients | decode tok/s per stream (median) |"),
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -170,10 +178,11 @@ def table(result: dict) -> str:
         rows.append(f"| {level['clients']} | {level['requests']} | {level['requests_per_s']:.2f} "
                     f"| {level['latency_p50_s']:.2f} / {level['latency_p95_s']:.2f} "
                     f"| {level['ttft_p50_s']:.2f} / {level['ttft_p95_s']:.2f} "
-                    f"| {level['tokens_per_s_all_clients']:.1f} ({level['tokens_per_s_all_clients'] / chat:.2f}x chat) "
-                    f"| {level['decode_tok_s_per_stream_median']:.1f} |")
-    ttft = result["chat"]["ttft_s_median"]
-    rows.append(f"| `chat`, one stream, no server | | | | {ttft:.2f} | {chat:.1f} | {chat:.1f} |")
+                    f"| {level['tokens_per_s_all_clients']:.1f} | {level['decode_tok_s_per_stream_median']:.1f} |")
+    rows.append(f"\nOne stream, {len(pairs['rounds'])} paired rounds: served {pairs['serve_tok_s_median']:.1f} tok/s "
+                f"(first token {pairs['serve_ttft_s_median']:.2f} s) vs `chat` {chat:.1f} tok/s "
+                f"(first token {pairs['chat_ttft_s_median']:.2f} s): served / chat, median of rounds "
+                f"{pairs['serve_vs_chat_median']:.2f}")
     return "\n".join(rows)
 
 
@@ -183,7 +192,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrency levels")
     parser.add_argument("--requests-per-client", type=int, default=None,
                         help="default: 8 at 1 client, 4 at 4, 2 at 16 (so every level sends 8-32 requests)")
-    parser.add_argument("--chat-repeats", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=6, help="rounds of one served answer and one `chat` answer")
     parser.add_argument("--max-busy", type=float, default=0.15,
                         help="start a level only when other work uses at most this share of the CPUs")
     parser.add_argument("--max-wait", type=float, default=300, help="seconds to wait for that before running anyway")
@@ -214,11 +223,11 @@ def main() -> None:
             log(f"{clients} clients x {per_client} requests (CPU busy {busy:.0%} after waiting {waited:.0f} s) ...")
             result["levels"].append(load_level(server.port, user_text, clients, per_client) | {"busy_before": busy})
             log(f"  {result['levels'][-1]}")
+        log(f"One stream through the server vs chat's path, {args.pairs} paired rounds ...")
+        result["single_stream"] = single_stream_pairs(server.port, onnx_dir, user_text, args.pairs,
+                                                      lambda: wait_until_quiet(args.max_busy, args.max_wait))
     finally:
         server.stop()
-    busy, waited = wait_until_quiet(args.max_busy, args.max_wait)
-    log(f"chat's single-stream decode on the same model (CPU busy {busy:.0%} after waiting {waited:.0f} s) ...")
-    result["chat"] = chat_decode(onnx_dir, args.chat_repeats) | {"busy_before": busy}
     result["load_1m_at_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
