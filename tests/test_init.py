@@ -140,7 +140,7 @@ def test_init_prepare_then_an_edited_template_shows_in_the_dry_run(tmp_path):
     lora = root / "templates" / "lora.json.j2"
     text = lora.read_text()
     for old, new in [('"lora_dropout": {{ s.lora.dropout | tojson }}', '"lora_dropout": 0.123'),
-                     ('"save_strategy": "no"', '"save_strategy": "epoch"')]:
+                     ('"save_strategy": "steps"', '"save_strategy": "epoch"')]:
         assert old in text
         text = text.replace(old, new)
     lora.write_text(text)

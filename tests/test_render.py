@@ -157,7 +157,7 @@ def test_project_copies_win_and_say_so(project_templates, tmp_path):
 def test_a_template_missing_from_the_project_falls_back_to_the_shipped_one(project_templates):
     (project_templates / "qlora.json.j2").unlink()
     (project_templates / "model-builder.json.j2").unlink()
-    edit(project_templates / "lora.json.j2", '"save_strategy": "no"', '"save_strategy": "epoch"')
+    edit(project_templates / "lora.json.j2", '"save_strategy": "steps"', '"save_strategy": "epoch"')
     rendered = render_workflow("qlora", "aml", build_settings("tiny", {}), PATHS, project_templates=project_templates)
     assert rendered.template == templates_dir() / "qlora.json.j2"
     # The shipped qlora.json.j2 extends "lora.json.j2", found in the project first.

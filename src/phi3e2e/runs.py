@@ -5,10 +5,20 @@ This module names the run folder's files and model forms, and owns run.json, the
 to gen-model/<run>/ only once its outputs are verified, with run.json saying "succeeded". A
 failed run is renamed to gen-model/<run>.failed/ (its logs kept for reading); nothing but a
 succeeded run is ever picked by `chat`.
+
+One writer per run: whoever builds, resumes or dry-runs a run holds its lock
+(gen-model/.locks/<run>.lock, an flock the kernel drops when the holder dies, so a killed
+run's lock is simply taken over). Scratch lives outside the folder that gets renamed:
+training checkpoints in gen-model/.checkpoints/<run>/ (what `finetune --resume` goes on from;
+deleted when the run succeeds or a new run takes the name) and Olive's step cache in
+gen-model/.olive-cache/ (shared by every run, so a rerun reuses finished steps; safe to delete).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -43,7 +53,7 @@ REQUIRED_FILES = {
 }
 
 SCHEMA_VERSION = 1
-Status = Literal["dry-run", "staged", "submitted", "succeeded", "failed"]
+Status = Literal["dry-run", "staged", "running", "submitted", "succeeded", "failed"]
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 
@@ -60,6 +70,16 @@ class AmlRecord(BaseModel):
     image: Optional[str] = None
     job_file: Optional[str] = None
     job_name: Optional[str] = None
+    registered: Optional[list[str]] = None  # model assets "name:version" (--register)
+
+
+class ResumePoint(BaseModel):
+    """Where `finetune --resume` went on from: the checkpoint's optimizer step (0: none was saved)."""
+
+    step: int
+    checkpoint: Optional[str] = None
+    previous_status: Optional[str] = None
+    at: str
 
 
 class RunRecord(BaseModel):
@@ -84,6 +104,8 @@ class RunRecord(BaseModel):
     duration_s: Optional[float] = None
     train_loss: Optional[LossSummary] = None
     cpu_int4: Optional[dict] = None  # the CPU build's options and threads (local LoRA runs)
+    data_sha256: Optional[dict[str, str]] = None  # {"train.jsonl": hex, "eval.jsonl": hex} as trained on
+    resumed_from: Optional[ResumePoint] = None
     aml: Optional[AmlRecord] = None
 
     def to_json(self) -> str:
@@ -103,6 +125,79 @@ def check_run_name(name: str) -> str:
 
 def partial_dir(gen_model: Path, name: str) -> Path:
     return gen_model / f".{name}.partial"
+
+
+def failed_dir(gen_model: Path, name: str) -> Path:
+    return gen_model / f"{name}.failed"
+
+
+def checkpoints_dir(gen_model: Path, name: str) -> Path:
+    return gen_model / ".checkpoints" / name
+
+
+def olive_cache_dir(gen_model: Path) -> Path:
+    return gen_model / ".olive-cache"
+
+
+def _lock_file(gen_model: Path, name: str) -> Path:
+    return gen_model / ".locks" / f"{name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(gen_model: Path, name: str):
+    """Hold run `name` for this process, or fail at once naming the process that holds it."""
+    lock_file = _lock_file(gen_model, name)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(
+                f"run {name!r} is in use by process {holder}; wait for it to end or choose another --run-name"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)  # the kernel drops the lock itself when the file closes, or the process dies
+
+
+def in_progress(gen_model: Path, name: str) -> Optional[int]:
+    """The PID of the process building run `name`, or None when no one holds it."""
+    lock_file = _lock_file(gen_model, name)
+    try:
+        f = open(lock_file)
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_fingerprint(dataset_dir: Path) -> dict[str, str]:
+    """sha256 of the dataset's split files, so eval can tell when they changed since training."""
+    return {
+        split: file_sha256(dataset_dir / split)
+        for split in ("train.jsonl", "eval.jsonl")
+        if (dataset_dir / split).is_file()
+    }
 
 
 def write_record(folder: Path, record: RunRecord) -> None:
@@ -138,15 +233,47 @@ def try_read_record(folder: Path) -> Optional[RunRecord]:
 
 
 def start_run(gen_model: Path, name: str) -> Path:
-    """A fresh staging folder for run `name`; refuses to overwrite a finished run."""
+    """A fresh staging folder for run `name` (hold run_lock); refuses to overwrite a finished run."""
     final = gen_model / name
     if final.exists():
         raise UserError(f"{final} already exists; choose another --run-name")
     staging = partial_dir(gen_model, name)
-    if staging.exists():
-        shutil.rmtree(staging)
+    for stale in (staging, checkpoints_dir(gen_model, name)):  # a new run never resumes an old one's steps
+        if stale.exists():
+            shutil.rmtree(stale)
     staging.mkdir(parents=True)
     return staging
+
+
+def reopen_run(gen_model: Path, name: str) -> tuple[Path, RunRecord]:
+    """An interrupted (.partial) or failed run back in staging for `--resume` (hold run_lock)."""
+    staging, failed = partial_dir(gen_model, name), failed_dir(gen_model, name)
+    if not staging.exists() and not failed.exists():
+        if (gen_model / name).exists():
+            raise UserError(f"{gen_model / name}: run {name!r} is not failed or interrupted; nothing to resume")
+        raise UserError(f"no failed or interrupted run {name!r} in {gen_model}/ to resume")
+    if not staging.exists():
+        failed.rename(staging)
+    record = read_record(staging)
+    log = staging / OLIVE_LOG
+    if log.exists():
+        log.rename(staging / f"olive-before-resume-{datetime.now():%H%M%S}.log")
+    return staging, record
+
+
+def last_checkpoint(gen_model: Path, name: str) -> Optional[Path]:
+    """The newest complete checkpoint-N/ of run `name`; half-written ones (killed mid-save) are removed."""
+    folder = checkpoints_dir(gen_model, name)
+    found = []
+    for checkpoint in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = checkpoint.name.removeprefix("checkpoint-")
+        if step.isdigit() and (checkpoint / "trainer_state.json").is_file():
+            found.append((int(step), checkpoint))
+        else:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    if folder.is_dir() and not found:
+        shutil.rmtree(folder)  # Olive refuses a non-empty output_dir without a checkpoint
+    return max(found)[1] if found else None
 
 
 def finish_run(staging: Path, record: RunRecord) -> Path:
@@ -158,11 +285,16 @@ def finish_run(staging: Path, record: RunRecord) -> Path:
     return final
 
 
-def fail_run(staging: Path, record: RunRecord, reason: str) -> Path:
-    """Keep a failed run's logs under <name>.failed/ so the user can read what happened."""
+def fail_run(staging: Path, record: RunRecord, reason: str, scratch: tuple[str, ...] = ()) -> Path:
+    """Keep a failed run's logs and record under <name>.failed/; its `scratch` folders (model copies) go."""
+    for folder in scratch:
+        shutil.rmtree(staging / folder, ignore_errors=True)
     record.status, record.reason, record.finished_at = "failed", reason, now()
-    write_record(staging, record)
-    failed = staging.parent / f"{record.name}.failed"
+    try:
+        write_record(staging, record)
+    except OSError:  # disk full: the record written when the run started stays, and the folder is still moved
+        (staging / (RUN_FILE + ".partial")).unlink(missing_ok=True)
+    failed = failed_dir(staging.parent, record.name)
     if failed.exists():
         shutil.rmtree(failed)
     staging.rename(failed)

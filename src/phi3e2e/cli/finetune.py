@@ -41,6 +41,10 @@ def finetune(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and validate the workflow only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream Olive's full output.")] = False,
+    resume: Annotated[
+        Optional[str],
+        typer.Option("--resume", metavar="RUN", help="Go on with a failed or interrupted run from its last checkpoint."),
+    ] = None,
     compute: ComputeOption = None,
     image: ImageOption = None,
     wait: WaitOption = True,
@@ -59,6 +63,7 @@ def finetune(
     \b
       phi3e2e finetune --algo lora
       phi3e2e finetune --set lora.r=16 --set training.max_steps=50
+      phi3e2e finetune --resume 20261129-101500-lora
       phi3e2e finetune --algo qlora --target aml --compute gpu-a100 --dry-run
       phi3e2e finetune --algo qlora --target aml --compute gpu-a100 \\
           --model microsoft/Phi-3-mini-4k-instruct
@@ -68,6 +73,9 @@ def finetune(
     from phi3e2e.train.finetune import finetune as run_finetune
 
     project = current_project()
+    if resume and (run_name or set_values or dry_run or model or data or target != "local"):
+        raise UserError("--resume RUN uses the run's own recorded settings: leave out --run-name, --set, --model, "
+                        "--data, --target and --dry-run")  # fmt: skip
     result = run_finetune(
         project,
         algo=algo,
@@ -79,6 +87,7 @@ def finetune(
         dry_run=dry_run,
         verbose=verbose,
         say=say,
+        resume=resume,
         aml_options=aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace),
     )
     if result.dry_run:
@@ -92,7 +101,7 @@ def finetune(
     say("  merged/     base model with the adapter merged in")
     say("  onnx-int4/  int4 ONNX Runtime GenAI model")
     if loss:
-        say(f"  training loss {loss['first']:.3f} -> {loss['last']:.3f} (curve: loss.png)")
+        say(f"  training loss {loss.first:.3f} -> {loss.last:.3f} (curve: loss.png)")
     # Evidence right away: held-out loss, base vs fine-tuned int4 (full comparison: `phi3e2e eval`).
     from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run, summary_lines
     from phi3e2e.runs import EVAL_REPORT

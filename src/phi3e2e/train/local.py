@@ -1,8 +1,17 @@
-"""A run plan on this machine: `olive run` -> the three model forms -> a verified run folder."""
+"""A run plan on this machine: `olive run` -> the three model forms -> a verified run folder.
+
+The run holds its name's lock throughout (runs.run_lock). SIGTERM and SIGHUP end it like
+Ctrl-C: Olive's process group is stopped and the run is kept as <run>.failed/ with its record.
+A closed stdout (`phi3e2e finetune | head`) only stops the progress lines; the run goes on.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -60,13 +69,36 @@ def require_cuda_for_qlora(algo: str) -> None:
         )
 
 
-def run_locally(project: Project, plan: RunPlan, say: Callable[[str], None], verbose: bool = False) -> FinetuneResult:
+def run_locally(
+    project: Project, plan: RunPlan, say: Callable[[str], None], verbose: bool = False, resume: bool = False
+) -> FinetuneResult:
     require_cuda_for_qlora(plan.algo)
-    record = plan.record
-    staging = runs.start_run(project.gen_model, plan.name)
-    config_file = stage_config(project, plan, staging, say)
+    say = _quiet_when_closed(say)
+    with runs.run_lock(project.gen_model, plan.name), _signals_as_interrupt():
+        return _run_locked(project, plan, say, verbose, resume)
+
+
+def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], verbose: bool, resume: bool):
+    gen_model, record = project.gen_model, plan.record
+    if resume:
+        staging, previous = runs.reopen_run(gen_model, plan.name)
+        for scratch in SCRATCH:  # a killed run's half-written outputs
+            shutil.rmtree(staging / scratch, ignore_errors=True)
+        checkpoint = runs.last_checkpoint(gen_model, plan.name)
+        step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
+        record.resumed_from = runs.ResumePoint(
+            step=step, checkpoint=project.relative(checkpoint) if checkpoint else None,
+            previous_status=previous.status, at=runs.now(),
+        )  # fmt: skip
+        say(f"Resuming {plan.name} from " + (f"step {step} ({project.relative(checkpoint)})" if checkpoint
+            else "the start (no checkpoint was saved; Olive's cache reuses finished steps)"))  # fmt: skip
+    else:
+        staging = runs.start_run(gen_model, plan.name)
     start = time.monotonic()
     try:
+        record.status, record.submitted_at = "running", runs.now()
+        runs.write_record(staging, record)  # a killed run still says what it was
+        config_file = stage_config(project, plan, staging, say)
         from phi3e2e.train.history import loss_summary, write_history
         from phi3e2e.train.olive_outputs import collect_forms
         from phi3e2e.train.olive_runner import run_olive
@@ -85,12 +117,62 @@ def run_locally(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         record.train_loss = loss_summary(history)
         run_dir = runs.finish_run(staging, record)
     except KeyboardInterrupt:
-        failed = runs.fail_run(staging, record, "interrupted")
-        raise UserError(f"interrupted; the unfinished run is kept for inspection in {project.relative(failed)}")
-    except UserError as e:
-        failed = runs.fail_run(staging, record, str(e))
-        raise UserError(f"{e} [run kept in {project.relative(failed)}]") from None
+        failed = runs.fail_run(staging, record, "interrupted", SCRATCH)
+        raise UserError(f"interrupted; the run is kept in {project.relative(failed)} "
+                        f"(go on with `phi3e2e finetune --resume {plan.name}`)") from None  # fmt: skip
+    except (UserError, OSError) as e:
+        reason = _os_error(e) if isinstance(e, OSError) else str(e)
+        failed = runs.fail_run(staging, record, reason, SCRATCH)
+        reason = reason.replace(str(staging), str(failed))  # the log moved with the folder
+        raise UserError(f"{reason} [run kept in {project.relative(failed)}; "
+                        f"`phi3e2e finetune --resume {plan.name}` goes on from its last checkpoint]") from None  # fmt: skip
+    shutil.rmtree(runs.checkpoints_dir(gen_model, plan.name), ignore_errors=True)
     return FinetuneResult(run_dir, run_dir / runs.CONFIG_FILE, False, record)
+
+
+# What a failed run does not keep: Olive's copies of the models (gigabytes for Phi-3-mini).
+SCRATCH = (OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS)
+
+
+def _os_error(error: OSError) -> str:
+    where = error.filename or "the run folder"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{where}: disk full ({error.strerror}); free some space and resume"
+    return f"{where}: {error.strerror or error}"
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt():
+    """SIGTERM (kill, systemd, a container stop, a CI timeout) and SIGHUP end the run like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _quiet_when_closed(say: Callable[[str], None]) -> Callable[[str], None]:
+    """Progress lines stop when stdout is gone (a closed pipe); the run itself must not."""
+    closed = False
+
+    def tolerant(line: str) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            say(line)
+        except (BrokenPipeError, ValueError):  # ValueError: write to a closed file
+            closed = True
+
+    return tolerant
 
 
 def stage_config(project: Project, plan: RunPlan, staging: Path, say: Callable[[str], None]) -> Path:

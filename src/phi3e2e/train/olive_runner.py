@@ -95,15 +95,48 @@ def _number(value):
         return value
 
 
+def _die_with_parent() -> None:
+    """In the child: Linux sends it SIGKILL when phi3e2e dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the process group is still stopped on the way out
+        pass
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM Olive's whole process group, then SIGKILL what is left after `grace_s`."""
+    import signal
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            process.wait(timeout=wait_s)
+            os.killpg(process.pid, signal.SIGKILL)  # children that outlived their parent
+        except subprocess.TimeoutExpired:
+            continue
+        except (ProcessLookupError, PermissionError):
+            pass
+        break
+
+
 def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False) -> list[dict]:
     """Run Olive to completion; return the training-loss history. Raises UserError on failure."""
     command = [sys.executable, "-m", "olive", "run", "--config", str(config_file)]
     finetune_pass = json.loads(config_file.read_text())["passes"].get("finetune", {})
     reader = ProgressReader(say, finetune_pass.get("training_args", {}).get("logging_steps", 1))
     with open(log_file, "w", encoding="utf-8") as log:
+        # Its own process group, so stopping the run stops Olive's children too; and it dies with us
+        # even when we are killed with SIGKILL (no cleanup runs then), never writing on unowned.
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=olive_env(), cwd=config_file.parent
-        )
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=olive_env(), cwd=config_file.parent,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
         try:
             buffer = ""
             while chunk := process.stdout.read1(65536):
@@ -111,7 +144,10 @@ def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], ver
                 log.write(text)
                 log.flush()
                 if verbose:
-                    sys.stdout.write(text)
+                    try:
+                        sys.stdout.write(text)
+                    except (BrokenPipeError, ValueError):  # stdout closed: the log still has it all
+                        verbose = False
                 buffer += text
                 *lines, buffer = re.split(r"[\r\n]", buffer)
                 for line in lines:
@@ -119,11 +155,7 @@ def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], ver
             reader.feed(buffer)
             returncode = process.wait()
         except BaseException:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process_group(process)
             raise
     # Olive exits 0 after a failed pass, logging only "No output model produced".
     if returncode != 0 or reader.produced_nothing:

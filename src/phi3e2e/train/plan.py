@@ -22,8 +22,12 @@ from phi3e2e.train.inputs import RunInputs
 from phi3e2e.workflow.render import Algo, RenderedWorkflow, Target, WorkflowPaths, render_workflow
 from phi3e2e.workflow.settings import ExportSettings, FinetuneSettings, build_settings, parse_override
 
-# Olive's working folders, relative to the config so the folder can be re-run.
+# Olive's working folders, relative to the config so the folder can be re-run (an Azure ML job's own).
 OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS = "olive-output", ".olive-cache", ".checkpoints"
+# A local run's config lies in gen-model/.<run>.partial/: its checkpoints and Olive's step cache lie
+# beside it in gen-model/ (runs.checkpoints_dir, runs.olive_cache_dir), so they outlive a failed run
+# and `--resume` renders the very same workflow (Olive's cache then reuses the finished steps).
+LOCAL_OLIVE_CACHE, LOCAL_CHECKPOINTS = "../.olive-cache", "../.checkpoints/{name}"
 STACK = ("olive-ai", "torch", "transformers", "peft", "onnxruntime-genai", "onnxruntime")
 
 
@@ -60,11 +64,16 @@ def plan_run(
     run_name: Optional[str],
     set_args: list[str],
     aml=None,
+    recorded: Optional[FinetuneSettings] = None,
 ) -> RunPlan:
+    """`recorded`: a resumed run's own settings, used as they are."""
     name = runs.check_run_name(run_name) if run_name else runs.new_run_name(algo)
-    settings = choose_settings(inputs, set_args)
-    settings.export = int4_export_settings(settings.export, inputs.model_dir, builds_for_cpu(algo, target))
-    workflow = render_plan_workflow(project, algo, target, settings, inputs)
+    if recorded is not None:
+        settings = recorded
+    else:
+        settings = choose_settings(inputs, set_args)
+        settings.export = int4_export_settings(settings.export, inputs.model_dir, builds_for_cpu(algo, target))
+    workflow = render_plan_workflow(project, algo, target, settings, inputs, name)
     record = runs.RunRecord(
         name=name,
         algo=algo,
@@ -74,20 +83,22 @@ def plan_run(
         dataset=inputs.dataset_label,
         settings=settings,
         versions=stack_versions(),
+        data_sha256=runs.data_fingerprint(inputs.dataset_dir) if inputs.dataset_dir else None,
     )
     return RunPlan(name, algo, target, inputs, settings, workflow, record, aml)
 
 
 def render_plan_workflow(
-    project: Project, algo: Algo, target: Target, settings: FinetuneSettings, inputs: RunInputs
+    project: Project, algo: Algo, target: Target, settings: FinetuneSettings, inputs: RunInputs, name: str = ""
 ) -> RenderedWorkflow:
+    local = target == "local"
     paths = WorkflowPaths(
         model=inputs.model_path,
         train_file=inputs.train_file,
         eval_file=inputs.eval_file,
         output=OLIVE_OUTPUT,
-        cache=OLIVE_CACHE,
-        checkpoints=CHECKPOINTS,
+        cache=LOCAL_OLIVE_CACHE if local else OLIVE_CACHE,
+        checkpoints=LOCAL_CHECKPOINTS.format(name=name) if local else CHECKPOINTS,
     )
     return render_workflow(algo, target, settings, paths, project_templates=project.templates)
 
@@ -135,13 +146,18 @@ def int4_export_settings(export: ExportSettings, model_dir: Optional[Path], buil
 def write_dry_run(project: Project, plan: RunPlan, say: Callable[[str], None]) -> FinetuneResult:
     """gen-model/<run>/ with the rendered workflow (and the job files for Azure ML) and a dry-run record."""
     run_dir = project.gen_model / plan.name
-    existing = runs.try_read_record(run_dir) if run_dir.exists() else None
-    if run_dir.exists() and (existing is None or existing.status != "dry-run"):
-        raise UserError(f"{run_dir} already exists; choose another --run-name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = stage_plan(project, plan, run_dir, say, dry_run=True)
-    plan.record.status = "dry-run"
-    runs.write_record(run_dir, plan.record)
+    with runs.run_lock(project.gen_model, plan.name):  # never beside a real run of that name
+        existing = runs.try_read_record(run_dir) if run_dir.exists() else None
+        if run_dir.exists() and (existing is None or existing.status != "dry-run"):
+            raise UserError(f"{run_dir} already exists; choose another --run-name")
+        for kept in (runs.partial_dir(project.gen_model, plan.name), runs.failed_dir(project.gen_model, plan.name)):
+            if kept.exists():
+                raise UserError(f"{kept} holds a failed or interrupted run {plan.name!r}: resume it with "
+                                f"`phi3e2e finetune --resume {plan.name}`, or choose another --run-name")  # fmt: skip
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_file = stage_plan(project, plan, run_dir, say, dry_run=True)
+        plan.record.status = "dry-run"
+        runs.write_record(run_dir, plan.record)
     return FinetuneResult(run_dir, config_file, True, plan.record)
 
 

@@ -82,6 +82,9 @@ class TrainingArgs(_Strict):
     seed: int
     data_seed: int
     save_strategy: Literal["no", "steps", "epoch"]
+    save_steps: Optional[PositiveInt] = None
+    save_total_limit: Optional[PositiveInt] = None
+    overwrite_output_dir: bool = False  # false: Olive's LoRA pass resumes from a checkpoint in output_dir
     output_dir: str
 
 

@@ -20,7 +20,8 @@ TorchDtype = Literal["bfloat16", "float16", "float32"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an inf/nan learning rate would train to a NaN loss and write Infinity into JSON.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraSettings(_Section):
@@ -47,6 +48,7 @@ class TrainingSettings(_Section):
     lr_scheduler_type: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "constant"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     logging_steps: PositiveInt = 10
+    save_steps: PositiveInt = Field(100, description="a checkpoint every N steps; `finetune --resume` goes on from the last")
     eval_strategy: Optional[Literal["steps", "epoch"]] = Field(None, description="None: Olive's choice (steps)")
     gradient_checkpointing: bool = True
     seed: int = 0
@@ -95,6 +97,7 @@ PROFILES: dict[str, dict[str, object]] = {
         "training.num_train_epochs": 10,
         "training.warmup_ratio": 0.0,
         "training.logging_steps": 5,
+        "training.save_steps": 20,
         "training.eval_strategy": "epoch",
         "training.gradient_checkpointing": False,
         "data.max_length": 160,
