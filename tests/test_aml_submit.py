@@ -1,8 +1,9 @@
 """Submitting to Azure ML: the real phi3e2e flow and the real azure-ai-ml MLClient, up to the calls that
 would go over the network.
 
-Test double: only the SDK operations that talk to Azure (compute/datastore lookups,
-jobs.create_or_update / get / stream / download) and the credential's token request are replaced;
+Test double: only the SDK operations that talk to Azure (compute/datastore/VM size lookups, data
+asset get / create_or_update, jobs.create_or_update / get / stream / download) and the credential's
+token request are replaced;
 a socket guard proves nothing else reaches the network. The double records what reaches it: the
 job entity, and the files the SDK would upload for it.
 """
@@ -15,8 +16,8 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
-from azure.ai.ml.entities import AmlCompute, ComputeInstance
-from azure.ai.ml.operations import ComputeOperations, DatastoreOperations, JobOperations
+from azure.ai.ml.entities import AmlCompute, ComputeInstance, VmSize
+from azure.ai.ml.operations import ComputeOperations, DataOperations, DatastoreOperations, JobOperations
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ResourceNotFoundError
 from azure.identity import CredentialUnavailableError
@@ -26,6 +27,7 @@ from phi3e2e.project import Project
 from phi3e2e.runs import RUN_FILE, read_record
 from phi3e2e.train.aml import workspace
 from phi3e2e.train.aml.job import AmlOptions, local_uploads
+from phi3e2e.train.aml.registry import file_version
 from phi3e2e.train.finetune import finetune
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
@@ -33,7 +35,15 @@ STUDIO_URL = f"https://ml.azure.com/runs/olive-job-1?wsid=/subscriptions/{SUBSCR
 COMPUTES = {
     "gpu-a100": AmlCompute(name="gpu-a100", size="Standard_NC24ads_A100_v4"),
     "cpu-box": ComputeInstance(name="cpu-box", size="Standard_DS3_v2"),
+    "amd-box": AmlCompute(name="amd-box", size="Standard_NV32as_v4"),
 }
+# The region's VM sizes as Azure ML reports them (list_sizes), GPU count and family included.
+VM_SIZES = [
+    VmSize(name="Standard_NC24ads_A100_v4", family="standardNCADSA100v4Family", gpus=1, v_cp_us=24),
+    VmSize(name="Standard_DS3_v2", family="standardDSv2Family", gpus=0, v_cp_us=4),
+    VmSize(name="Standard_NV32as_v4", family="standardNVSv4Family", gpus=1, v_cp_us=32),
+    VmSize(name="Standard_NP10s", family="standardNPSFamily", gpus=0, v_cp_us=10),
+]
 
 
 class FakeCredential:
@@ -53,12 +63,16 @@ class FakeAzureML:
 
     def __init__(self, job_status="Completed"):
         self.submitted = []  # (job entity, files the SDK would upload)
+        self.data_assets = {}  # (name, version) -> the Data entity the SDK would upload and create
         self.job_status = job_status
 
     def install(self, monkeypatch):
         fake = self
         monkeypatch.setattr(ComputeOperations, "get", lambda self, name: fake.compute(name))
         monkeypatch.setattr(ComputeOperations, "list", lambda self, **kw: list(COMPUTES.values()))
+        monkeypatch.setattr(ComputeOperations, "list_sizes", lambda self, **kw: list(VM_SIZES))
+        monkeypatch.setattr(DataOperations, "get", lambda self, name, version=None, **kw: fake.data(name, version))
+        monkeypatch.setattr(DataOperations, "create_or_update", lambda self, data, **kw: fake.create_data(data))
         monkeypatch.setattr(DatastoreOperations, "get", lambda self, name, **kw: fake.datastore(name))
         monkeypatch.setattr(JobOperations, "create_or_update", lambda self, job, **kw: fake.create(job))
         monkeypatch.setattr(JobOperations, "get", lambda self, name: fake.job(name))
@@ -75,6 +89,15 @@ class FakeAzureML:
         if name != "workspaceblobstore":
             raise ResourceNotFoundError(f"datastore {name} not found")
         return SimpleNamespace(name=name)
+
+    def data(self, name, version):
+        if (name, version) not in self.data_assets:
+            raise ResourceNotFoundError(f"data {name}:{version} not found")
+        return self.data_assets[(name, version)]
+
+    def create_data(self, data):
+        self.data_assets[(data.name, data.version)] = data
+        return data
 
     def create(self, job):
         self.submitted.append((job, local_uploads(job)))
@@ -121,11 +144,12 @@ def azure(tiny_project, monkeypatch):
     return FakeAzureML().install(monkeypatch)
 
 
-def submit(project: Project, algo="qlora", compute="gpu-a100", wait=False, data=None, lines=None):
+def submit(project: Project, algo="qlora", compute="gpu-a100", wait=False, data=None, lines=None, **options):
     return finetune(
         project, algo=algo, target="aml", data=data, run_name="job1",
-        aml_options=AmlOptions(compute=compute, wait=wait), say=(lines if lines is not None else []).append,
+        aml_options=AmlOptions(compute=compute, wait=wait, **options), say=(lines if lines is not None else []).append,
     )  # fmt: skip
+
 
 
 def files_under(folder):
@@ -141,16 +165,23 @@ def test_no_wait_submits_the_staged_job_and_records_its_name(tiny_project, azure
     assert job.command.startswith("python phi3e2e_job.py --config olive-config.json")
     root = tiny_project.root.resolve()
     relative = sorted(str(path.relative_to(root)) for path in uploads)
-    # What travels: the two staged files, the tiny model folder and the two data splits; no repo, no run outputs.
+    # What travels with the job: the two staged files and the tiny model folder; no repo, no run outputs.
     assert [p for p in relative if p.startswith("gen-model")] == [
         "gen-model/.job1.partial/aml-code/olive-config.json",
         "gen-model/.job1.partial/aml-code/phi3e2e_job.py",
     ]
-    assert {p for p in relative if p.startswith("datasets")} == {
-        "datasets/sample/train.jsonl",
-        "datasets/sample/eval.jsonl",
-    }
-    assert all(p.startswith(("gen-model/", "datasets/", "model-cache/tiny-phi3/")) for p in relative)
+    assert all(p.startswith(("gen-model/", "model-cache/tiny-phi3/")) for p in relative)
+    # The two data splits became versioned data assets (version: their content hash), which the job reads.
+    assert sorted(azure.data_assets) == sorted(
+        (f"phi3e2e-sample-{split}", file_version(tiny_project.datasets / "sample" / f"{split}.jsonl"))
+        for split in ("train", "eval")
+    )
+    for (name, version), data in azure.data_assets.items():
+        rest = data._to_rest_object().as_dict()  # what Azure ML receives for the asset
+        assert rest["properties"]["dataType"] == "uri_file" and data.path.endswith(".jsonl")
+        assert job.inputs[f"{name.rsplit('-', 1)[1]}_file"].path.removeprefix("azureml:") == f"{name}:{version}"
+    train_version = file_version(tiny_project.datasets / "sample" / "train.jsonl")
+    assert f"azureml:phi3e2e-sample-train:{train_version}" in (result.run_dir / "aml-job.yml").read_text()
 
     record = read_raw(result.run_dir)
     assert result.run_dir == tiny_project.gen_model / "job1"
@@ -201,8 +232,10 @@ def test_jobs_commands_come_back_to_a_submitted_run(tiny_project, azure):
     [
         ("no-config", {}, "no Azure ML workspace: no Azure ML config.json found; download config.json"),
         ("signed-out", {}, "no Azure credentials: run `az login`"),
-        (None, {"compute": "gpu-h100"}, "compute 'gpu-h100' not found in the workspace; it has: cpu-box, gpu-a100"),
-        (None, {"compute": "cpu-box"}, "compute 'cpu-box' is Standard_DS3_v2, a CPU-only VM: QLoRA needs a CUDA GPU"),
+        (None, {"compute": "gpu-h100"}, "compute 'gpu-h100' not found in the workspace; it has: amd-box, cpu-box"),
+        (None, {"compute": "cpu-box"}, "compute 'cpu-box' is Standard_DS3_v2, a VM with no GPU"),
+        (None, {"compute": "amd-box"}, "is Standard_NV32as_v4 (AMD Radeon Instinct MI25 (no CUDA))"),
+        (None, {"compute": None, "instance_type": "Standard_NP10s"}, "--instance-type Standard_NP10s is Standard_NP10s, a VM with no GPU"),
         (None, {"data": "azureml://datastores/otherstore/paths/x.jsonl"}, "data path not found"),
         (None, {"data": "missing-folder"}, "data path not found"),
     ],

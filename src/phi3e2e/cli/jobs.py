@@ -22,6 +22,25 @@ HfTokenSecretOption = Annotated[
     Optional[str],
     typer.Option("--hf-token-secret", help="--target aml: workspace Key Vault secret with a Hugging Face token."),
 ]
+InstanceTypeOption = Annotated[
+    Optional[str],
+    typer.Option("--instance-type", help="--target aml: serverless GPU size instead of --compute, "
+                 "e.g. Standard_NC24ads_A100_v4."),
+]  # fmt: skip
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", metavar="HOURS", help="--target aml: the job's time limit in hours.")
+]
+LowPriorityOption = Annotated[
+    bool,
+    typer.Option("--low-priority", help="--target aml: spot capacity; a preempted job resumes from its checkpoint."),
+]
+RegisterOption = Annotated[
+    Optional[str],
+    typer.Option("--register", metavar="NAME", help="Register the int4 model as an Azure ML model asset NAME."),
+]
+RegisterMergedOption = Annotated[
+    bool, typer.Option("--register-merged", help="With --register: also the merged model, as NAME-merged.")
+]
 SubscriptionOption = Annotated[
     Optional[str], typer.Option("--subscription", help="Azure subscription ID (default: config.json / env).")
 ]
@@ -46,8 +65,11 @@ app = typer.Typer(
 app.callback(invoke_without_command=True)(help_when_alone)
 
 
-def aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace):
-    """The finetune command's Azure flags as the domain's AmlOptions (no azure import)."""
+def aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace, **more):
+    """The finetune command's Azure flags as the domain's AmlOptions (no azure import).
+
+    more: instance_type, timeout_h, low_priority, register (AmlOptions' names).
+    """
     from phi3e2e.train.aml.job import DEFAULT_IMAGE, AmlOptions
     from phi3e2e.train.aml.workspace import WorkspaceRef
 
@@ -57,6 +79,7 @@ def aml_options(compute, image, wait, hf_token_secret, subscription, resource_gr
         wait=wait,
         hf_token_secret=hf_token_secret,
         workspace=WorkspaceRef(subscription, resource_group, workspace),
+        **more,
     )
 
 
@@ -84,9 +107,11 @@ def list_jobs(
       phi3e2e jobs list --resource-group my-rg --workspace my-ws
     """
     from phi3e2e.train.aml.jobs import list_runs
+    from phi3e2e.train.aml.results import aml_runs
 
     project = current_project()
-    client = None if offline else _client(subscription, resource_group, workspace)[1]
+    # Nothing to look up: no workspace or sign-in needed to say so.
+    client = None if offline or not aml_runs(project) else _client(subscription, resource_group, workspace)[1]
     for line in list_runs(project, client):
         say(line)
 
@@ -137,6 +162,8 @@ def logs(
 @app.command()
 def download(
     run: RunArgument = None,
+    register: RegisterOption = None,
+    register_merged: RegisterMergedOption = False,
     subscription: SubscriptionOption = None,
     resource_group: ResourceGroupOption = None,
     workspace: WorkspaceOption = None,
@@ -148,6 +175,7 @@ def download(
     \b
       phi3e2e jobs download                        # the newest Azure ML run
       phi3e2e jobs download 20250101-120000-qlora
+      phi3e2e jobs download --register phi3-faq --register-merged
       phi3e2e chat --model gen-model/20250101-120000-qlora --device cuda
     """
     from phi3e2e.train.aml.jobs import download_models
@@ -155,6 +183,10 @@ def download(
     project, client = _client(subscription, resource_group, workspace)
     run_dir = download_models(project, client, run, say)
     say(f"Done: {project.relative(run_dir)}/ holds adapter/, merged/, onnx-int4/")
+    if register:
+        from phi3e2e.train.aml.registry import register_models
+
+        register_models(client, run_dir, register, say, merged=register_merged)
     say(
         f'Next:  phi3e2e chat --model {project.relative(run_dir / "onnx-int4")} --device cuda --prompt "..."  (int4 built for CUDA)'
     )

@@ -6,8 +6,15 @@ only, so the command passes them here as `--bind inputs.train_file=/mnt/...` and
 writes them into the config before running Olive. Afterwards the adapter, merged and int4 models
 are moved out of Olive's cache into the job's `models` output as adapter/, merged/, onnx-int4/.
 
-phi3e2e itself is not installed on the compute: this file is standard library only (plus
-azure-identity / azure-keyvault-secrets when --hf-token-secret is given).
+Before any training it checks the node's GPU (driver, CUDA, compute capability, bf16) and ends the
+job in one line when there is none it can use: a node without a GPU would otherwise train on CPU
+for days. Checkpoints go to the job's `checkpoints` output, so when Azure ML restarts a preempted
+job, Olive's LoRA pass resumes from the last one. When Azure ML provides MLflow tracking
+(MLFLOW_TRACKING_URI), the trainer reports its losses there, so the studio shows the curves.
+
+phi3e2e itself is not installed on the compute: this file is standard library only, plus torch
+from the job environment for the GPU check (and azure-identity / azure-keyvault-secrets when
+--hf-token-secret is given).
 """
 
 from __future__ import annotations
@@ -31,6 +38,97 @@ REQUIRED_FILES = {
 }
 PLACEHOLDER = re.compile(r"\$\{\{\s*(?:inputs|outputs)\.\w+\s*\}\}")
 WORK_DIR = "phi3e2e-work"
+# The job's torch is a CUDA 12.6 build (setup/conda.yaml): NVIDIA's minor-version compatibility
+# runs it on drivers from 525.60.13 on; its kernels start at Volta (sm_70); bf16 is native from Ampere.
+DRIVER_FLOOR = (525, 60, 13)
+MIN_CAPABILITY = (7, 0)
+BF16_CAPABILITY = (8, 0)
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def fail(message: str) -> None:
+    """End the job with one line in its log (exit code 2, as phi3e2e's own errors)."""
+    print(f"phi3e2e_job: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def driver_version() -> tuple[str, str] | None:
+    """(driver version, GPU name) from nvidia-smi, or None when the node has no NVIDIA driver."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version,name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    version, _, name = first.partition(",")
+    return (version.strip(), name.strip()) if version.strip() else None
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def check_gpu(config: dict, allow_cpu: bool) -> dict:
+    """Refuse a node with no usable GPU; on a GPU without native bf16 (T4, V100) train in fp16."""
+    driver = driver_version()
+    if driver and version_tuple(driver[0]) < DRIVER_FLOOR:
+        fail(f"NVIDIA driver {driver[0]} on {driver[1]} is too old for the job's CUDA 12 torch "
+             f"(needs >= {'.'.join(map(str, DRIVER_FLOOR))}); pick another compute or image")  # fmt: skip
+    try:
+        import torch
+    except ImportError:
+        fail("torch is not installed in the job environment (see conda.yaml)")
+    if not torch.cuda.is_available():
+        if allow_cpu:
+            print("phi3e2e_job: --allow-cpu: no CUDA GPU, training on CPU (emulation only)", flush=True)
+            return config
+        if driver is None:
+            fail("no NVIDIA GPU on this node (no nvidia-smi, no CUDA device): pick a GPU compute, "
+                 "e.g. Standard_NC24ads_A100_v4 (docs/azure.md lists the supported sizes)")  # fmt: skip
+        fail(f"CUDA is not usable on {driver[1]} (driver {driver[0]}, torch {torch.__version__} "
+             f"built for CUDA {torch.version.cuda}): pick another compute or image")  # fmt: skip
+    name, capability = torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
+    sm = f"sm_{capability[0]}{capability[1]}"
+    if capability < MIN_CAPABILITY:
+        fail(f"{name} ({sm}) is older than Volta (sm_70), which the job's torch build needs")
+    print(f"phi3e2e_job: {torch.cuda.device_count()} x {name} ({sm}), driver {driver[0] if driver else '?'}, "
+          f"torch {torch.__version__} (CUDA {torch.version.cuda})", flush=True)  # fmt: skip
+    if capability < BF16_CAPABILITY:
+        config = use_fp16(config, f"{name} ({sm}) has no native bfloat16")
+    return config
+
+
+def use_fp16(config: dict, reason: str) -> dict:
+    """bfloat16 -> float16 in the fine-tune pass (Olive then trains with fp16 mixed precision)."""
+    finetune = next((p for p in config.get("passes", {}).values() if p.get("type") in ("LoRA", "QLoRA")), {})
+    changed = [key for key in ("torch_dtype", "compute_dtype") if finetune.get(key) == "bfloat16"]
+    for key in changed:
+        finetune[key] = "float16"
+    if changed:
+        print(f"phi3e2e_job: {reason}: {' and '.join(changed)} bfloat16 -> float16", flush=True)
+    return config
+
+
+def training_args(config: dict) -> dict:
+    finetune = next((p for p in config.get("passes", {}).values() if p.get("type") in ("LoRA", "QLoRA")), {})
+    return finetune.get("training_args") or {}
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    found = [(int(m[1]), path) for path in folder.glob("checkpoint-*") if (m := CHECKPOINT.match(path.name))]
+    return max(found)[1] if found else None
+
+
+def report_to_mlflow(config: dict) -> None:
+    """Azure ML sets MLFLOW_TRACKING_URI in its jobs (azureml-mlflow resolves it): the trainer logs there."""
+    args = training_args(config)
+    if os.environ.get("MLFLOW_TRACKING_URI") and args.get("report_to", "none") in ("none", [], None):
+        args["report_to"] = ["mlflow"]
+        print("phi3e2e_job: training and eval loss are logged to MLflow (the job's Metrics tab)", flush=True)
 
 
 def fill_placeholders(value, bindings: dict[str, str]):
@@ -106,12 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", action="append", default=[], metavar="NAME=PATH", help="e.g. inputs.model=/mnt/x")
     parser.add_argument("--models-out", required=True, help="the job's `models` output folder")
     parser.add_argument("--hf-token-secret", help="workspace Key Vault secret holding a Hugging Face token")
+    parser.add_argument("--allow-cpu", action="store_true", help="emulation in tests only: train without a GPU")
     args = parser.parse_args(argv)
 
     config_file = Path(args.config).resolve()
     config = fill_placeholders(json.loads(config_file.read_text()), parse_bindings(args.bind))
     if unbound := sorted(set(PLACEHOLDER.findall(json.dumps(config)))):
         sys.exit(f"phi3e2e_job: {config_file.name} uses {', '.join(unbound)} but the command binds no such path")
+    config = check_gpu(config, args.allow_cpu)
+    report_to_mlflow(config)
+    if (checkpoints := training_args(config).get("output_dir")) and Path(checkpoints).is_absolute():
+        Path(checkpoints).mkdir(parents=True, exist_ok=True)
+        if resume := last_checkpoint(Path(checkpoints)):
+            # Azure ML restarted the job (a preempted low-priority node): Olive's LoRA pass resumes from it.
+            print(f"phi3e2e_job: resuming from {resume.name} in the checkpoints output", flush=True)
     work = Path(WORK_DIR).resolve()  # local disk of the node, not the code snapshot or an output mount
     work.mkdir(parents=True, exist_ok=True)
     (work / "olive-config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -19,18 +19,23 @@ import yaml
 from phi3e2e.errors import UserError
 from phi3e2e.runs import AmlRecord
 from phi3e2e.train.aml.sources import DataSource, ModelSource
-from phi3e2e.train.aml.staging import CONFIG_FILE, ENTRY_SCRIPT, StagedFiles, stage_job_files
+from phi3e2e.train.aml.staging import CHECKPOINTS_OUTPUT, CONFIG_FILE, ENTRY_SCRIPT, StagedFiles, stage_job_files
 from phi3e2e.train.aml.workspace import WorkspaceRef
 
 JOB_FILE = "aml-job.yml"
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
-# The newest Azure ML CUDA 12 base image (Ubuntu 24.04, OpenMPI 5), at a dated tag so a job
-# rebuilds the same environment; --image picks another.
-DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:20250202.v1"
+# Azure ML's CUDA 12 base image (Ubuntu 24.04, OpenMPI 5), at a dated tag so a job rebuilds the
+# same environment; --image picks another. Its CUDA 12.6 matches the job's torch cu126 build.
+DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:20260621.v1"
+# A job's wall-clock limit: a Phi-3-mini QLoRA epoch takes hours, a node that cannot train
+# should not bill for days. --timeout changes it.
+DEFAULT_TIMEOUT_H = 48
 EXPERIMENT = "phi3e2e"
 OUTPUT = "models"
 _COMPUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9-]{1,127}$")  # Key Vault secret names
+_VM_SIZE = re.compile(r"^Standard_[A-Za-z0-9_]{2,60}$", re.IGNORECASE)
+_ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
 
 @dataclass
@@ -42,12 +47,28 @@ class AmlOptions:
     wait: bool = True
     hf_token_secret: Optional[str] = None
     workspace: WorkspaceRef = field(default_factory=WorkspaceRef)
+    instance_type: Optional[str] = None  # serverless compute: a VM size instead of --compute
+    timeout_h: float = DEFAULT_TIMEOUT_H
+    low_priority: bool = False
+    register: Optional[str] = None  # model asset name for the downloaded int4 (and merged) model
 
 
 def check_options(options: AmlOptions) -> None:
-    if not options.compute:
-        raise UserError("--target aml needs --compute NAME: the Azure ML GPU compute to run on (e.g. gpu-a100)")
-    if not _COMPUTE_NAME.match(options.compute):
+    if options.compute and options.instance_type:
+        raise UserError("--compute and --instance-type: pick one (a compute in the workspace, or serverless)")
+    if not options.compute and not options.instance_type:
+        raise UserError(
+            "--target aml needs --compute NAME (an Azure ML GPU compute, e.g. gpu-a100) "
+            "or --instance-type SIZE (serverless, e.g. Standard_NC24ads_A100_v4)"
+        )
+    if options.instance_type and not _VM_SIZE.match(options.instance_type):
+        raise UserError(f"--instance-type {options.instance_type!r}: expected an Azure VM size such as "
+                        "Standard_NC24ads_A100_v4")  # fmt: skip
+    if not 0 < options.timeout_h <= 24 * 30:
+        raise UserError(f"--timeout {options.timeout_h:g}: hours, more than 0 and at most 720")
+    if options.register and not _ASSET_NAME.match(options.register):
+        raise UserError(f"--register {options.register!r}: an Azure ML asset name (letters, digits, '-', '_', '.')")
+    if options.compute and not _COMPUTE_NAME.match(options.compute):
         raise UserError(f"--compute {options.compute!r}: not an Azure ML compute name (letters, digits, '-')")
     if options.hf_token_secret and not _SECRET_NAME.match(options.hf_token_secret):
         raise UserError(
@@ -59,16 +80,20 @@ def check_options(options: AmlOptions) -> None:
 
 @dataclass(frozen=True)
 class JobOptions:
-    compute: str
+    compute: Optional[str]
     image: str = DEFAULT_IMAGE
     experiment: str = EXPERIMENT
     hf_token_secret: Optional[str] = None
+    instance_type: Optional[str] = None
+    timeout_h: float = DEFAULT_TIMEOUT_H
+    low_priority: bool = False
 
 
 def job_command(model: ModelSource, data: DataSource, hf_token_secret: Optional[str]) -> str:
     inputs = ([model.job_input] if model.job_input else []) + data.inputs
     parts = [f"python {ENTRY_SCRIPT} --config {CONFIG_FILE}", "--models-out ${{outputs." + OUTPUT + "}}"]
     parts += [f"--bind inputs.{item.name}={item.placeholder}" for item in inputs]
+    parts.append(f"--bind outputs.{CHECKPOINTS_OUTPUT}=${{{{outputs.{CHECKPOINTS_OUTPUT}}}}}")
     if hf_token_secret:
         parts.append(f"--hf-token-secret {hf_token_secret}")
     return " ".join(parts)
@@ -101,10 +126,18 @@ def job_spec(
             "conda_file": os.path.relpath(staged.conda_file, run_dir),
         },
         "environment_variables": {"OLIVE_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"},
-        "compute": f"azureml:{options.compute}",
         "inputs": inputs,
-        "outputs": {OUTPUT: {"type": "uri_folder", "mode": "rw_mount"}},
+        # checkpoints: an output survives a preempted node, so the restarted job resumes from it.
+        "outputs": {name: {"type": "uri_folder", "mode": "rw_mount"} for name in (OUTPUT, CHECKPOINTS_OUTPUT)},
+        "limits": {"timeout": int(options.timeout_h * 3600)},
     }
+    if options.compute:
+        spec["compute"] = f"azureml:{options.compute}"
+    else:  # serverless: Azure ML picks a node of this size for the job alone
+        spec["resources"] = {"instance_type": options.instance_type, "instance_count": 1}
+    if options.low_priority:
+        # Spot (low-priority) capacity: cheaper, may be preempted; Azure ML requeues the job and it resumes.
+        spec["queue_settings"] = {"job_tier": "spot"}
     if options.hf_token_secret:
         # The compute's managed identity reads the token from the workspace Key Vault.
         spec["identity"] = {"type": "managed"}
@@ -129,14 +162,19 @@ def stage_job(project, plan, run_dir: Path, say: Callable[[str], None], dry_run:
     options = plan.aml
     model_src, data_src = plan.inputs.job_sources
     staged = stage_job_files(run_dir, plan.workflow.config)
-    job_options = JobOptions(options.compute, options.image, hf_token_secret=options.hf_token_secret)
+    job_options = JobOptions(
+        options.compute, options.image, hf_token_secret=options.hf_token_secret, instance_type=options.instance_type,
+        timeout_h=options.timeout_h, low_priority=options.low_priority,
+    )  # fmt: skip
     job_file = write_job_file(run_dir, job_spec(plan.name, plan.algo, job_options, model_src, data_src, staged))
-    plan.record.aml = AmlRecord(compute=options.compute, image=options.image, job_file=JOB_FILE)
+    plan.record.aml = AmlRecord(
+        compute=options.compute or f"serverless {options.instance_type}", image=options.image, job_file=JOB_FILE
+    )
     if dry_run:
         _validate_offline(job_file, say)
         say(f"Azure ML job written: {project.relative(job_file)}  (code: {project.relative(staged.code_dir)}/)")
-        say(f"  submit it with phi3e2e finetune --algo {plan.algo} --target aml --compute {options.compute} "
-            "(without --dry-run),")  # fmt: skip
+        where = f"--compute {options.compute}" if options.compute else f"--instance-type {options.instance_type}"
+        say(f"  submit it with phi3e2e finetune --algo {plan.algo} --target aml {where} (without --dry-run),")
         say(f"  or by hand: az ml job create -f {project.relative(job_file)} -g RG -w WS")
     return staged.config_file
 

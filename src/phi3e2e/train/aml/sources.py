@@ -19,10 +19,15 @@ from typing import Optional
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.models import DEFAULT_MODEL, check_model_folder, is_tiny_model
 from phi3e2e.train.inputs import RunInputs
+from phi3e2e.workflow.model_family import profile_for
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DATASTORE = re.compile(r"^azureml://datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$")
 _ASSET = re.compile(r"^azureml:(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>[A-Za-z0-9_.-]+)|@latest)?$")
+# A model shared through an Azure ML registry (e.g. the azureml system registry's Phi-3 models).
+_REGISTRY_MODEL = re.compile(
+    r"^azureml://registries/[A-Za-z0-9_-]+/models/[A-Za-z0-9_.-]+/(versions/[A-Za-z0-9_.-]+|labels/latest)$"
+)
 DATA_FILE_SUFFIXES = (".json", ".jsonl")
 
 
@@ -54,7 +59,10 @@ class ModelSource:
 
     @property
     def profile(self) -> str:
-        return "tiny" if self.local_dir and is_tiny_model(self.local_dir) else "phi3-mini"
+        """From the local model's config; a Hub id or Azure ML asset is not here to read: the recipe's."""
+        if not self.local_dir:
+            return "phi3-mini"
+        return "tiny" if is_tiny_model(self.local_dir) else profile_for(self.local_dir)
 
 
 @dataclass
@@ -80,7 +88,17 @@ def asset_of(uri: str) -> Optional[tuple[str, Optional[str]]]:
     return (match["name"], match["version"]) if match else None
 
 
+def refuse_tabular(value: str, option: str) -> None:
+    """The workflow loads JSON Lines; a CSV would only fail on the compute, after the image build."""
+    if value.rstrip("/").lower().endswith((".csv", ".tsv", ".parquet")):
+        raise UserError(f"{option} {value!r}: the job reads JSON Lines; import the file with "
+                        "`phi3e2e prepare --data FILE` (it writes train.jsonl / eval.jsonl) and pass that dataset")  # fmt: skip
+
+
 def check_azureml_uri(value: str, option: str) -> None:
+    refuse_tabular(value, option)
+    if option == "--model" and _REGISTRY_MODEL.match(value):
+        return
     if not (_DATASTORE.match(value) or _ASSET.match(value)):
         raise UserError(
             f"{option} {value!r}: not an Azure ML path; use azureml://datastores/NAME/paths/PATH "
@@ -93,7 +111,8 @@ def model_source(model: Optional[str], recorded: Optional[str], project_root: Pa
     value = model or recorded or DEFAULT_MODEL
     if is_azureml_uri(value):
         check_azureml_uri(value, "--model")
-        kind = "custom_model" if asset_of(value) else "uri_folder"  # a registered model asset, or a datastore folder
+        # a registered model asset (in the workspace or a registry), or a datastore folder
+        kind = "custom_model" if asset_of(value) or _REGISTRY_MODEL.match(value) else "uri_folder"
         return ModelSource(value, job_input=JobInput("model", kind, value, local=False))
     local = Path(value).expanduser()
     local = local if local.is_absolute() else project_root / local

@@ -18,7 +18,10 @@ CODE_DIR = "aml-code"
 CONFIG_FILE = "olive-config.json"
 ENTRY_SCRIPT = "phi3e2e_job.py"
 CONDA_FILE = "conda.yaml"
-
+CHECKPOINTS_OUTPUT = "checkpoints"
+# On the compute, a checkpoint every 50 optimizer steps (a few minutes of Phi-3-mini on an A100)
+# unless the workflow already saves; the last 2 are kept in the job's output.
+NODE_SAVE_STEPS, NODE_SAVE_LIMIT = 50, 2
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,25 @@ def stage_job_files(run_dir: Path, config: dict) -> StagedFiles:
         shutil.rmtree(code_dir)
     code_dir.mkdir(parents=True)
     config_file = code_dir / CONFIG_FILE
-    config_file.write_text(json.dumps(config, indent=2) + "\n")
+    config_file.write_text(json.dumps(checkpoints_to_output(config), indent=2) + "\n")
     shutil.copyfile(Path(__file__).with_name("compute_entry.py"), code_dir / ENTRY_SCRIPT)
     conda = run_dir / CONDA_FILE
     shutil.copyfile(aml_conda_env(), conda)
     return StagedFiles(code_dir, config_file, conda)
+
+
+def checkpoints_to_output(config: dict) -> dict:
+    """The fine-tune's checkpoints into the job's `checkpoints` output, so a restarted job resumes.
+
+    A node-local folder dies with a preempted node; the output survives it, and Olive's LoRA pass
+    resumes from the last checkpoint it finds in training_args.output_dir.
+    """
+    config = json.loads(json.dumps(config))
+    for step in config.get("passes", {}).values():
+        if step.get("type") in ("LoRA", "QLoRA") and isinstance(step.get("training_args"), dict):
+            args = step["training_args"]
+            args["output_dir"] = "${{outputs." + CHECKPOINTS_OUTPUT + "}}"
+            if args.get("save_strategy", "no") == "no":
+                args.update(save_strategy="steps", save_steps=NODE_SAVE_STEPS)
+            args.setdefault("save_total_limit", NODE_SAVE_LIMIT)
+    return config

@@ -15,8 +15,9 @@ from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
 from phi3e2e.train.aml.job import JOB_FILE, load_job_file, local_uploads
+from phi3e2e.train.aml.registry import register_local_data
 from phi3e2e.train.aml.results import download_run, stream_log
-from phi3e2e.train.aml.sources import DataSource, JobInput, ModelSource, asset_of, datastore_of
+from phi3e2e.train.aml.sources import DataSource, JobInput, ModelSource, asset_of, datastore_of, refuse_tabular
 from phi3e2e.train.aml.workspace import connect
 from phi3e2e.train.plan import FinetuneResult, RunPlan, render_plan_workflow, stage_plan
 
@@ -25,9 +26,14 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
     options = plan.aml
     model_src, data_src = plan.inputs.job_sources
     ml_client = connect(options.workspace, (project.root, Path.cwd()), credential)
-    check_compute(ml_client, options.compute, plan.algo, say)
-    if (checked := check_remote_sources(ml_client, model_src, data_src)) is not data_src:
-        # A folder data asset is bound as a folder: the workflow reads its train.jsonl.
+    if options.compute:
+        check_compute(ml_client, options.compute, say)
+    else:
+        check_vm_size(ml_client, options.instance_type, f"--instance-type {options.instance_type}", say)
+    checked = register_local_data(ml_client, check_remote_sources(ml_client, model_src, data_src), say)
+    if checked is not data_src:
+        # A folder data asset is bound as a folder (the workflow reads its train.jsonl); local data
+        # is now a registered data asset.
         plan.inputs.job_sources = (model_src, checked)
         plan.inputs.train_file, plan.inputs.eval_file = checked.train_file, checked.eval_file
         plan.workflow = render_plan_workflow(project, plan.algo, plan.target, plan.settings, plan.inputs)
@@ -38,7 +44,8 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
         job = load_job_file(staging / JOB_FILE)
         uploads = local_uploads(job)
         size_mb = sum(path.stat().st_size for path in uploads) / 1e6
-        say(f"Submitting to compute {options.compute}: uploading {len(uploads)} files ({size_mb:.1f} MB) ...")
+        where = f"compute {options.compute}" if options.compute else f"serverless {options.instance_type}"
+        say(f"Submitting to {where}: uploading {len(uploads)} files ({size_mb:.1f} MB) ...")
         submitted = ml_client.jobs.create_or_update(job)
     except KeyboardInterrupt:
         failed = runs.fail_run(staging, record, "interrupted before the job was submitted")
@@ -67,12 +74,35 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
     return FinetuneResult(run_dir, config_file, False, record)
 
 
-def is_gpu_size(vm_size: str) -> bool:
-    """Azure's GPU VM families are the N series: NC, ND, NV, NG (Standard_NC24ads_A100_v4, ...)."""
-    return vm_size.lower().removeprefix("standard_").startswith("n")
+# VM families whose GPUs the job's CUDA 12.6 torch cannot train on (Azure's family names, as
+# list_sizes reports them): AMD Radeon (NVv4, NGads V620), AMD Instinct (ND MI300X), Maxwell
+# NV/NVv3 (sm_52, below the job's Volta floor). Everything else with GPUs: docs/azure.md.
+UNSUPPORTED_GPU_FAMILIES = {
+    "standardnvsv4family": "AMD Radeon Instinct MI25 (no CUDA)",
+    "standardngadsv620v1family": "AMD Radeon PRO V620 (no CUDA)",
+    "standardndmi300xv5family": "AMD Instinct MI300X (no CUDA)",
+    "standardnvfamily": "NVIDIA Tesla M60 (Maxwell, older than the job's Volta floor)",
+    "standardnvsv3family": "NVIDIA Tesla M60 (Maxwell, older than the job's Volta floor)",
+}
 
 
-def check_compute(ml_client, name: str, algo: str, say: Callable[[str], None]) -> None:
+def check_vm_size(ml_client, size: str, what: str, say: Callable[[str], None]) -> None:
+    """The VM size's GPU count and family, from the workspace region's own VM size list."""
+    sizes = {item.name.lower(): item for item in ml_client.compute.list_sizes() if item.name}
+    info = sizes.get(size.lower())
+    if info is None:
+        say(f"warning: {what}: {size} is not in the workspace region's VM size list; its GPU is not checked")
+        return
+    if not info.gpus:
+        raise UserError(f"{what} is {size}, a VM with no GPU: the job trains on an NVIDIA GPU "
+                        "(e.g. Standard_NC24ads_A100_v4; docs/azure.md lists the supported sizes)")  # fmt: skip
+    family = (info.family or "").lower()
+    if family in UNSUPPORTED_GPU_FAMILIES:
+        raise UserError(f"{what} is {size} ({UNSUPPORTED_GPU_FAMILIES[family]}): the job's CUDA 12 torch cannot "
+                        "train there; pick an NC/ND size with an A100, H100, A10, T4 or V100")  # fmt: skip
+
+
+def check_compute(ml_client, name: str, say: Callable[[str], None]) -> None:
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
@@ -83,14 +113,10 @@ def check_compute(ml_client, name: str, algo: str, say: Callable[[str], None]) -
             f"compute {name!r} not found in the workspace; it has: {', '.join(names) or 'no computes'} "
             "(create a GPU cluster in Azure ML studio > Compute)"
         ) from None
-    size = getattr(compute, "size", None) or ""
-    if size and not is_gpu_size(size):
-        if algo == "qlora":
-            raise UserError(
-                f"compute {name!r} is {size}, a CPU-only VM: QLoRA needs a CUDA GPU (bitsandbytes 4-bit); "
-                "pick a GPU compute (NC/ND series, e.g. Standard_NC24ads_A100_v4)"
-            )
-        say(f"warning: compute {name} ({size}) has no GPU; LoRA will train very slowly there")
+    if size := getattr(compute, "size", None):
+        check_vm_size(ml_client, size, f"compute {name!r}", say)
+    else:  # e.g. an attached Kubernetes compute: its nodes are not described here
+        say(f"warning: compute {name} reports no VM size; its GPU is only checked when the job starts")
 
 
 def check_remote_sources(ml_client, model_src: ModelSource, data_src: DataSource) -> DataSource:
@@ -107,6 +133,8 @@ def check_remote_sources(ml_client, model_src: ModelSource, data_src: DataSource
                 assets = ml_client.models if job_input.name == "model" else ml_client.data
                 name, version = asset
                 found = assets.get(name, version=version) if version else assets.get(name, label="latest")
+                if option == "--data":
+                    refuse_tabular(str(getattr(found, "path", "") or ""), f"--data {job_input.path}: its file")
                 if option == "--data" and getattr(found, "type", None) == "uri_folder":
                     folder = JobInput("data", "uri_folder", job_input.path, local=False)
                     data_src = DataSource(data_src.label, [folder], folder.placeholder + "/train.jsonl")

@@ -82,17 +82,34 @@ def check_credential(credential) -> None:
     """Fail now, in one line, rather than deep inside the first SDK call."""
     import logging
 
-    from azure.core.exceptions import ClientAuthenticationError
+    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
     # azure.identity logs a multi-line report of every credential it tried; our one line says it all.
     identity_log = logging.getLogger("azure.identity")
     level, identity_log.level = identity_log.level, logging.CRITICAL
     try:
         credential.get_token(ARM_SCOPE)
-    except ClientAuthenticationError:
+    except (ClientAuthenticationError, ServiceRequestError) as e:
+        if network := network_failure(e):
+            raise UserError(f"cannot reach Azure to sign in ({network}); check the network or proxy") from None
         raise UserError(NO_CREDENTIALS) from None
     finally:
         identity_log.setLevel(level)
+
+
+def network_failure(error: BaseException) -> Optional[str]:
+    """The network error behind a failed sign-in, if that is what it was (not missing credentials)."""
+    from azure.core.exceptions import ServiceRequestError
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (ServiceRequestError, ConnectionError, TimeoutError)) or (
+            isinstance(error, OSError) and error.errno is not None
+        ):
+            return " ".join(str(error).split())[:200] or type(error).__name__
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def connect(flags: WorkspaceRef, search_from: tuple[Path, ...] = (), credential=None):
