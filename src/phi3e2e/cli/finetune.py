@@ -10,8 +10,12 @@ from phi3e2e.cli.jobs import (
     ComputeOption,
     HfTokenSecretOption,
     ImageOption,
+    InstanceTypeOption,
+    LowPriorityOption,
+    RegisterOption,
     ResourceGroupOption,
     SubscriptionOption,
+    TimeoutOption,
     WaitOption,
     WorkspaceOption,
     aml_options,
@@ -46,7 +50,11 @@ def finetune(
         typer.Option("--resume", metavar="RUN", help="Go on with a failed or interrupted run from its last checkpoint."),
     ] = None,
     compute: ComputeOption = None,
+    instance_type: InstanceTypeOption = None,
     image: ImageOption = None,
+    timeout: TimeoutOption = 48.0,
+    low_priority: LowPriorityOption = False,
+    register: RegisterOption = None,
     wait: WaitOption = True,
     hf_token_secret: HfTokenSecretOption = None,
     subscription: SubscriptionOption = None,
@@ -69,6 +77,11 @@ def finetune(
           --model microsoft/Phi-3-mini-4k-instruct
       phi3e2e finetune --target aml --compute gpu-a100 --no-wait \\
           --data azureml://datastores/workspaceblobstore/paths/data/train.jsonl
+      phi3e2e finetune --algo qlora --target aml --low-priority \\
+          --instance-type Standard_NC24ads_A100_v4 --register phi3-faq
+
+    QLoRA trains every 4-bit linear layer (qkv, o, gate_up, down: Olive
+    replaces lora.target_modules); LoRA trains lora.target_modules.
     """
     from phi3e2e.train.finetune import finetune as run_finetune
 
@@ -76,6 +89,10 @@ def finetune(
     if resume and (run_name or set_values or dry_run or model or data or target != "local"):
         raise UserError("--resume RUN uses the run's own recorded settings: leave out --run-name, --set, --model, "
                         "--data, --target and --dry-run")  # fmt: skip
+    azure = aml_options(
+        compute, image, wait, hf_token_secret, subscription, resource_group, workspace,
+        instance_type=instance_type, timeout_h=timeout, low_priority=low_priority, register=register,
+    )  # fmt: skip
     result = run_finetune(
         project,
         algo=algo,
@@ -88,7 +105,7 @@ def finetune(
         verbose=verbose,
         say=say,
         resume=resume,
-        aml_options=aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace),
+        aml_options=azure,
     )
     if result.dry_run:
         say(f"Workflow rendered and validated: {project.relative(result.config_file)}")
@@ -115,4 +132,8 @@ def finetune(
         for line in summary_lines(evaluation):
             say(line)
         say(f"Report:  {project.relative(result.run_dir / EVAL_REPORT)}")
+    if target == "aml" and register:  # after the eval, so the model asset's tags carry its held-out loss
+        from phi3e2e.train.aml.registry import register_run
+
+        register_run(project, result.run_dir, azure, say)
     say('Next:    phi3e2e chat --prompt "..."')
