@@ -47,7 +47,7 @@ def finetune(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream Olive's full output.")] = False,
     resume: Annotated[
         Optional[str],
-        typer.Option("--resume", metavar="RUN", help="Go on with a failed or interrupted run from its last checkpoint."),
+        typer.Option("--resume", metavar="RUN", help="Continue a failed or interrupted run from its last checkpoint."),
     ] = None,
     compute: ComputeOption = None,
     instance_type: InstanceTypeOption = None,

@@ -4,12 +4,15 @@
 must go through the same builder: onnxruntime-genai's ModelBuilder with Olive's ModelBuilder
 pass patches applied, the run's execution provider and its int4 options. The build runs in a
 subprocess (`python -m phi3e2e.evaluate.base_int4 ...`) so its chatter goes to a log file; it is
-written to a temporary folder and renamed last.
+written to a temporary folder and renamed last, under a lock (two evals at once: the second
+waits for the first's build and uses it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
@@ -38,8 +41,28 @@ def cached_base_int4(model_cache: Path, base_model: Path, options: dict, say: Ca
     """model-cache/.onnx-int4/<model>-<key>/: built once per base model (and its files) and options."""
     key = _fingerprint(base_model, options)
     target = model_cache / ".onnx-int4" / f"{base_model.name}-{key}"
-    if (target / "genai_config.json").is_file() and (target / BUILT_FROM).is_file():
+    if _built(target):
         return target
+    with _building(target):
+        if _built(target):  # another eval built it while we waited
+            return target
+        return _build_cached(target, base_model, options, say)
+
+
+def _built(target: Path) -> bool:
+    return (target / "genai_config.json").is_file() and (target / BUILT_FROM).is_file()
+
+
+@contextlib.contextmanager
+def _building(target: Path):
+    """One builder per cached model at a time (an flock: released if the builder dies)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build_cached(target: Path, base_model: Path, options: dict, say: Callable[[str], None]) -> Path:
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -40,17 +40,19 @@ def evaluate_run(
     from phi3e2e.evaluate.base_int4 import cached_base_int4, int4_options
     from phi3e2e.evaluate.report import write_report
 
-    unknown = [form for form in options.forms if form not in EVAL_FORMS]
-    if unknown:
-        raise UserError(f"--forms {','.join(unknown)}: choose from {', '.join(EVAL_FORMS)}")
+    check_options(options)
     start = time.monotonic()
     record = runs.read_record(run_dir)
     base_model = project.resolve(record.base_model)
     if not base_model.is_dir():
         raise UserError(f"{base_model}: the run's base model is gone; run `phi3e2e prepare` again to restore it")
-    data = load_eval_rows(project.resolve(record.dataset), base_model, record.settings.data, options.max_rows)
+    dataset_dir = project.resolve(record.dataset)
+    data = load_eval_rows(dataset_dir, base_model, record.settings.data, options.max_rows)
     n_tokens = sum(len(ids) - 1 for ids in data.token_ids)
-    say(f"Evaluating {run_dir.name} on {len(data.rows)} held-out rows ({n_tokens} tokens) ...")
+    dataset_state = dataset_since_training(record, dataset_dir)
+    say(f"Evaluating {run_dir.name} on {len(data.rows)} held-out rows ({n_tokens} tokens) of {record.dataset} ...")
+    if dataset_state != "as trained":
+        say(f"  note: {record.dataset}: {dataset_state}")
 
     losses: dict[str, dict] = {}
     models: dict[str, dict] = {}
@@ -93,6 +95,8 @@ def evaluate_run(
         "run": run_dir.name,
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": record.dataset,
+        "dataset_sha256": runs.data_fingerprint(dataset_dir),
+        "dataset_since_training": dataset_state,
         "eval_rows": len(data.rows),
         "eval_tokens": n_tokens,
         "max_length": record.settings.data.max_length,
@@ -100,9 +104,33 @@ def evaluate_run(
         "samples": samples,
         "seconds": runs.elapsed(start),
     }
-    (run_dir / runs.EVAL_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial = run_dir / (runs.EVAL_FILE + ".partial")  # renamed last: an interrupted eval keeps the old eval.json
+    partial.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(run_dir / runs.EVAL_FILE)
     write_report(run_dir, result)
     return result
+
+
+def check_options(options: EvalOptions) -> None:
+    unknown = [form for form in options.forms if form not in EVAL_FORMS]
+    if unknown or not options.forms:
+        raise UserError(f"--forms {','.join(unknown) or repr('')}: choose from {', '.join(EVAL_FORMS)}")
+    if options.max_rows is not None and options.max_rows < 1:
+        raise UserError(f"--max-rows {options.max_rows}: must be at least 1 (leave it out for every eval row)")
+    if options.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {options.max_new_tokens}: must be at least 1")
+
+
+def dataset_since_training(record: runs.RunRecord, dataset_dir: Path) -> str:
+    """"as trained", or what differs from the files the run was trained on (run.json's sha256)."""
+    if not record.data_sha256:
+        return "not fingerprinted when this run trained (older phi3e2e): cannot tell if it changed since"
+    now = runs.data_fingerprint(dataset_dir)
+    splits = sorted(set(record.data_sha256) | set(now))
+    changed = [split for split in splits if record.data_sha256.get(split) != now.get(split)]
+    if not changed:
+        return "as trained"
+    return f"changed since training ({', '.join(changed)} differ from run.json's sha256): measured on the current files"
 
 
 def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -121,7 +149,9 @@ def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int) -> 
         while not generator.is_done():
             generator.generate_next_token()
         new_tokens = generator.get_sequence(0)[len(prompt_ids) :]
-        answers.append(tokenizer.decode(new_tokens).strip())
+        # Never decode an empty array: onnxruntime-genai 0.14.1 dies of SIGFPE on it (a model that
+        # ends its turn at once, common after a short fine-tune).
+        answers.append(tokenizer.decode(new_tokens).strip() if len(new_tokens) else "")
     return answers
 
 

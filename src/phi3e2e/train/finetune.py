@@ -59,7 +59,8 @@ def resume_plan(project: Project, name: str) -> RunPlan:
     from phi3e2e.train.local import local_inputs
 
     name = runs.check_run_name(name)
-    kept = [f for f in (runs.partial_dir(project.gen_model, name), runs.failed_dir(project.gen_model, name)) if f.is_dir()]
+    kept = [folder for folder in (runs.partial_dir(project.gen_model, name), runs.failed_dir(project.gen_model, name))
+            if folder.is_dir()]  # fmt: skip
     if not kept:
         state = "finished, nothing to resume" if (project.gen_model / name).is_dir() else "no failed or interrupted run"
         raise UserError(f"--resume {name}: {state} in {project.relative(project.gen_model)}/")

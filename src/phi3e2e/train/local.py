@@ -124,8 +124,8 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         reason = _os_error(e) if isinstance(e, OSError) else str(e)
         failed = runs.fail_run(staging, record, reason, SCRATCH)
         reason = reason.replace(str(staging), str(failed))  # the log moved with the folder
-        raise UserError(f"{reason} [run kept in {project.relative(failed)}; "
-                        f"`phi3e2e finetune --resume {plan.name}` goes on from its last checkpoint]") from None  # fmt: skip
+        raise UserError(f"{reason} [run kept in {project.relative(failed)}; continue it from its last "
+                        f"checkpoint with `phi3e2e finetune --resume {plan.name}`]") from None  # fmt: skip
     shutil.rmtree(runs.checkpoints_dir(gen_model, plan.name), ignore_errors=True)
     return FinetuneResult(run_dir, run_dir / runs.CONFIG_FILE, False, record)
 

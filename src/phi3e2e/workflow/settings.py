@@ -48,7 +48,7 @@ class TrainingSettings(_Section):
     lr_scheduler_type: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "constant"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     logging_steps: PositiveInt = 10
-    save_steps: PositiveInt = Field(100, description="a checkpoint every N steps; `finetune --resume` goes on from the last")
+    save_steps: PositiveInt = Field(100, description="a checkpoint every N steps; `finetune --resume` starts there")
     eval_strategy: Optional[Literal["steps", "epoch"]] = Field(None, description="None: Olive's choice (steps)")
     gradient_checkpointing: bool = True
     seed: int = 0
