@@ -50,15 +50,26 @@ class Project:
         if not self.project_file.exists():
             return {}
         try:
-            return json.loads(self.project_file.read_text())
+            recorded = json.loads(self.project_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise UserError(f"{self.project_file}:{e.lineno}: not valid JSON ({e.msg}); fix or delete it") from None
+        except (UnicodeDecodeError, ValueError, RecursionError, OSError) as e:
+            raise UserError(f"{self.project_file}: not readable ({type(e).__name__}); fix or delete it") from None
+        if not isinstance(recorded, dict):
+            raise UserError(f"{self.project_file}: expected an object like {{\"model\": ..., \"dataset\": ...}}, "
+                            f"found {type(recorded).__name__}; fix or delete it")  # fmt: skip
+        for key in ("model", "dataset"):
+            if key in recorded and not isinstance(recorded[key], str):
+                raise UserError(f"{self.project_file}: {key}: expected a path string, found {recorded[key]!r:.40}")
+        return recorded
 
     def record_choices(self, **choices: Path) -> None:
         recorded = self.read_choices()
         for key, path in choices.items():
             recorded[key] = self.relative(path)
-        self.project_file.write_text(json.dumps(recorded, indent=2) + "\n")
+        partial = self.project_file.with_name(PROJECT_FILE + ".partial")  # renamed last: never half-written
+        partial.write_text(json.dumps(recorded, indent=2) + "\n")
+        partial.replace(self.project_file)
 
     def relative(self, path: Path) -> str:
         path = Path(path).resolve()
