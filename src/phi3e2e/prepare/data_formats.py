@@ -20,6 +20,9 @@ Format = Literal["csv", "json", "jsonl"]
 FORMATS: tuple[str, ...] = ("csv", "json", "jsonl")
 # Delimiters a spreadsheet export may use; the header line decides which one.
 CSV_DELIMITERS = (",", ";", "\t", "|")
+# No Q&A row is this long (the recipe trains on 2048 tokens, ~8 KB): a longer line or record is a
+# broken file, rejected before parsing it costs minutes and gigabytes.
+MAX_ROW_CHARS = 1 << 20
 
 
 @dataclass
@@ -44,6 +47,8 @@ def read_data_file(source: Path, fmt: Optional[str] = None, encoding: Optional[s
     if not text.strip():
         raise UserError(f"{source}: empty file, nothing to import")
     fmt = fmt or detect_format(text)
+    if fmt != "json":
+        _check_line_lengths(source, text)
     records = {"csv": _read_csv, "json": _read_json, "jsonl": _read_jsonl}[fmt](source, text)
     if not records:
         raise UserError(f"{source}: no records to import")
@@ -78,11 +83,21 @@ def _decode(source: Path, data: bytes, encoding: Optional[str]) -> str:
         ) from None
 
 
+def _check_line_lengths(source: Path, text: str) -> None:
+    longest = max(map(len, text.splitlines()), default=0)
+    if longest > MAX_ROW_CHARS:
+        lineno = next(i for i, line in enumerate(text.splitlines(), 1) if len(line) == longest)
+        raise UserError(f"{source}:{lineno}: a line of {longest:,} characters (at most {MAX_ROW_CHARS:,}); "
+                        "is this a Q&A file?")  # fmt: skip
+
+
 def _read_json(source: Path, text: str) -> list[Record]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{source}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except (RecursionError, ValueError) as e:  # 100 000 nested brackets; a number over 4300 digits
+        raise UserError(f"{source}: unreadable JSON ({_why(e)})") from None
     if not isinstance(data, list):
         raise UserError(f"{source}: expected a JSON array of records or JSON Lines, found a JSON {type(data).__name__}")
     return [_record(source, f"record {i}", value) for i, value in enumerate(data, 1)]
@@ -97,6 +112,8 @@ def _read_jsonl(source: Path, text: str) -> list[Record]:
             value = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{source}:{lineno}: invalid JSON line: {e.msg} (column {e.colno})") from None
+        except (RecursionError, ValueError) as e:
+            raise UserError(f"{source}:{lineno}: unreadable JSON line ({_why(e)})") from None
         records.append(_record(source, f"line {lineno}", value))
     return records
 
@@ -104,7 +121,19 @@ def _read_jsonl(source: Path, text: str) -> list[Record]:
 def _record(source: Path, where: str, value: object) -> Record:
     if not isinstance(value, dict):
         raise UserError(f"{source} {where}: expected an object with named fields, found a JSON {type(value).__name__}")
+    try:
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    except (UnicodeEncodeError, RecursionError, ValueError) as e:  # a lone surrogate "\ud800" has no UTF-8
+        raise UserError(f"{source} {where}: cannot be stored as UTF-8 ({_why(e)})") from None
+    if size > MAX_ROW_CHARS:
+        raise UserError(f"{source} {where}: {size:,} bytes in one record (at most {MAX_ROW_CHARS:,})")
     return Record(where, value)
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return str(error).split(";")[0][:120]
 
 
 def _read_csv(source: Path, text: str) -> list[Record]:

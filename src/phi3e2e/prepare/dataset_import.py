@@ -37,7 +37,7 @@ QUESTION, ANSWER, TEXT = "Question", "Best Answer", "text"
 QA_PAIRS = [("Question", "Best Answer"), ("question", "answer"), ("prompt", "response"), ("prompt", "completion")]
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
 EMPTY_QUESTION, EMPTY_ANSWER, DUPLICATE, TOO_LONG = "empty question", "empty answer", "duplicate", "too long"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z: "$" would let a trailing newline in
 
 
 @dataclass
@@ -208,7 +208,7 @@ def write_dataset(
     rows = list(loaded.rows)
     dropped = {reason: list(wheres) for reason, wheres in loaded.dropped.items()}
     tokens = None
-    if tokenizer is not None:
+    if tokenizer is not None and rows:
         say(f"Counting tokens of {len(rows)} rows with the model's tokenizer ...")
         tokens, too_long = _token_stats(tokenizer, loaded.rendered(), max_length)
         if too_long:
@@ -243,6 +243,8 @@ def write_dataset(
         "samples": [render(loaded.text_template, row) for row in splits["train"][:2]],
     }
     dataset_dir = datasets_dir / name
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise UserError(f"--name {name}: {dataset_dir} is a file, not a dataset folder; choose another --name")
     datasets_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=datasets_dir))
     try:
@@ -256,6 +258,8 @@ def write_dataset(
         if dataset_dir.exists():
             shutil.rmtree(dataset_dir)
         staging.rename(dataset_dir)
+    except OSError as e:  # disk full, read-only folder: the old dataset (if any) is left as it was
+        raise UserError(f"{e.filename or dataset_dir}: cannot write the dataset ({e.strerror or e})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ImportResult(dataset_dir, summary)
