@@ -18,6 +18,7 @@ LAYERS = [
     ("evaluate", "train"),
     ("infer",),
     ("prepare",),
+    ("run_overview",),
     ("runs",),
     ("workflow",),
     ("project", "chat_format", "plots", "resources"),

@@ -17,6 +17,7 @@ from phi3e2e.cli import eval as eval_command
 from phi3e2e.cli import export as export_command
 from phi3e2e.cli import init as init_command
 from phi3e2e.cli import jobs as jobs_command
+from phi3e2e.cli import runs as runs_command
 from phi3e2e.cli import serve as serve_command
 from phi3e2e.cli.options import help_when_alone
 from phi3e2e.errors import UserError
@@ -41,6 +42,7 @@ app.command()(eval_command.eval)
 app.command()(export_command.export)
 app.command()(serve_command.serve)
 app.add_typer(jobs_command.app, name="jobs")
+app.add_typer(runs_command.app, name="runs")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,248 @@
+"""`phi3e2e runs`: the project's fine-tunes as a table, one in full, two compared, one removed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Annotated, Optional
+
+import typer
+
+from phi3e2e.cli.options import current_project, say
+
+RunName = Annotated[str, typer.Argument(metavar="RUN", help="Run name under gen-model/ (as `phi3e2e runs` lists it).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+app = typer.Typer(
+    help="The fine-tunes in gen-model/: list, show, compare, remove.\n\n"
+    "Examples:\n\n\b\n"
+    "  phi3e2e runs\n"
+    "  phi3e2e runs --json\n"
+    "  phi3e2e runs show 20250101-120000-lora\n"
+    "  phi3e2e runs compare 20250101-120000-lora 20250102-090000-lora\n"
+    "  phi3e2e runs rm 20250101-120000-lora --yes",
+    rich_markup_mode=None,  # the same plain help as the other commands (see cli/app.py)
+)
+
+
+@app.callback(invoke_without_command=True)
+def runs(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """A table of runs, newest first: status, algo, target, base model, dataset, steps, losses, duration, age."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from phi3e2e.run_overview import list_runs
+
+    project = current_project()
+    rows = list_runs(project)
+    if as_json:
+        typer.echo(json.dumps([row.as_json() for row in rows], indent=2))
+        return
+    if not rows:
+        say(f"No runs in {project.relative(project.gen_model)}/ yet: `phi3e2e finetune` makes one.")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("run", "status", "algo", "target", "base model", "dataset", "steps", "train loss",
+                   "held-out loss", "duration", "age"):  # fmt: skip
+        table.add_column(column, justify="right" if column in ("steps", "duration", "age") else "left")
+    now = datetime.now(timezone.utc)
+    for row in rows:
+        if row.problem:
+            table.add_row(row.name, row.status, *[""] * 8, _age(row.when, now))
+            continue
+        table.add_row(
+            row.name,
+            _status(row.status),
+            row.algo or "",
+            row.target or "",
+            _last_part(row.base_model),
+            _last_part(row.dataset),
+            "" if row.steps is None else str(row.steps),
+            _arrow(row.train_loss_first, row.train_loss_last),
+            _arrow(row.eval_loss_base, row.eval_loss_fine_tuned),
+            _duration(row.duration_s),
+            _age(row.when, now),
+        )
+    _console().print(table)
+    for row in rows:
+        if row.problem:  # whole, below the table: the reason is the part worth reading
+            say(f"{row.name}: {row.problem}")
+    say("held-out loss: base int4 -> fine-tuned int4 (`phi3e2e eval RUN`); details: `phi3e2e runs show RUN`")
+
+
+@app.command()
+def show(run: RunName, as_json: JsonOption = False) -> None:
+    """One run in full: settings, versions, files and sizes, eval summary.
+
+    Examples:
+
+    \b
+      phi3e2e runs show 20250101-120000-lora
+      phi3e2e runs show 20250101-120000-lora --json
+    """
+    from phi3e2e.run_overview import flat_settings, run_details
+
+    project = current_project()
+    details = run_details(project, run)
+    record = details.record
+    if as_json:
+        data = {"run": details.row.as_json(), "record": record.model_dump(mode="json"),
+                "files": dict(details.files), "eval": details.evaluation}  # fmt: skip
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    row = details.row
+    console = _console()
+    say(f"{row.name}  ({_status(row.status)}, {row.folder}/)")
+    if record.reason:
+        say(f"  reason: {record.reason}")
+    summary = Table(box=None, show_header=False, pad_edge=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    for label, value in (
+        ("base model", record.base_model),
+        ("dataset", record.dataset),
+        ("algo / target", f"{record.algo} / {record.target} ({record.profile} profile)"),
+        ("steps", "" if row.steps is None else str(row.steps)),
+        ("training loss", _arrow(row.train_loss_first, row.train_loss_last)),
+        ("duration", _duration(row.duration_s)),
+        ("finished", record.finished_at or ""),
+    ):
+        summary.add_row(label, value)
+    console.print(summary)
+    say("\nSettings:")
+    settings = Table(box=None, show_header=False, pad_edge=False)
+    for key, value in flat_settings(record).items():
+        if "." in key:
+            settings.add_row("  " + key, json.dumps(value))
+    console.print(settings)
+    say("\nVersions: " + ", ".join(f"{name} {version}" for name, version in record.versions.items()))
+    say("\nFiles:")
+    files = Table(box=None, show_header=False, pad_edge=False)
+    files.add_column()
+    files.add_column(justify="right")
+    for name, size in details.files:
+        files.add_row("  " + name, _bytes(size))
+    console.print(files)
+    say("\nEval:")
+    evaluation = details.evaluation
+    if not evaluation:
+        say(f"  not evaluated yet: phi3e2e eval {row.name}")
+        return
+    say(f"  {evaluation.get('eval_rows')} held-out rows, evaluated {evaluation.get('evaluated_at')}")
+    for form, numbers in (evaluation.get("losses") or {}).items():
+        base, tuned = numbers.get("base", {}).get("loss"), numbers.get("fine_tuned", {}).get("loss")
+        say(f"  {form:<8} held-out loss {_arrow(base, tuned)}  ({numbers.get('change', 0):+.3f})")
+
+
+@app.command()
+def compare(first: RunName, second: RunName) -> None:
+    """Two runs side by side: the settings that differ, and their losses.
+
+    Examples:
+
+    \b
+      phi3e2e runs compare 20250101-120000-lora 20250102-090000-lora
+    """
+    from rich.table import Table
+
+    from phi3e2e.run_overview import compare_runs
+
+    comparison = compare_runs(current_project(), first, second)
+    a, b = comparison.names
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("", a, b):
+        table.add_column(column)
+    if comparison.differing:
+        for key, value_a, value_b in comparison.differing:
+            table.add_row(key, json.dumps(value_a), json.dumps(value_b))
+    else:
+        table.add_row("settings", "the same", "the same")
+    table.add_section()
+    for label, value_a, value_b in comparison.measures:
+        table.add_row(label, _number(value_a), _number(value_b))
+    _console().print(table)
+
+
+@app.command()
+def rm(
+    run: RunName,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (for scripts).")] = False,
+) -> None:
+    """Delete a run folder (asks first; a run still being built is refused).
+
+    Examples:
+
+    \b
+      phi3e2e runs rm 20250101-120000-lora
+      phi3e2e runs rm 20250101-120000-lora --yes
+    """
+    from phi3e2e.run_overview import check_not_running, find_run_folder, remove_run
+
+    project = current_project()
+    folder = find_run_folder(project, run)
+    check_not_running(project, folder)  # before asking: a yes must not meet a refusal
+    if not yes and not typer.confirm(f"Delete {project.relative(folder)}/ and every model in it?", default=False):
+        say("Nothing deleted.")
+        raise typer.Exit(1)
+    remove_run(project, run)
+    say(f"Deleted {project.relative(folder)}/")
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output is not wrapped at 80 columns: a script or `grep` reads whole rows.
+    # markup off: run names, paths and settings are printed as they are, never read as [style] tags.
+    return Console(markup=False) if sys.stdout.isatty() else Console(markup=False, width=240, no_color=True)
+
+
+def _status(status: str) -> str:
+    return {"succeeded": "done"}.get(status, status)
+
+
+def _last_part(path: Optional[str]) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] if path else ""
+
+
+def _arrow(first: Optional[float], last: Optional[float]) -> str:
+    if first is None and last is None:
+        return ""
+    return f"{_number(first)} -> {_number(last)}"
+
+
+def _number(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return ""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _age(when: Optional[str], now: datetime) -> str:
+    if not when:
+        return ""
+    try:
+        then = datetime.fromisoformat(when)
+    except ValueError:
+        return ""
+    seconds = (now - (then if then.tzinfo else then.replace(tzinfo=timezone.utc))).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return "just now"
+
+
+def _bytes(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
