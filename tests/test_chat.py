@@ -84,6 +84,34 @@ def test_an_answer_that_ends_at_once_is_explained_not_a_blank_line(finished_run,
     assert result.returncode == 0 and result.stdout.strip() and EMPTY_ANSWER not in result.stderr
 
 
+@pytest.mark.parametrize("folder", ["onnx-int4", "merged"])
+def test_an_answer_cut_at_the_length_limit_says_so(finished_run, folder):
+    project, run_dir = finished_run
+    # min = max: the end of turn is held back until the limit, so the answer is cut there.
+    cut = ChatSession(run_dir / folder, GenerationOptions(max_new_tokens=5, min_new_tokens=5)).ask(QUESTION)
+    assert (cut.finish_reason, cut.tokens) == ("length", 5)
+    result = run_cli("chat", "--model", str(run_dir / folder), "--prompt", QUESTION, "--max-length", "5",
+                     "--min-length", "5", "--json", project=project)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["finish_reason"] == "length"
+    result = run_cli("chat", "--model", str(run_dir / folder), "--prompt", QUESTION, "--max-length", "5",
+                     "--min-length", "5", project=project)  # fmt: skip
+    assert result.stderr.splitlines()[-1].startswith("[cut off at the length limit (5 tokens")
+
+
+def test_an_answer_the_model_ended_reports_stop(finished_run, tmp_path):
+    project, run_dir = finished_run
+    # A stand-in for a model that ends its turn at once (every token id is an end of turn): structure, not text.
+    model = tmp_path / "ends-at-once"
+    shutil.copytree(run_dir / "onnx-int4", model)
+    config = json.loads((model / "genai_config.json").read_text())
+    config["model"]["eos_token_id"] = list(range(config["model"]["vocab_size"]))
+    (model / "genai_config.json").write_text(json.dumps(config))
+    result = run_cli("chat", "--model", str(model), "--prompt", QUESTION, "--json", project=project)
+    answer = json.loads(result.stdout)
+    assert (answer["finish_reason"], answer["text"], answer["stopped"]) == ("stop", "", False)
+
+
 def test_min_length_above_max_length_is_a_user_error(finished_run):
     project, _ = finished_run
     result = run_cli("chat", "--prompt", "hi", "--max-length", "4", "--min-length", "5", project=project)
@@ -128,6 +156,7 @@ def test_json_prints_one_object_per_answer(finished_run):
         assert answer["tokens_per_second"] > 0
         assert 0 < answer["first_token_seconds"] <= answer["seconds"]
         assert answer["prompt_tokens"] > 0 and answer["form"] == "onnx" and answer["stopped"] is False
+        assert answer["finish_reason"] in ("stop", "length")
     # The second question saw the first turn: its prompt is longer.
     assert answers[1]["prompt_tokens"] > answers[0]["prompt_tokens"]
 
@@ -144,7 +173,7 @@ def test_ctrl_c_stops_the_answer_not_the_session(finished_run):
             raise KeyboardInterrupt  # where a terminal's SIGINT lands: inside the streaming loop
 
     stopped = session.ask(QUESTION, on_text=press_ctrl_c_after_three)
-    assert stopped.stopped and stopped.tokens < 32
+    assert stopped.stopped and stopped.tokens < 32 and stopped.finish_reason == "interrupted"
     follow_up = session.ask("And to Porto?")
     assert not follow_up.stopped and follow_up.tokens == 32
     assert len(session.turns) == 2

@@ -13,6 +13,7 @@ from phi3e2e.cli.options import Device, current_project
 from phi3e2e.errors import UserError
 
 EMPTY_ANSWER = "[empty answer: the model ended its turn at once; --min-length N makes it say at least N tokens]"
+CUT_ANSWER = "[cut off at the length limit ({tokens} tokens{blank}); --max-length N allows longer answers]"
 
 
 def chat(
@@ -47,8 +48,8 @@ def chat(
         bool,
         typer.Option(
             "--json",
-            help="Print one JSON object per answer (text, tokens, tokens_per_second, first_token_seconds, ...) "
-            "instead of streaming text; questions are read one per line from stdin.",
+            help="Print one JSON object per answer (text, finish_reason: stop / length / interrupted, tokens, "
+            "tokens_per_second, ...) instead of streaming text; questions are read one per line from stdin.",
         ),
     ] = False,
 ) -> None:
@@ -95,8 +96,11 @@ def chat(
             typer.echo(json.dumps(reply.as_json() | {"form": session.form}))
         else:
             sys.stdout.write(" [stopped]\n" if reply.stopped else "\n")
-            if not reply.text and not reply.stopped:
-                # A tiny or barely trained model may end its turn at once; say so rather than print a blank line.
+            # Say why an answer ended only when it is not what a reader expects: cut short, or nothing at all
+            # (a tiny or barely trained model may end its turn at once, or say only blank tokens).
+            if reply.finish_reason == "length":
+                notice(CUT_ANSWER.format(tokens=reply.tokens, blank="" if reply.text else ", all blank"))
+            elif not reply.text and reply.finish_reason == "stop":
                 notice(EMPTY_ANSWER)
         return reply.stopped
 

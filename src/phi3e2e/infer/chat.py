@@ -69,18 +69,21 @@ class ChatSession:
         prompt_tokens = self.prompt_tokens(user, notice)
         pieces: list[str] = []
         count, first, stopped = 0, None, False
+        finish_reason = "length"  # unless the model ends its turn before the limit
         start = time.perf_counter()
         try:
             for piece in self.engine.stream(prompt_tokens, self.options):
                 count += 1
                 if first is None:
                     first = time.perf_counter() - start
-                if piece:
+                if piece is None:
+                    finish_reason = "stop"
+                elif piece:
                     pieces.append(piece)
                     on_text(piece)
         except KeyboardInterrupt:
-            stopped = True  # Ctrl-C ends this answer, not the session
+            stopped, finish_reason = True, "interrupted"  # Ctrl-C ends this answer, not the session
         seconds = time.perf_counter() - start
         text = "".join(pieces).strip()
         self.turns.append((user, text))
-        return Answer(text, count, seconds, first, stopped, prompt_tokens=len(prompt_tokens))
+        return Answer(text, count, seconds, first, stopped, len(prompt_tokens), finish_reason)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Literal, Optional
+
+# Why an answer ended: the model's end of turn, the length limit (--max-length or the context),
+# or Ctrl-C. OpenAI's names for the first two, so `chat --json` and `serve` agree.
+FinishReason = Literal["stop", "length", "interrupted"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class Answer:
     first_token_seconds: Optional[float]
     stopped: bool = False
     prompt_tokens: int = 0
+    finish_reason: FinishReason = "stop"
 
     @property
     def tokens_per_second(self) -> float:

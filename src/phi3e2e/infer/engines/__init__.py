@@ -7,7 +7,7 @@ and is measured the same way.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Iterator, Optional, Protocol
 
 from phi3e2e.infer.generation import GenerationOptions
 
@@ -19,6 +19,9 @@ class Engine(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[str]:
-        """Yield the text of each generated token (end-of-turn tokens yield "") until done."""
+    def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[Optional[str]]:
+        """Yield the text of each generated token until done; an end-of-turn token yields None (and is last).
+
+        None rather than "": a token with no text of its own is not the end, and `chat` tells an
+        answer the model ended from one cut at the length limit."""
         ...

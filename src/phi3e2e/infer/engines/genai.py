@@ -90,9 +90,9 @@ class GenaiEngine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
 
-    def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[str]:
-        for _token, text in self.stream_tokens(prompt_tokens, options):
-            yield text
+    def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[Optional[str]]:
+        for token, text in self.stream_tokens(prompt_tokens, options):
+            yield None if self.is_end(token) else text
 
     def stream_tokens(
         self, prompt_tokens: list[int], options: GenerationOptions, seed: Optional[int] = None

@@ -99,7 +99,7 @@ class HfEngine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[str]:
+    def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[Optional[str]]:
         torch = self._torch
         room = min(options.max_new_tokens, self.context_length - len(prompt_tokens))
         pick = _token_picker(options)
@@ -114,7 +114,7 @@ class HfEngine:
                     logits[list(self._end_ids)] = float("-inf")
                 token = int(pick(logits))
                 if token in self._end_ids:
-                    yield ""
+                    yield None  # end of turn (see engines.Engine.stream)
                     return
                 yield text.add(token)
                 input_ids = torch.tensor([[token]], device=self.device)
