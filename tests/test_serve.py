@@ -262,6 +262,34 @@ def test_serve_refuses_an_open_address_without_a_key_and_a_port_in_use(served):
     assert f":{server.port}: already in use" in taken.stderr and "Traceback" not in taken.stderr
 
 
+def test_models_load_on_first_use_within_the_memory_budget(finished_run, tmp_path):
+    from phi3e2e.serve.catalog import Catalog
+    from phi3e2e.serve.errors import ApiError
+    from phi3e2e.serve.registry import ModelRegistry
+
+    original, run_dir = finished_run
+    project = Project(tmp_path / "project")
+    shutil.copytree(original.root, project.root, symlinks=True)
+    shutil.copytree(run_dir, project.gen_model / "second", symlinks=True)  # a second finished run
+    size = sum(path.stat().st_size for path in (run_dir / "onnx-int4").iterdir())
+    registry = ModelRegistry(Catalog(project, run_dir.name, say=lambda _: None), "cpu", int(size * 1.5),
+                             say=lambda _: None)
+    assert registry.loaded_ids() == []  # nothing loaded before it is asked for
+
+    registry.acquire(run_dir.name)
+    registry.release(run_dir.name)
+    second = registry.acquire("second")  # one fits, two do not: the idle one is unloaded
+    assert registry.loaded_ids() == ["second"]
+    assert second.engine.encode("hello")
+
+    with pytest.raises(ApiError) as full:  # "second" is still in use: nothing can make room
+        registry.acquire(run_dir.name)
+    assert full.value.status == 503 and full.value.code == "memory_budget"
+    registry.release("second")
+    registry.acquire(run_dir.name)
+    assert registry.loaded_ids() == [run_dir.name]
+
+
 def test_serve_help_imports_no_server_or_ml_stack():
     heavy = ("torch", "onnxruntime", "onnxruntime_genai", "transformers", "fastapi", "uvicorn", "starlette", "openai")
     probe = (
