@@ -1,6 +1,8 @@
 """Reading Olive's output: pass boundaries, the loss history, and the real failure reason."""
 
-from phi3e2e.train.olive_runner import ProgressReader
+import io
+
+from phi3e2e.train.olive_runner import ProgressReader, StageLine
 
 # Lines as Olive 0.13 + transformers print them (tqdm's carriage returns already split).
 TRAINING = [
@@ -19,17 +21,64 @@ TRAINING = [
 ]
 
 
-def test_loss_history_has_exact_steps_and_progress_is_shown():
-    shown = []
-    reader = ProgressReader(shown.append, logging_steps=5)
-    for line in TRAINING:
+class Clock:
+    """Olive's lines arrive one simulated second apart."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def feed_timed(reader, clock, lines):
+    for line in lines:
+        clock.now += 1.0
         reader.feed(line)
+
+
+def test_loss_history_has_exact_steps_and_progress_is_shown():
+    shown, clock = [], Clock()
+    reader = ProgressReader(shown.append, logging_steps=5, line=StageLine(shown.append, every_s=3, clock=clock))
+    feed_timed(reader, clock, TRAINING)
     assert [(e["step"], e["loss"]) for e in reader.history if "loss" in e] == [(5, 7.55), (10, 7.1), (15, 6.9), (20, 6.5)]
     assert [e["step"] for e in reader.history if "eval_loss" in e] == [10]
     assert shown[0] == "- fine-tune ..."
-    assert "  step 20/20  loss 6.5000" in shown
     assert shown[-1] == "  fine-tune done in 2.6s"
     assert not reader.produced_nothing and reader.last_error == ""
+    # Not a terminal: a plain line every 3 (simulated) seconds, with step/total, loss, elapsed, rate, ETA.
+    progress = [line for line in shown if line.startswith("  ") and "/20" in line and "eval" not in line]
+    assert progress == [
+        "  1/20  0:03  1.00/s  ETA 0:19",  # 1 step in the second since the first bar (0/20)
+        "  15/20  loss 6.9000  0:08  2.50/s  ETA 0:02",  # 15 steps in 6 s; 5 left
+    ]
+    assert "  step 10/20  eval loss 7.2000" in shown
+
+
+def test_on_a_terminal_each_stage_is_one_line_updated_in_place():
+    shown, screen, clock = [], io.StringIO(), Clock()
+    reader = ProgressReader(shown.append, logging_steps=5, line=StageLine(shown.append, live=screen, clock=clock))
+    feed_timed(reader, clock, TRAINING)
+    updates = screen.getvalue().split("\r\033[K")
+    assert "  20/20  loss 6.5000  0:09  2.86/s  ETA 0:00" in updates
+    assert updates[-1] == ""  # the live line is cleared before "done" is said
+    assert not any("\n" in update for update in updates)  # updated in place, never a new line
+    assert shown == ["- fine-tune ...", "  step 10/20  eval loss 7.2000", "  trained 20 steps in 1.1s",
+                     "  fine-tune done in 2.6s"]  # fmt: skip
+
+
+def test_the_int4_build_shows_what_it_is_doing():
+    screen, clock = io.StringIO(), Clock()
+    reader = ProgressReader(lambda _: None, logging_steps=5, line=StageLine(lambda _: None, live=screen, clock=clock))
+    feed_timed(reader, clock, [
+        "[2026-11-29 16:40:32,689] [INFO] [engine.py:665:_run_pass] Running pass int4:modelbuilder",
+        "Reading layer 1",
+        "Saving model.layers.0.input_layernorm.weight (f32, [64]):   2%|▏         | 1/43 [00:00<00:00, 665.87it/s]",
+        "Saving cos_cache (f32, [4096,8]):  50%|▍         | 22/43 [00:00<00:00, 486.04it/s]",
+    ])  # fmt: skip
+    updates = screen.getvalue().split("\r\033[K")
+    assert "  reading layer 1  0:01" in updates
+    assert updates[-1] == "  22/43  saving  0:03  21/s  ETA 0:01"
 
 
 def test_failure_reason_is_the_traceback_not_the_banner():

@@ -299,6 +299,9 @@ def describe(summary: dict) -> list[str]:
         f"Read {summary['rows_read']} rows ({summary['format']}, {summary['shape']}); "
         f"kept {summary['rows_kept']}: {summary['train_rows']} train, {summary['eval_rows']} eval"
     ]
+    if not summary["eval_rows"]:  # said now, not when `eval` or the end of `finetune` finds out
+        lines.append("  no eval rows: `phi3e2e eval` needs some to measure the fine-tune; "
+                     "import with --eval-split 0.1 (and at least 2 rows) to hold some out")  # fmt: skip
     for reason, count in summary["rows_dropped"].items():
         where = ", ".join(summary["dropped_where"][reason])
         lines.append(f"  dropped {count} {reason} ({where}{', ...' if count > 5 else ''})")

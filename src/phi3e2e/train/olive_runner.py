@@ -13,15 +13,19 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional, TextIO
 
 from phi3e2e.errors import UserError
 
 PASS_LABELS = {"finetune": "fine-tune", "merge": "merge adapter", "int4": "build int4 ONNX"}
 _RUNNING_PASS = re.compile(r"Running pass (\w+):")
 _PASS_DONE = re.compile(r"Pass (\w+):\w+ finished in ([\d.]+) seconds")
-_PROGRESS = re.compile(r"^\s*\d+%\|[^|]*\| *(\d+)/(\d+) \[")  # the Trainer's bars carry no label
+# A tqdm bar: the Trainer's carry no label; ModelBuilder's "Saving <tensor>: 12%|..." and
+# "Loading weights: ..." do.
+_PROGRESS = re.compile(r"^(?P<label>[^|]*?)\s*\d+%\|[^|]*\| *(?P<done>\d+)/(?P<total>\d+) \[")
+_READING = re.compile(r"^Reading (?:layer \d+|embedding layer|final norm|LM head)")
 _LOG_DICT = re.compile(r"\{'(?:loss|train_runtime|eval_loss)'.*\}")
 _EXCEPTION = re.compile(r"^[\w.]*(?:Error|Exception): .+")  # the last line of a Python traceback
 NO_OUTPUT = "No output model produced"
@@ -37,14 +41,57 @@ def olive_env() -> dict:
     return env
 
 
-class ProgressReader:
-    """Turns Olive's output into short progress lines and a training-loss history."""
+class StageLine:
+    """Where a stage stands: one line updated in place on a terminal (`live`), else a plain line
+    every `every_s` seconds, so a log or CI output shows progress without a wall of lines."""
 
-    def __init__(self, say: Callable[[str], None], logging_steps: int):
-        self.say = say
+    def __init__(self, say: Callable[[str], None], live: Optional[TextIO] = None, every_s: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
+        self.say, self.live, self.every_s, self.clock = say, live, every_s, clock
+        self.started = self.shown_at = clock()
+        self.first: Optional[tuple[float, int]] = None  # (time, done) when counting began: the rate's base
+        self.shown = False
+
+    def start(self) -> None:
+        self.clear()
+        self.started = self.shown_at = self.clock()
+        self.first = None
+
+    def update(self, done: Optional[int] = None, total: Optional[int] = None, detail: str = "", force: bool = False) -> None:
+        now = self.clock()
+        if done is not None and (self.first is None or done < self.first[1]):
+            self.first = (now, done)
+        parts = [f"{done}/{total}" if done is not None and total else "", detail, _clock(now - self.started)]
+        if done is not None and total and self.first and now > self.first[0] and done > self.first[1]:
+            rate = (done - self.first[1]) / (now - self.first[0])
+            parts += [f"{rate:.2f}/s" if rate < 10 else f"{rate:.0f}/s", f"ETA {_clock((total - done) / rate)}"]
+        text = "  " + "  ".join(part for part in parts if part)
+        if self.live is not None:
+            self.live.write("\r\033[K" + text)
+            self.live.flush()
+            self.shown = True
+        elif force or now - self.shown_at >= self.every_s:
+            self.say(text)
+            self.shown_at = now
+
+    def clear(self) -> None:
+        if self.live is not None and self.shown:
+            self.live.write("\r\033[K")
+            self.live.flush()
+            self.shown = False
+
+
+class ProgressReader:
+    """Turns Olive's output into a progress line per stage and a training-loss history."""
+
+    def __init__(self, say: Callable[[str], None], logging_steps: int, line: Optional[StageLine] = None):
+        self.line = line or StageLine(say)
+        self.say = lambda text: (self.line.clear(), say(text))  # a whole line never lands inside the live one
         self.logging_steps = logging_steps
         self.step = 0
         self.total_steps = 0
+        self.in_finetune = False
+        self.detail = ""
         self.history: list[dict] = []
         self.last_error = ""
         self.produced_nothing = False
@@ -52,12 +99,15 @@ class ProgressReader:
     def feed(self, line: str) -> None:
         if match := _RUNNING_PASS.search(line):
             self.say(f"- {PASS_LABELS.get(match[1], match[1])} ...")
-            self.total_steps = 0
+            self.line.start()
+            self.total_steps, self.in_finetune, self.detail = 0, match[1] == "finetune", ""
         elif match := _PASS_DONE.search(line):
             self.say(f"  {PASS_LABELS.get(match[1], match[1])} done in {float(match[2]):.1f}s")
         if match := _PROGRESS.search(line):
-            # The first bar of the fine-tune pass is training (for its total); eval bars follow.
-            self.total_steps = self.total_steps or int(match[2])
+            self._bar(match)
+        elif match := _READING.match(line):  # ModelBuilder reads the model layer by layer
+            self.detail = match[0].lower()
+            self.line.update(detail=self.detail)
         if match := _LOG_DICT.search(line):
             self._training_log(match[0])
         if _EXCEPTION.match(line.strip()):
@@ -66,6 +116,18 @@ class ProgressReader:
             self.last_error = line.strip()
         if NO_OUTPUT in line:
             self.produced_nothing = True
+
+    def _bar(self, match: re.Match) -> None:
+        label, done, total = match["label"].strip().rstrip(":"), int(match["done"]), int(match["total"])
+        if not self.in_finetune:  # merge, int4 build: whatever bar is running (loading, saving weights)
+            self.line.update(done, total, " ".join(label.split()[:1]).lower())
+            return
+        if label:
+            return  # loading weights
+        # The first unlabelled bar of the fine-tune pass is training (for its total); eval bars follow.
+        self.total_steps = self.total_steps or total
+        if total == self.total_steps:
+            self.line.update(done, total, self.detail)
 
     def _training_log(self, text: str) -> None:
         try:
@@ -81,11 +143,17 @@ class ProgressReader:
         entry["step"] = self.step
         self.history.append(entry)
         if "loss" in entry:
-            self.say(f"  step {self.step}/{self.total_steps}  loss {entry['loss']:.4f}")
+            self.detail = f"loss {entry['loss']:.4f}"
+            self.line.update(self.step, self.total_steps, self.detail)
         elif "eval_loss" in entry:
             self.say(f"  step {self.step}/{self.total_steps}  eval loss {entry['eval_loss']:.4f}")
         elif "train_runtime" in entry:
             self.say(f"  trained {self.step} steps in {entry['train_runtime']:.1f}s")
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
 
 def _number(value):
@@ -129,7 +197,9 @@ def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], ver
     """Run Olive to completion; return the training-loss history. Raises UserError on failure."""
     command = [sys.executable, "-m", "olive", "run", "--config", str(config_file)]
     finetune_pass = json.loads(config_file.read_text())["passes"].get("finetune", {})
-    reader = ProgressReader(say, finetune_pass.get("training_args", {}).get("logging_steps", 1))
+    # On a terminal the stage's line updates in place; with --verbose Olive's own output is the progress.
+    live = sys.stdout if sys.stdout.isatty() and not verbose else None
+    reader = ProgressReader(say, finetune_pass.get("training_args", {}).get("logging_steps", 1), StageLine(say, live))
     with open(log_file, "w", encoding="utf-8") as log:
         # Its own process group, so stopping the run stops Olive's children too; and it dies with us
         # even when we are killed with SIGKILL (no cleanup runs then), never writing on unowned.
@@ -155,6 +225,7 @@ def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], ver
             reader.feed(buffer)
             returncode = process.wait()
         except BaseException:
+            reader.line.clear()  # the error that follows gets a line of its own
             stop_process_group(process)
             raise
     # Olive exits 0 after a failed pass, logging only "No output model produced".

@@ -9,6 +9,7 @@ paths here, Azure ML job inputs there. A dry-run writes the plan and stops (writ
 from __future__ import annotations
 
 import json
+import math
 import string
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,7 +23,9 @@ from phi3e2e.train.inputs import RunInputs
 from phi3e2e.workflow.render import Algo, RenderedWorkflow, Target, WorkflowPaths, render_workflow
 from phi3e2e.workflow.settings import ExportSettings, FinetuneSettings, build_settings, parse_override
 
-# Olive's working folders, relative to the config so the folder can be re-run (an Azure ML job's own).
+# Olive's working folders. Olive resolves them against its current folder, not the config's
+# (olive/engine/engine.py), so phi3e2e starts it in the config's folder; by hand:
+# `cd gen-model/RUN && olive run --config olive-config.json` (an Azure ML job's own).
 OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS = "olive-output", ".olive-cache", ".checkpoints"
 # A local run's config lies in gen-model/.<run>.partial/: its checkpoints and Olive's step cache lie
 # beside it in gen-model/ (runs.checkpoints_dir, runs.olive_cache_dir), so they outlive a failed run
@@ -41,6 +44,7 @@ class RunPlan:
     workflow: RenderedWorkflow
     record: runs.RunRecord
     aml: object = None  # --target aml: its AmlOptions
+    notes: tuple[str, ...] = ()  # what phi3e2e chose for the user, said before the run
 
     @property
     def builds_for_cpu(self) -> bool:
@@ -68,10 +72,12 @@ def plan_run(
 ) -> RunPlan:
     """`recorded`: a resumed run's own settings, used as they are."""
     name = runs.check_run_name(run_name) if run_name else runs.new_run_name(algo)
+    notes: tuple[str, ...] = ()
     if recorded is not None:
         settings = recorded
     else:
         settings = choose_settings(inputs, set_args)
+        notes = tuple(filter(None, [fit_tiny_budget(settings, inputs, set_args)]))
         settings.export = int4_export_settings(settings.export, inputs.model_dir, builds_for_cpu(algo, target))
     workflow = render_plan_workflow(project, algo, target, settings, inputs, name)
     record = runs.RunRecord(
@@ -85,7 +91,7 @@ def plan_run(
         versions=stack_versions(),
         data_sha256=runs.data_fingerprint(inputs.dataset_dir) if inputs.dataset_dir else None,
     )
-    return RunPlan(name, algo, target, inputs, settings, workflow, record, aml)
+    return RunPlan(name, algo, target, inputs, settings, workflow, record, aml, notes)
 
 
 def render_plan_workflow(
@@ -121,6 +127,25 @@ def choose_settings(inputs: RunInputs, set_args: list[str]) -> FinetuneSettings:
     if inputs.local_train_file:
         check_template_columns(settings.data.text_template, inputs.local_train_file)
     return settings
+
+
+def fit_tiny_budget(settings: FinetuneSettings, inputs: RunInputs, set_args: list[str]) -> Optional[str]:
+    """The tiny profile on a dataset larger than the sample: cap the steps (settings.TINY_MAX_STEPS)."""
+    from phi3e2e.workflow.settings import TINY_MAX_STEPS
+
+    chosen = {parse_override(arg)[0] for arg in set_args}
+    if inputs.profile != "tiny" or not inputs.local_train_file or chosen & {"training.max_steps", "training.num_train_epochs"}:
+        return None
+    training = settings.training
+    with open(inputs.local_train_file, "rb") as f:
+        rows = sum(1 for line in f if line.strip())
+    per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
+    steps = math.ceil(rows / per_step) * training.num_train_epochs
+    if training.max_steps != -1 or steps <= TINY_MAX_STEPS:
+        return None
+    training.max_steps = TINY_MAX_STEPS
+    return (f"  tiny profile: {rows} training rows x {training.num_train_epochs:g} epochs would be {steps:.0f} steps; "
+            f"training stops at {TINY_MAX_STEPS} to fit about a minute (--set training.max_steps=N to choose)")  # fmt: skip
 
 
 def check_template_columns(text_template: str, train_file: Path) -> None:
@@ -163,6 +188,8 @@ def write_dry_run(project: Project, plan: RunPlan, say: Callable[[str], None]) -
 
 def stage_plan(project: Project, plan: RunPlan, folder: Path, say: Callable[[str], None], dry_run: bool) -> Path:
     """Write what runs the plan into `folder`; returns the Olive config file."""
+    for note in plan.notes:
+        say(note)
     if plan.target == "aml":
         from phi3e2e.train.aml.job import stage_job
 

@@ -105,6 +105,12 @@ PROFILES: dict[str, dict[str, object]] = {
 }
 
 
+# The tiny profile's time budget: its 10 epochs of the bundled sample are 140 steps (~20 s on
+# 2 cores); on a larger dataset the steps stop here, so a demo-style run stays about a minute.
+# An explicit --set training.max_steps or training.num_train_epochs wins (train/plan.py).
+TINY_MAX_STEPS = 150
+
+
 def valid_keys() -> list[str]:
     return [
         f"{section}.{key}"
