@@ -8,14 +8,23 @@ Here the "mounts" are the tiny project's folders and the workflow is rendered fo
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 
-from phi3e2e.train.aml.compute_entry import fill_placeholders
-from phi3e2e.train.aml.staging import ENTRY_SCRIPT, stage_job_files
 from phi3e2e.runs import missing_outputs
+from phi3e2e.train.aml.compute_entry import WORK_DIR, fill_placeholders, use_fp16
+from phi3e2e.train.aml.job import JOB_FILE, AmlOptions
+from phi3e2e.train.aml.staging import ENTRY_SCRIPT, checkpoints_to_output, stage_job_files
+from phi3e2e.train.finetune import finetune
 from phi3e2e.train.plan import CHECKPOINTS, OLIVE_CACHE, OLIVE_OUTPUT
 from phi3e2e.workflow.render import WorkflowPaths, render_workflow
 from phi3e2e.workflow.settings import build_settings
@@ -41,26 +50,118 @@ def test_unbound_placeholder_stops_the_job_with_a_clear_message(tmp_path):
     assert result.returncode != 0 and "uses ${{inputs.model}} but the command binds no such path" in result.stderr
 
 
-@pytest.mark.e2e
-def test_entry_script_runs_olive_and_collects_the_three_models(tiny_project, tmp_path):
-    settings = build_settings("tiny", {})
+def test_staged_job_on_a_node_without_a_gpu_ends_in_one_line_within_a_minute(tiny_project, tmp_path):
+    """The dry-run job's own command, run here (no NVIDIA driver, CPU-only torch): it must not train."""
+    from azure.ai.ml import load_job
+
+    result = finetune(
+        tiny_project, algo="qlora", target="aml", dry_run=True, run_name="nogpu",
+        aml_options=AmlOptions(compute="gpu-a100"), say=lambda _: None,
+    )  # fmt: skip
+    job = load_job(result.run_dir / JOB_FILE)
+    mounts = {f"${{{{inputs.{name}}}}}": str((result.run_dir / item.path).resolve()) for name, item in job.inputs.items()}
+    mounts |= {f"${{{{outputs.{name}}}}}": str(tmp_path / "outputs" / name) for name in job.outputs}
+    command = job.command
+    for placeholder, path in mounts.items():
+        command = command.replace(placeholder, path)
+    assert command.startswith("python ") and "${{" not in command
+    started = time.monotonic()
+    ran = subprocess.run(
+        [sys.executable, *shlex.split(command)[1:]], cwd=result.run_dir / "aml-code", capture_output=True, text=True,
+        env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin"}, timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert ran.returncode == 2 and elapsed < 60, (elapsed, ran.stdout[-2000:], ran.stderr[-2000:])
+    assert ran.stderr.strip().splitlines() == [
+        "phi3e2e_job: error: no NVIDIA GPU on this node (no nvidia-smi, no CUDA device): pick a GPU compute, "
+        "e.g. Standard_NC24ads_A100_v4 (docs/azure.md lists the supported sizes)"
+    ]
+    assert not (tmp_path / "outputs" / "models").exists() or not any((tmp_path / "outputs" / "models").iterdir())
+
+
+def test_without_native_bf16_the_fine_tune_trains_in_fp16_and_says_why(capsys):
+    config = {"passes": {"finetune": {"type": "QLoRA", "torch_dtype": "bfloat16", "compute_dtype": "bfloat16"},
+                         "int4": {"type": "ModelBuilder", "precision": "int4"}}}  # fmt: skip
+    changed = use_fp16(config, "Tesla V100 (sm_70) has no native bfloat16")
+    assert changed["passes"]["finetune"]["torch_dtype"] == changed["passes"]["finetune"]["compute_dtype"] == "float16"
+    assert "Tesla V100 (sm_70) has no native bfloat16: torch_dtype and compute_dtype" in capsys.readouterr().out
+
+
+def test_staged_checkpoints_go_to_the_job_output():
+    settings = build_settings("phi3-mini", {})
     paths = WorkflowPaths(
         model="${{inputs.model}}", train_file="${{inputs.train_file}}", eval_file=None,
         output=OLIVE_OUTPUT, cache=OLIVE_CACHE, checkpoints=CHECKPOINTS,
     )  # fmt: skip
-    staged = stage_job_files(tmp_path / "run", render_workflow("lora", "local", settings, paths).config)
-    models_out = tmp_path / "outputs" / "models"
-    result = subprocess.run(
-        [
-            sys.executable, ENTRY_SCRIPT, "--config", "olive-config.json", "--models-out", str(models_out),
-            "--bind", f"inputs.model={tiny_project.model_cache / 'tiny-phi3'}",
-            "--bind", f"inputs.train_file={tiny_project.datasets / 'sample' / 'train.jsonl'}",
-        ],
-        cwd=staged.code_dir, capture_output=True, text=True, timeout=900,
+    args = checkpoints_to_output(render_workflow("qlora", "aml", settings, paths).config)["passes"]["finetune"][
+        "training_args"
+    ]
+    assert args["output_dir"] == "${{outputs.checkpoints}}" and args["save_strategy"] == "steps"
+    assert args["save_steps"] == settings.training.save_steps and not args["overwrite_output_dir"]
+
+
+@pytest.fixture(scope="module")
+def restarted_job(tiny_template, tmp_path_factory):
+    """The staged entry run twice over the same outputs, killed (SIGKILL, as a reclaimed node) after
+    its first checkpoint, the node's local disk wiped in between; MLflow tracking to a local folder."""
+    tmp = tmp_path_factory.mktemp("restarted-job")
+    settings = build_settings("tiny", {})
+    paths = WorkflowPaths(
+        model="${{inputs.model}}", train_file="${{inputs.train_file}}", eval_file="${{inputs.eval_file}}",
+        output=OLIVE_OUTPUT, cache=OLIVE_CACHE, checkpoints=CHECKPOINTS,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    staged = stage_job_files(tmp / "run", render_workflow("lora", "local", settings, paths).config)
+    outputs = tmp / "outputs"
+    sample = tiny_template.datasets / "sample"
+    command = [
+        sys.executable, ENTRY_SCRIPT, "--config", "olive-config.json", "--models-out", str(outputs / "models"),
+        "--bind", f"inputs.model={tiny_template.model_cache / 'tiny-phi3'}",
+        "--bind", f"inputs.train_file={sample / 'train.jsonl'}", "--bind", f"inputs.eval_file={sample / 'eval.jsonl'}",
+        "--bind", f"outputs.checkpoints={outputs / 'checkpoints'}", "--allow-cpu",
+    ]  # fmt: skip
+    # MLFLOW_ALLOW_FILE_STORE: MLflow 3 refuses a folder store unless asked; Azure ML's is a workspace URI.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": (tmp / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
+           "MLFLOW_EXPERIMENT_NAME": "phi3e2e"}  # fmt: skip
+    first_log = open(tmp / "first.log", "w")
+    first = subprocess.Popen(command, cwd=staged.code_dir, env=env, stdout=first_log, stderr=subprocess.STDOUT,
+                             start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not list((outputs / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert first.poll() is None, (tmp / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint's last files land
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    first_log.close()
+    killed_at = sorted(int(p.name.split("-")[1]) for p in (outputs / "checkpoints").glob("checkpoint-*"))
+    # Read now: the resumed run's save_total_limit removes old checkpoints.
+    epoch_at_kill = json.loads((outputs / "checkpoints" / f"checkpoint-{killed_at[-1]}" / "trainer_state.json").read_text())["epoch"]
+    shutil.rmtree(staged.code_dir / WORK_DIR)  # the restarted job lands on a fresh node
+    second = subprocess.run(command, cwd=staged.code_dir, env=env, capture_output=True, text=True, timeout=900)
+    return SimpleNamespace(outputs=outputs, killed_at=killed_at, epoch_at_kill=epoch_at_kill, second=second, mlruns=tmp / "mlruns",
+                           first_log=(tmp / "first.log").read_text(), settings=settings)  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_restarted_job_resumes_from_the_checkpoint_in_its_output(restarted_job):
+    second = restarted_job.second
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert restarted_job.killed_at, restarted_job.first_log[-2000:]
+    resumed = restarted_job.killed_at[-1]
+    assert f"phi3e2e_job: resuming from checkpoint-{resumed} in the checkpoints output" in log
+    assert f"Resuming training at {restarted_job.outputs / 'checkpoints' / f'checkpoint-{resumed}'}" in log  # Olive's line
+    # Training went on from that step: the second attempt's first logged step comes after it.
+    final = json.loads(max((restarted_job.outputs / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                           key=lambda p: int(p.parent.name.split("-")[1])).read_text())  # fmt: skip
+    assert final["global_step"] > resumed
+    first_logged = [float(e) for e in re.findall(r"'epoch': '?([0-9.]+)", second.stdout + second.stderr)]
+    assert first_logged and first_logged[0] > restarted_job.epoch_at_kill
+    # And the job ends as an uninterrupted one does: the three forms in the `models` output.
+    models_out = restarted_job.outputs / "models"
     assert missing_outputs(models_out) == []
-    assert json.loads((models_out / "adapter" / "adapter_config.json").read_text())["r"] == settings.lora.r
+    assert json.loads((models_out / "adapter" / "adapter_config.json").read_text())["r"] == restarted_job.settings.lora.r
 
 
 def test_the_entry_script_names_forms_as_phi3e2e_does():
@@ -71,3 +172,24 @@ def test_the_entry_script_names_forms_as_phi3e2e_does():
 
     assert compute_entry.REQUIRED_FILES == REQUIRED_FILES
     assert compute_entry.FORM_FROM_PASS == FORM_FROM_PASS
+
+
+@pytest.mark.e2e
+def test_training_and_eval_loss_reach_mlflow(restarted_job, monkeypatch):
+    """Azure ML sets MLFLOW_TRACKING_URI in a job; here it is a local folder, read back with MLflow's client."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+
+    assert restarted_job.second.returncode == 0, restarted_job.second.stderr[-3000:]
+    client = MlflowClient(tracking_uri=restarted_job.mlruns.as_uri())
+    experiment = client.get_experiment_by_name("phi3e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    steps = {
+        metric: sorted(m.step for run in runs for m in client.get_metric_history(run.info.run_id, metric))
+        for metric in ("loss", "eval_loss")
+    }
+    logging_steps = restarted_job.settings.training.logging_steps
+    assert steps["loss"] and all(step % logging_steps == 0 for step in steps["loss"])
+    assert steps["loss"][-1] > restarted_job.killed_at[-1]  # the resumed attempt logged too
+    assert len(steps["eval_loss"]) >= 2  # once per epoch (the tiny profile's eval_strategy)

@@ -75,6 +75,9 @@ def test_dry_run_job_loads_with_the_sdk(tiny_project, offline, algo, data):
     for pin in ("olive-ai==0.13.0", "onnxruntime-genai-cuda==0.14.1", "torch==2.13.0", "peft==0.21.2", "requests=="):
         assert any(line.startswith(pin) for line in pip), pin
     assert any(line.startswith("bitsandbytes==") for line in pip)
+    # A CUDA 12 torch (PyPI's plain 2.13.0 is CUDA 13: driver >= 580, no V100), from PyTorch's cu126 index.
+    assert "torch==2.13.0+cu126" in pip and "--extra-index-url https://download.pytorch.org/whl/cu126" in pip
+    assert "cuda12" in job.environment.image and job.limits.timeout == 48 * 3600
     assert job.command.startswith("python phi3e2e_job.py --config olive-config.json --models-out ${{outputs.models}}")
     assert job.outputs["models"].type == "uri_folder"
 

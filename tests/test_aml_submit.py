@@ -2,7 +2,8 @@
 would go over the network.
 
 Test double: only the SDK operations that talk to Azure (compute/datastore/VM size lookups, data
-asset get / create_or_update, jobs.create_or_update / get / stream / download) and the credential's
+asset get / create_or_update, models.create_or_update, jobs.create_or_update / get / stream / download)
+and the credential's
 token request are replaced;
 a socket guard proves nothing else reaches the network. The double records what reaches it: the
 job entity, and the files the SDK would upload for it.
@@ -17,7 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 from azure.ai.ml.entities import AmlCompute, ComputeInstance, VmSize
-from azure.ai.ml.operations import ComputeOperations, DataOperations, DatastoreOperations, JobOperations
+from azure.ai.ml.operations import (
+    ComputeOperations,
+    DataOperations,
+    DatastoreOperations,
+    JobOperations,
+    ModelOperations,
+)
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ResourceNotFoundError
 from azure.identity import CredentialUnavailableError
@@ -64,6 +71,7 @@ class FakeAzureML:
     def __init__(self, job_status="Completed"):
         self.submitted = []  # (job entity, files the SDK would upload)
         self.data_assets = {}  # (name, version) -> the Data entity the SDK would upload and create
+        self.models = []  # Model entities the SDK would upload and register
         self.job_status = job_status
 
     def install(self, monkeypatch):
@@ -73,6 +81,7 @@ class FakeAzureML:
         monkeypatch.setattr(ComputeOperations, "list_sizes", lambda self, **kw: list(VM_SIZES))
         monkeypatch.setattr(DataOperations, "get", lambda self, name, version=None, **kw: fake.data(name, version))
         monkeypatch.setattr(DataOperations, "create_or_update", lambda self, data, **kw: fake.create_data(data))
+        monkeypatch.setattr(ModelOperations, "create_or_update", lambda self, model, **kw: fake.register(model))
         monkeypatch.setattr(DatastoreOperations, "get", lambda self, name, **kw: fake.datastore(name))
         monkeypatch.setattr(JobOperations, "create_or_update", lambda self, job, **kw: fake.create(job))
         monkeypatch.setattr(JobOperations, "get", lambda self, name: fake.job(name))
@@ -98,6 +107,10 @@ class FakeAzureML:
     def create_data(self, data):
         self.data_assets[(data.name, data.version)] = data
         return data
+
+    def register(self, model):
+        self.models.append(model)
+        return SimpleNamespace(name=model.name, version=str(sum(m.name == model.name for m in self.models)))
 
     def create(self, job):
         self.submitted.append((job, local_uploads(job)))
@@ -256,3 +269,51 @@ def test_setup_problems_are_one_line_before_any_upload(tiny_project, azure, monk
 def read_raw(run_dir):
     """run.json as written on disk."""
     return json.loads((run_dir / RUN_FILE).read_text())
+
+
+def test_downloaded_models_are_registered_with_their_facts_as_tags(tiny_project, azure):
+    from phi3e2e.runs import EVAL_FILE
+    from phi3e2e.train.aml.registry import register_models
+    from phi3e2e.train.aml.workspace import WorkspaceRef, connect
+
+    result = submit(tiny_project, wait=True)
+    eval_losses = {"int4": {"base": {"loss": 7.9213}, "fine_tuned": {"loss": 6.2701}, "change": -1.6512}}
+    (result.run_dir / EVAL_FILE).write_text(json.dumps({"losses": eval_losses}))
+    client = connect(WorkspaceRef(), (tiny_project.root,))
+    lines = []
+    registered = register_models(client, result.run_dir, "phi3-faq", lines.append, merged=True)
+
+    assert registered == ["phi3-faq:1", "phi3-faq-merged:1"]
+    int4, merged = azure.models
+    assert (int4.path, merged.path) == (str(result.run_dir / "onnx-int4"), str(result.run_dir / "merged"))
+    record = read_raw(result.run_dir)
+    rest = int4._to_rest_object().as_dict()["properties"]  # what Azure ML receives for the asset
+    assert rest["modelType"] == "custom_model"
+    assert rest["tags"] == {
+        "phi3e2e.run": "job1", "algo": "qlora", "base_model": record["base_model"], "form": "onnx-int4",
+        "dataset_sha256": ",".join(f"{k}={v[:16]}" for k, v in sorted(record["data_sha256"].items())),
+        "heldout_loss_int4": "6.2701", "heldout_loss_base_int4": "7.9213",
+    }  # fmt: skip
+    assert merged.tags["form"] == "merged" and record["aml"]["registered"] == registered
+    for text in [json.dumps(rest), *files_under(result.run_dir).values()]:
+        assert SUBSCRIPTION not in text
+
+
+def test_a_run_without_verified_models_is_not_registered(tiny_project, azure):
+    from phi3e2e.train.aml.registry import register_models
+    from phi3e2e.train.aml.workspace import WorkspaceRef, connect
+
+    result = submit(tiny_project)  # --no-wait: nothing downloaded yet
+    with pytest.raises(UserError, match="no verified models to register yet .`phi3e2e jobs download job1`."):
+        register_models(connect(WorkspaceRef(), (tiny_project.root,)), result.run_dir, "phi3-faq", print)
+    assert azure.models == []
+
+
+def test_serverless_spot_job_with_a_time_limit(tiny_project, azure):
+    submit(tiny_project, compute=None, instance_type="Standard_NC24ads_A100_v4", low_priority=True, timeout_h=6)
+    ((job, _),) = azure.submitted
+    rest = job._to_job()._to_rest_object().as_dict()["properties"]  # what Azure ML receives
+    assert job.compute is None and rest["resources"]["instanceType"] == "Standard_NC24ads_A100_v4"
+    assert rest["queueSettings"] == {"jobTier": "Spot"} and rest["limits"]["timeout"] == "PT6H"
+    assert {"models", "checkpoints"} <= set(job.outputs)
+    assert "--bind outputs.checkpoints=${{outputs.checkpoints}}" in job.command

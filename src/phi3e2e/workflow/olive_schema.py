@@ -115,7 +115,7 @@ class ModelBuilderPass(_Strict):
     type: Literal["ModelBuilder"]
     precision: Literal["int4", "fp16", "fp32", "bf16"]
     int4_block_size: Optional[Literal[16, 32, 64, 128, 256]] = None
-    int4_accuracy_level: Optional[Literal[0, 1, 2, 3, 4]] = None
+    int4_accuracy_level: Optional[Literal[1, 2, 3, 4]] = None  # ModelBuilder.AccuracyLevel
     int4_op_types_to_quantize: Optional[list[Literal["MatMul", "Gather", "Gemm"]]] = Field(None, min_length=1)
     int4_is_symmetric: Optional[bool] = None
 
@@ -143,6 +143,9 @@ class OliveWorkflow(_Strict):
             if getattr(self, role) not in self.systems:
                 raise ValueError(f"{role} {getattr(self, role)!r} is not one of systems {sorted(self.systems)}")
         names = {data.name for data in self.data_configs}
+        if len(names) < len(self.data_configs):  # Olive's RunConfig refuses it too, but only on the compute
+            duplicated = sorted({d.name for d in self.data_configs if [e.name for e in self.data_configs].count(d.name) > 1})
+            raise ValueError(f"data_configs: name {', '.join(map(repr, duplicated))} is used more than once")
         finetune = self.passes.finetune
         for role in ("train_data_config", "eval_data_config"):
             ref = getattr(finetune, role)

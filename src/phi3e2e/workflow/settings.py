@@ -66,7 +66,8 @@ class ExportSettings(_Section):
 
     precision: Literal["int4"] = "int4"
     int4_block_size: Optional[Literal[16, 32, 64, 128, 256]] = None
-    int4_accuracy_level: Optional[Literal[0, 1, 2, 3, 4]] = None
+    # 1-4 as Olive's ModelBuilder.AccuracyLevel (fp32, fp16, bf16, int8); Olive refuses 0
+    int4_accuracy_level: Optional[Literal[1, 2, 3, 4]] = None
     int4_op_types_to_quantize: Optional[list[Literal["MatMul", "Gather"]]] = Field(
         None, min_length=1, description='["MatMul", "Gather"] also quantizes the input embedding'
     )

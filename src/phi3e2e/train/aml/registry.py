@@ -50,7 +50,7 @@ def register_models(
     registered = []
     for form, asset_name, what in forms:
         model = Model(
-            name=asset_name, path=run_dir / form, type=AssetTypes.CUSTOM_MODEL, tags={**tags, "form": form},
+            name=asset_name, path=str(run_dir / form), type=AssetTypes.CUSTOM_MODEL, tags={**tags, "form": form},
             description=f"phi3e2e {record.algo} fine-tune of {record.base_model}: {what}",
         )  # fmt: skip
         say(f"Registering {form}/ as model {asset_name} ...")
