@@ -18,9 +18,14 @@ def is_genai_model(folder: Path) -> bool:
 
 def genai_config(folder: Path) -> dict:
     try:
-        return json.loads((folder / GENAI_CONFIG).read_text())
+        settings = json.loads((folder / GENAI_CONFIG).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{folder / GENAI_CONFIG}:{e.lineno}: invalid JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # deleted, binary, unreadable
+        raise UserError(f"{folder / GENAI_CONFIG}: cannot read it ({type(e).__name__}); rebuild the model") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{folder / GENAI_CONFIG}: expected a JSON object; rebuild the model")
+    return settings
 
 
 def built_for(settings: dict):
@@ -85,7 +90,10 @@ class GenaiEngine:
         # CPU decode streams every weight each token: on 2 MiB pages it was ~8% faster (docs/performance.md).
         if mapped_before:
             pages.collapse_new(mapped_before, pages.anonymous_regions())
-        self.tokenizer = og.Tokenizer(self.model)
+        try:
+            self.tokenizer = og.Tokenizer(self.model)
+        except Exception as e:  # a deleted or damaged tokenizer.json: the runtime's RuntimeError
+            raise UserError(f"{model_dir}: cannot load its tokenizer: {str(e).splitlines()[0][:200]}") from None
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
