@@ -102,7 +102,14 @@ def test_dry_run_job_loads_with_the_sdk(tiny_project, offline, algo, data):
         "MergeAdapterWeights",
         "ModelBuilder",
     ]
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "dry-run"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "dry-run"
+    # QLoRA trains every 4-bit linear layer whatever lora.target_modules says; run.json tells the truth.
+    assert record["trained_modules"] == (
+        "every 4-bit linear layer (Olive's QLoRA ignores lora.target_modules)"
+        if algo == "qlora"
+        else ", ".join(record["settings"]["lora"]["target_modules"])
+    )
 
 
 def test_job_serializes_without_ids_or_secrets(workspace_ids, offline):

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, computed_field
 
 from phi3e2e.errors import UserError
 from phi3e2e.workflow.settings import FinetuneSettings
@@ -107,6 +107,15 @@ class RunRecord(BaseModel):
     data_sha256: Optional[dict[str, str]] = None  # {"train.jsonl": hex, "eval.jsonl": hex} as trained on
     resumed_from: Optional[ResumePoint] = None
     aml: Optional[AmlRecord] = None
+
+    @computed_field
+    @property
+    def trained_modules(self) -> str:
+        """What the adapter really trains: Olive's QLoRA pass replaces target_modules with every 4-bit
+        linear layer (olive/passes/pytorch/lora.py), so run.json says so rather than repeat the setting."""
+        if self.algo == "qlora":
+            return "every 4-bit linear layer (Olive's QLoRA ignores lora.target_modules)"
+        return ", ".join(self.settings.lora.target_modules)
 
     def to_json(self) -> str:
         data = {key: value for key, value in self.model_dump(mode="json").items() if value is not None}
