@@ -126,7 +126,10 @@ def finetune(
     try:
         evaluation = evaluate_run(project, result.run_dir, EvalOptions(samples=2, max_rows=200), say=say)
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as e:  # the run itself is complete and verified
-        say(f"Eval skipped: {' '.join(str(e).split()) or 'interrupted'} (try `phi3e2e eval {result.run_dir.name}`)")
+        # No eval split: the reason already says how to import one; `phi3e2e eval` would fail the same way.
+        eval_file = project.resolve(result.record.dataset) / "eval.jsonl"
+        retry = f" (try `phi3e2e eval {result.run_dir.name}`)" if eval_file.is_file() and eval_file.stat().st_size else ""
+        say(f"Eval skipped: {' '.join(str(e).split()) or 'interrupted'}{retry}")
     else:
         say(f"Held-out loss on {evaluation['eval_rows']} eval rows (lower is better):")
         for line in summary_lines(evaluation):

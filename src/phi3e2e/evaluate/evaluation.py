@@ -68,7 +68,8 @@ def evaluate_run(
         for which, model_dir in models[form].items():
             label = f"{form} {which.replace('_', '-')}"
             loss = measure(model_dir, data.token_ids, base_model, progress=_progress(say, label, len(data.rows)))
-            losses[form][which] = {"loss": round(loss, 4), "perplexity": perplexity(loss), "model": str(model_dir)}
+            # Project-relative like run.json's paths, so a copied project's eval.json stays true.
+            losses[form][which] = {"loss": round(loss, 4), "perplexity": perplexity(loss), "model": project.relative(model_dir)}
             say(f"  {label:<18} loss {loss:.4f}")
         losses[form]["change"] = round(losses[form]["fine_tuned"]["loss"] - losses[form]["base"]["loss"], 4)
 
@@ -137,8 +138,11 @@ def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int) -> 
     """Greedy continuations of full prompt strings with ONNX Runtime GenAI (as `chat` runs it)."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(model_dir))
-    tokenizer = og.Tokenizer(model)
+    try:
+        model = og.Model(str(model_dir))
+        tokenizer = og.Tokenizer(model)
+    except Exception as e:  # a damaged model folder: the runtime's RuntimeError
+        raise UserError(f"{model_dir}: cannot load the model ({str(e).splitlines()[0][:200]})") from None
     answers = []
     for prompt in prompts:
         prompt_ids = tokenizer.encode(prompt)
