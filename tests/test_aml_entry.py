@@ -193,3 +193,26 @@ def test_training_and_eval_loss_reach_mlflow(restarted_job, monkeypatch):
     assert steps["loss"] and all(step % logging_steps == 0 for step in steps["loss"])
     assert steps["loss"][-1] > restarted_job.killed_at[-1]  # the resumed attempt logged too
     assert len(steps["eval_loss"]) >= 2  # once per epoch (the tiny profile's eval_strategy)
+
+
+@pytest.mark.parametrize(
+    "smi_line, message",
+    [
+        ("470.57.02, Tesla K80", "NVIDIA driver 470.57.02 on Tesla K80 is too old for the job's CUDA 12 torch "
+                                 "(needs >= 525.60.13)"),
+        ("550.54.15, NVIDIA A100 80GB PCIe", "CUDA is not usable on NVIDIA A100 80GB PCIe (driver 550.54.15, torch "),
+    ],
+)  # fmt: skip
+def test_a_node_whose_driver_or_cuda_is_unusable_ends_in_one_line(tmp_path, smi_line, message):
+    """A stand-in nvidia-smi (the node's driver) on PATH; this machine's torch has no CUDA."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho '{smi_line}'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    staged = stage_job_files(tmp_path / "run", {"input_model": {"type": "HfModel", "model_path": "m"}})
+    ran = subprocess.run(
+        [sys.executable, ENTRY_SCRIPT, "--models-out", str(tmp_path / "out")], cwd=staged.code_dir,
+        capture_output=True, text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1, ran.stderr
+    assert ran.stderr.startswith(f"phi3e2e_job: error: {message}")

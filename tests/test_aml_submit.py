@@ -317,3 +317,26 @@ def test_serverless_spot_job_with_a_time_limit(tiny_project, azure):
     assert rest["queueSettings"] == {"jobTier": "Spot"} and rest["limits"]["timeout"] == "PT6H"
     assert {"models", "checkpoints"} <= set(job.outputs)
     assert "--bind outputs.checkpoints=${{outputs.checkpoints}}" in job.command
+
+
+def test_a_network_failure_at_sign_in_is_not_called_missing_credentials(tiny_project, azure, monkeypatch):
+    from azure.core.exceptions import ServiceRequestError
+
+    class Offline(FakeCredential):
+        def get_token(self, *scopes, **kwargs):  # what azure.identity raises when login.microsoftonline.com is unreachable
+            raise ServiceRequestError("Failed to resolve 'login.microsoftonline.com' ([Errno -2] Name or service not known)")
+
+    monkeypatch.setattr(workspace, "default_credential", lambda: Offline())
+    with pytest.raises(UserError) as error:
+        submit(tiny_project)
+    assert str(error.value).startswith("cannot reach Azure to sign in (Failed to resolve 'login.microsoftonline.com'")
+    assert "no Azure credentials" not in str(error.value) and azure.submitted == []
+
+
+def test_jobs_list_with_no_runs_needs_no_workspace(tiny_project, monkeypatch):
+    from conftest import run_cli
+
+    monkeypatch.chdir(tiny_project.root)  # no config.json anywhere up from here, no credentials
+    result = run_cli("jobs", "list", project=tiny_project, env={"AZURE_CONFIG_DIR": str(tiny_project.root / "no-az")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("No Azure ML runs in gen-model/")
