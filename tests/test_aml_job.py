@@ -144,11 +144,16 @@ def test_hub_model_is_downloaded_on_the_compute(tiny_project, offline):
 @pytest.mark.parametrize(
     "options, data, message",
     [
-        ({"compute": None}, None, "needs --compute"),
+        ({"compute": None}, None, "needs --compute NAME"),
         ({"compute": "gpu a100"}, None, "not an Azure ML compute name"),
         ({"compute": "gpu-a100"}, "no-such-dataset", "data path not found"),
         ({"compute": "gpu-a100"}, "azureml:/bad path", "not an Azure ML path"),
         ({"compute": "gpu-a100", "hf_token_secret": "hf_token!"}, None, "Key Vault secret name"),
+        ({"compute": "gpu-a100", "instance_type": "Standard_NC24ads_A100_v4"}, None, "pick one"),
+        ({"compute": "gpu-a100", "low_priority": True}, None, "--low-priority is for serverless jobs"),
+        ({"compute": None, "instance_type": "NC24 A100"}, None, "expected an Azure VM size"),
+        ({"compute": "gpu-a100", "timeout_h": 0}, None, "--timeout 0: hours"),
+        ({"compute": "gpu-a100", "register": "my model"}, None, "an Azure ML asset name"),
     ],
 )
 def test_bad_aml_input_is_one_line_before_anything_is_written(tiny_project, offline, options, data, message):

@@ -64,6 +64,10 @@ def check_options(options: AmlOptions) -> None:
     if options.instance_type and not _VM_SIZE.match(options.instance_type):
         raise UserError(f"--instance-type {options.instance_type!r}: expected an Azure VM size such as "
                         "Standard_NC24ads_A100_v4")  # fmt: skip
+    if options.low_priority and options.compute:
+        # queue_settings.job_tier applies to serverless jobs; a cluster's priority is the cluster's own.
+        raise UserError("--low-priority is for serverless jobs (--instance-type); for --compute, create the cluster "
+                        "with low-priority VMs: its preempted jobs are requeued and resume the same way")  # fmt: skip
     if not 0 < options.timeout_h <= 24 * 30:
         raise UserError(f"--timeout {options.timeout_h:g}: hours, more than 0 and at most 720")
     if options.register and not _ASSET_NAME.match(options.register):
