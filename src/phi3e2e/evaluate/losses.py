@@ -7,9 +7,10 @@ graph; the PyTorch forms (merged, adapter) with transformers.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from phi3e2e.errors import UserError
 
 
 def onnx_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> float:
@@ -17,10 +18,18 @@ def onnx_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, pro
     import numpy as np
     import onnxruntime as ort
 
-    config = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
+    from phi3e2e.infer.engines.genai import GENAI_CONFIG, genai_config
+
+    try:
+        filename = genai_config(model_dir)["model"]["decoder"]["filename"]
+    except (KeyError, TypeError):
+        raise UserError(f"{model_dir / GENAI_CONFIG}: model.decoder.filename missing; rebuild the model") from None
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    session = ort.InferenceSession(str(model_dir / config["filename"]), providers=providers)
+    try:
+        session = ort.InferenceSession(str(model_dir / filename), providers=providers)
+    except Exception as e:  # deleted or truncated model.onnx / model.onnx.data: onnxruntime's own errors
+        raise UserError(f"{model_dir / filename}: cannot load the model ({str(e).splitlines()[0][:200]})") from None
     dtypes = {
         "tensor(float)": np.float32,
         "tensor(float16)": np.float16,
