@@ -104,7 +104,7 @@ def check_gpu(config: dict, allow_cpu: bool) -> dict:
 
 def use_fp16(config: dict, reason: str) -> dict:
     """bfloat16 -> float16 in the fine-tune pass (Olive then trains with fp16 mixed precision)."""
-    finetune = next((p for p in config.get("passes", {}).values() if p.get("type") in ("LoRA", "QLoRA")), {})
+    finetune = finetune_pass(config)
     changed = [key for key in ("torch_dtype", "compute_dtype") if finetune.get(key) == "bfloat16"]
     for key in changed:
         finetune[key] = "float16"
@@ -113,9 +113,12 @@ def use_fp16(config: dict, reason: str) -> dict:
     return config
 
 
+def finetune_pass(config: dict) -> dict:
+    return next((p for p in config.get("passes", {}).values() if p.get("type") in ("LoRA", "QLoRA")), {})
+
+
 def training_args(config: dict) -> dict:
-    finetune = next((p for p in config.get("passes", {}).values() if p.get("type") in ("LoRA", "QLoRA")), {})
-    return finetune.get("training_args") or {}
+    return finetune_pass(config).get("training_args") or {}
 
 
 def last_checkpoint(folder: Path) -> Path | None:
