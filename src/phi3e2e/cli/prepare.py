@@ -13,8 +13,15 @@ from phi3e2e.cli.options import ModelOption, current_project, say
 def prepare(
     model: ModelOption = None,
     tiny: Annotated[
-        bool, typer.Option("--tiny", help="Write a tiny random Phi-3 model (offline, trains in seconds on a CPU).")
-    ] = False,
+        Optional[Literal["phi3-mini", "phi3-mini-128k", "phi3-medium", "phi3.5-mini", "phi4-mini"]],
+        typer.Option(
+            "--tiny",
+            is_flag=False,
+            flag_value="phi3-mini",
+            help="Write a tiny random twin of a Phi model (offline, trains in seconds on a CPU); "
+            "--tiny alone: phi3-mini.",
+        ),
+    ] = None,
     data: Annotated[
         Optional[Path],
         typer.Option("--data", help="Data file to import (CSV, JSON array or JSONL); default: bundled sample."),
@@ -55,6 +62,7 @@ def prepare(
     \b
       phi3e2e prepare                   # Phi-3-mini-4k-instruct + sample data
       phi3e2e prepare --tiny            # a tiny offline model to try things
+      phi3e2e prepare --tiny phi4-mini  # a tiny twin of Phi-4-mini
       phi3e2e prepare --data TruthfulQA.csv
       phi3e2e prepare --data faq.csv --question-col 问题 --answer-col 答案
       phi3e2e prepare --data chats.jsonl --name support --eval-split 0.05
@@ -67,7 +75,7 @@ def prepare(
     project = current_project()
     options = ImportOptions(data_format, encoding, question_col, answer_col, eval_split, seed, max_length)
     prepared = run_prepare(
-        project, model=model, tiny=tiny, data=data, dataset_name=name, revision=revision, options=options, say=say
+        project, model=model, tiny=tiny or False, data=data, dataset_name=name, revision=revision, options=options, say=say
     )
     if prepared.dataset_summary:
         for line in describe(prepared.dataset_summary):

@@ -19,7 +19,7 @@ class EvalRows:
 
 
 def load_eval_rows(dataset_dir: Path, base_model: Path, data_settings: DataSettings, max_rows: Optional[int]) -> EvalRows:
-    from phi3e2e.chat_format import chat_prompt, last_user_turn, split_prompt
+    from phi3e2e.chat_format import ChatFormat
     from phi3e2e.workflow.training_text import load_tokenizer, render, training_token_ids
 
     eval_file = dataset_dir / "eval.jsonl"
@@ -32,6 +32,7 @@ def load_eval_rows(dataset_dir: Path, base_model: Path, data_settings: DataSetti
     rows = rows[:max_rows] if max_rows else rows
     template = data_settings.text_template
     tokenizer = load_tokenizer(base_model)
+    chat_format = ChatFormat.of_tokenizer(tokenizer)  # the prompts as the model's chat template writes them
     token_ids, prompts = [], []
     for lineno, row in enumerate(rows, 1):
         try:
@@ -41,8 +42,8 @@ def load_eval_rows(dataset_dir: Path, base_model: Path, data_settings: DataSetti
         token_ids.append(training_token_ids(tokenizer, text, data_settings.max_length))
         if "Question" in row and "Best Answer" in row:
             question = str(row["Question"])
-            prompts.append((question, chat_prompt([], question), str(row["Best Answer"])))
+            prompts.append((question, chat_format.prompt([], question), str(row["Best Answer"])))
         else:
-            prompt, reference = split_prompt(text)
-            prompts.append((last_user_turn(prompt), prompt, reference))
+            prompt, reference = chat_format.split_prompt(text)
+            prompts.append((chat_format.last_user_turn(prompt), prompt, reference))
     return EvalRows(rows, token_ids, prompts)

@@ -1,4 +1,4 @@
-"""A conversation in the Phi-3 chat format with any model form, streaming tokens.
+"""A conversation in the model's own chat format with any model form, streaming tokens.
 
 The history kept within the model's context, Ctrl-C handling and the timing
 live here once; the engines (engines/genai.py, engines/hf.py) only encode and generate.
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from phi3e2e.chat_format import chat_prompt
+from phi3e2e.chat_format import ChatFormat
 from phi3e2e.errors import UserError
 from phi3e2e.infer.engines import Engine
 from phi3e2e.infer.generation import Answer, GenerationOptions
@@ -44,6 +44,9 @@ class ChatSession:
 
             self.engine = open_model(Path(self.model_dir), self.device, self.base, self.threads)
         self.context_length = self.engine.context_length
+        # The model's own chat template: the HF engine's tokenizer carries it, an int4 folder has its file.
+        template = getattr(getattr(self.engine, "tokenizer", None), "chat_template", None)
+        self.chat_format = ChatFormat(template) if isinstance(template, str) else ChatFormat.of_folder(self.model_dir)
 
     @property
     def form(self) -> str:
@@ -53,7 +56,7 @@ class ChatSession:
         """The prompt for `user`'s turn, dropping the oldest turns until it leaves room for an answer."""
         room = self.context_length - self.options.max_new_tokens
         while True:
-            tokens = self.engine.encode(chat_prompt(self.turns, user, self.system))
+            tokens = self.engine.encode(self.chat_format.prompt(self.turns, user, self.system))
             if len(tokens) <= room or not self.turns:
                 break
             self.turns.pop(0)

@@ -9,8 +9,9 @@ with that model's tokenizer afterwards:
 
 Record shapes: Q&A columns, Alpaca instruction/input/output, and chat `messages`. Q&A-like
 data is stored as {"Question", "Best Answer"} rows for the recipe's text template; chats
-with a system prompt or several turns are stored rendered in the Phi-3 chat format as a
-"text" column, with text template "{text}".
+with a system prompt or several turns are stored rendered in the model's chat format (Phi-3's
+until `prepare` knows the model: LoadedDataset.in_format) as a "text" column, with text
+template "{text}".
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import re
 import shutil
 import statistics
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from phi3e2e.chat_format import RECIPE_TEXT_TEMPLATE, ROLE_TAGS, render_chat
+from phi3e2e.chat_format import RECIPE_TEXT_TEMPLATE, ROLE_TAGS, ChatFormat, render_chat
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.data_formats import RawFile, Record, read_data_file
 from phi3e2e.workflow.training_text import render
@@ -53,9 +54,16 @@ class LoadedDataset:
     wheres: list[str]  # where each row came from (line/record)
     rows_read: int
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> where (line/record)
+    conversations: list[list[tuple[str, str]]] = field(default_factory=list)  # each row's turns
 
     def rendered(self) -> list[str]:
         return [render(self.text_template, row) for row in self.rows]
+
+    def in_format(self, chat_format: ChatFormat) -> "LoadedDataset":
+        """The rows as the model's chat format writes them: Q&A rows by its Q&A text template, chats re-rendered."""
+        if self.text_template == RECIPE_TEXT_TEMPLATE:
+            return replace(self, text_template=chat_format.qa_text_template())
+        return replace(self, rows=[{TEXT: chat_format.conversation_text(turns)} for turns in self.conversations])
 
 
 @dataclass
@@ -88,7 +96,7 @@ def load_dataset(
     # Plain question -> answer data keeps the recipe's columns; anything richer is rendered text.
     single_turn = all(len(m) == 2 and m[0][0] == "user" for _, m in pairs)
     template = RECIPE_TEXT_TEMPLATE if single_turn else CHAT_TEXT_TEMPLATE
-    rows, wheres, seen = [], [], set()
+    rows, wheres, conversations, seen = [], [], [], set()
     for record, messages in pairs:
         row = {QUESTION: messages[0][1], ANSWER: messages[1][1]} if single_turn else {TEXT: render_chat(messages)}
         key = tuple(row.values())
@@ -98,7 +106,10 @@ def load_dataset(
         seen.add(key)
         rows.append(row)
         wheres.append(record.where)
-    return LoadedDataset(source, raw.format, shape, fields, template, rows, wheres, len(raw.records), dropped)
+        conversations.append(messages)
+    return LoadedDataset(
+        source, raw.format, shape, fields, template, rows, wheres, len(raw.records), dropped, conversations
+    )
 
 
 def _detect_shape(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from phi3e2e.chat_format import render_chat
+from phi3e2e.chat_format import ChatFormat
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.dataset_import import LoadedDataset, check_name, default_name, load_dataset, write_dataset
 from phi3e2e.prepare.models import (
@@ -54,7 +54,7 @@ def prepare(
     project: Project,
     *,
     model: Optional[str] = None,
-    tiny: bool = False,
+    tiny: bool | str = False,
     data: Optional[Path] = None,
     dataset_name: Optional[str] = None,
     revision: Optional[str] = None,
@@ -80,7 +80,8 @@ def prepare(
         )
 
     if tiny:
-        model_dir = _write_tiny(project, loaded, project.resolve(recorded.get("dataset") or "."), say)
+        twin = "phi3-mini" if tiny is True else tiny
+        model_dir = _write_tiny(project, twin, loaded, project.resolve(recorded.get("dataset") or "."), say)
     elif model and looks_like_local_path(model):
         model_dir = Path(model).expanduser().resolve()
         check_model_folder(model_dir)
@@ -102,12 +103,14 @@ def prepare(
 
 
 def _write(project: Project, loaded: LoadedDataset, name: str, model_dir: Path, options: ImportOptions, say):
+    from phi3e2e.workflow.model_family import profile_for
     from phi3e2e.workflow.settings import build_settings
     from phi3e2e.workflow.training_text import load_tokenizer
 
     max_length = options.max_length
     if max_length is None:
-        max_length = build_settings("tiny" if is_tiny_model(model_dir) else "phi3-mini", {}).data.max_length
+        max_length = build_settings("tiny" if is_tiny_model(model_dir) else profile_for(model_dir), {}).data.max_length
+    loaded = loaded.in_format(ChatFormat.of_folder(model_dir))  # the model's own chat format
     try:
         tokenizer = load_tokenizer(model_dir)
     except Exception as e:  # a model folder whose tokenizer transformers cannot read
@@ -128,20 +131,30 @@ def _still_there(project: Project, recorded_path: Optional[str]) -> bool:
     return bool(recorded_path) and project.resolve(recorded_path).exists()
 
 
-def _write_tiny(project: Project, loaded: Optional[LoadedDataset], dataset_dir: Path, say) -> Path:
-    """The tiny model; its tokenizer learns from the dataset so that text tokenizes compactly."""
+def _write_tiny(project: Project, twin: str, loaded: Optional[LoadedDataset], dataset_dir: Path, say) -> Path:
+    """The tiny model (a twin of `twin`); its tokenizer learns from the dataset so that text tokenizes compactly."""
     from phi3e2e.prepare.tiny_model import write_tiny_model
+    from phi3e2e.workflow.model_family import MEMBERS
 
-    model_dir = project.model_cache / TINY_MODEL_DIR
+    if twin not in MEMBERS:
+        raise UserError(f"--tiny {twin!r}: no such twin; choose one of {', '.join(MEMBERS)}")
+    model_dir = project.model_cache / tiny_model_dir(twin)
     if is_tiny_model(model_dir):
         say(f"Tiny model already in {project.relative(model_dir)}/")
         return model_dir
-    say(f"Writing a tiny random-weight Phi-3 model into {project.relative(model_dir)}/ ...")
+    say(f"Writing a tiny random-weight twin of {MEMBERS[twin].hub_id} into {project.relative(model_dir)}/ ...")
     corpus = [" ".join(row.values()) for row in loaded.rows] if loaded else []
     files = [sample_dataset()] + ([] if loaded else sorted(dataset_dir.glob("*.jsonl")))
     for split_file in files:
         with open(split_file, encoding="utf-8") as f:
             corpus.extend(" ".join(str(v) for v in json.loads(line).values()) for line in f if line.strip())
-    corpus.append(render_chat([("system", "You are helpful."), ("user", "Hi"), ("assistant", "Hello!")]))
-    write_tiny_model(model_dir, corpus)
+    # Chat markup in the twin's own format, so its tokenizer learns the merges around it.
+    greeting = [("system", "You are helpful."), ("user", "Hi"), ("assistant", "Hello!")]
+    corpus.append(ChatFormat(MEMBERS[twin].chat_template).conversation_text(greeting))
+    write_tiny_model(model_dir, corpus, twin=twin)
     return model_dir
+
+
+def tiny_model_dir(twin: str) -> str:
+    """model-cache/tiny-phi3 for phi3-mini (as before twins existed), tiny-<twin> for the others."""
+    return TINY_MODEL_DIR if twin == "phi3-mini" else f"tiny-{twin}"

@@ -21,6 +21,7 @@ from phi3e2e.errors import UserError
 from phi3e2e.prepare.models import check_model_folder, is_tiny_model
 from phi3e2e.project import Project
 from phi3e2e.train.inputs import RunInputs
+from phi3e2e.workflow.model_family import profile_for
 from phi3e2e.train.plan import CHECKPOINTS, OLIVE_CACHE, OLIVE_OUTPUT, FinetuneResult, RunPlan
 
 
@@ -50,7 +51,7 @@ def local_inputs(project: Project, model: Optional[str], data: Optional[str]) ->
         eval_file=str(eval_file) if has_eval else None,
         model_label=project.relative(model_dir),
         dataset_label=project.relative(dataset_dir),
-        profile="tiny" if is_tiny_model(model_dir) else "phi3-mini",
+        profile="tiny" if is_tiny_model(model_dir) else profile_for(model_dir),
         model_dir=model_dir,
         dataset_dir=dataset_dir,
         local_train_file=train_file,

@@ -116,17 +116,31 @@ def builds_for_cpu(algo: Algo, target: Target) -> bool:
 
 def choose_settings(inputs: RunInputs, set_args: list[str]) -> FinetuneSettings:
     """Recipe defaults, the profile for this model, the dataset's text template, then --set."""
-    overrides: dict[str, object] = {}
+    from phi3e2e.workflow.model_family import model_overrides
+
+    overrides: dict[str, object] = model_overrides(inputs.model_dir, inputs.profile) if inputs.model_dir else {}
     summary_file = inputs.dataset_dir / "summary.json" if inputs.dataset_dir else None
     if summary_file and summary_file.is_file():
         template = json.loads(summary_file.read_text()).get("text_template")
-        if template:
+        # Q&A rows take the model's own chat format (above); a chat dataset's rendered "{text}" stays.
+        if template and not ("data.text_template" in overrides and QA_COLUMNS <= template_columns(template)):
             overrides["data.text_template"] = template
     overrides.update(parse_override(arg) for arg in set_args)
     settings = build_settings(inputs.profile, overrides)
     if inputs.local_train_file:
         check_template_columns(settings.data.text_template, inputs.local_train_file)
+    if inputs.model_dir:  # before anything runs: a target the model lacks would train nothing there
+        from phi3e2e.workflow.model_family import check_target_modules
+
+        check_target_modules(inputs.model_dir, settings.lora.target_modules)
     return settings
+
+
+QA_COLUMNS = {"Question", "Best Answer"}
+
+
+def template_columns(text_template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text_template) if name}
 
 
 def fit_tiny_budget(settings: FinetuneSettings, inputs: RunInputs, set_args: list[str]) -> Optional[str]:

@@ -84,7 +84,16 @@ class FinetuneSettings(_Section):
 
 # Overrides on top of the recipe defaults, chosen by the model being fine-tuned.
 PROFILES: dict[str, dict[str, object]] = {
+    # The Phi family (workflow/model_family.py, chosen from the model's config.json): every member has
+    # the recipe's LoRA targets and at least 4k context, so the recipe applies as is; what differs
+    # (chat format, context) is read from the model itself (model_family.model_overrides).
     "phi3-mini": {},
+    "phi3-mini-128k": {},  # Phi-3.5-mini too: the same config shape
+    "phi3-medium": {},
+    "phi4-mini": {},
+    # Outside the family: the recipe's values; lora.target_modules must name the model's own layers
+    # (checked against its weights before anything runs).
+    "other": {},
     # The tiny random model has nothing to preserve: train every linear layer hard and fast.
     "tiny": {
         "lora.r": 16,
