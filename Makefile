@@ -16,19 +16,27 @@ $(STAMP): setup/requirements.txt setup/requirements-azure.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# The main job on the built-in tiny model and the sample data, offline.
+# The main job on the built-in tiny model and the sample data, offline, whatever the user has
+# prepared: the tiny model and the sample live in their own project folder, $(DEMO)/, and the run
+# in gen-model/demo-<time>/ (so `phi3e2e runs` lists it). phi3e2e.json and other runs are untouched.
+DEMO := .demo
+DEMO_RUN := demo-$(shell date +%Y%m%d-%H%M%S)
 demo: install
-	$(BIN)/phi3e2e prepare --tiny
-	$(BIN)/phi3e2e finetune --algo lora
-	$(BIN)/phi3e2e chat --prompt "$(DEMO_PROMPT)"
+	PHI3E2E_PROJECT_DIR=$(DEMO) $(BIN)/phi3e2e prepare --tiny
+	PHI3E2E_PROJECT_DIR=$(CURDIR) $(BIN)/phi3e2e finetune --algo lora --run-name $(DEMO_RUN) \
+		--model $(DEMO)/model-cache/tiny-phi3 --data $(DEMO)/datasets/sample
+	PHI3E2E_PROJECT_DIR=$(CURDIR) $(BIN)/phi3e2e chat --model gen-model/$(DEMO_RUN) --prompt "$(DEMO_PROMPT)"
 
 # The playground's browser test drives Debian's chromium (CI runs as root on a fresh machine).
 test: install
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
+# Only what `make demo` made: its project folder and its runs (gen-model/demo-*, with their
+# checkpoints and locks). The user's models, data, choices and runs stay. (The base int4 build
+# eval cached in model-cache/.onnx-int4/ is a cache, kept like any other.)
 clean-demo:
-	rm -rf gen-model/[!R]* gen-model/.*.partial model-cache/tiny-phi3 datasets/sample phi3e2e.json
+	rm -rf $(DEMO) gen-model/demo-* gen-model/.demo-*.partial gen-model/.checkpoints/demo-* gen-model/.locks/demo-*.lock
 
 # llama.cpp as a benchmark peer, in its own venv (never one of phi3e2e's dependencies):
 # llama-cpp-python built from its PyPI source distribution (6-10 minutes on 2 cores), and the
