@@ -1,7 +1,9 @@
 """The project folder: where models, datasets and runs live, and what `prepare` chose.
 
-A project is the current folder (or $PHI3E2E_PROJECT_DIR). `prepare` records the model and
-dataset it set up in phi3e2e.json, so `finetune` needs no flags afterwards.
+A project is $PHI3E2E_PROJECT_DIR, else the nearest folder at or above the current one that
+holds phi3e2e.json or the project layout (model-cache/ and gen-model/), else the current folder
+(where `prepare` or `init` starts one). `prepare` records the model and dataset it set up in
+phi3e2e.json, so `finetune` needs no flags afterwards.
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ from phi3e2e.errors import UserError
 PROJECT_FILE = "phi3e2e.json"
 
 
+def is_project(folder: Path) -> bool:
+    return (folder / PROJECT_FILE).is_file() or all((folder / name).is_dir() for name in ("model-cache", "gen-model"))
+
+
 @dataclass(frozen=True)
 class Project:
     root: Path
 
     @classmethod
     def current(cls) -> "Project":
-        return cls(Path(os.environ.get("PHI3E2E_PROJECT_DIR") or Path.cwd()).resolve())
+        if os.environ.get("PHI3E2E_PROJECT_DIR"):
+            return cls(Path(os.environ["PHI3E2E_PROJECT_DIR"]).resolve())
+        here = Path.cwd().resolve()
+        # From any subfolder (`cd docs && phi3e2e chat`), the project is the folder above that holds it.
+        return cls(next((folder for folder in (here, *here.parents) if is_project(folder)), here))
 
     @property
     def model_cache(self) -> Path:
