@@ -19,9 +19,9 @@ from typing import Callable, Optional
 
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
+from phi3e2e.runs import ONNX_INT4
 from phi3e2e.serve.errors import ApiError
 
-INT4_FORM = "onnx-int4"
 BASE_PREFIX = "base/"  # run names cannot hold "/", so a base id never clashes with a run
 MAX_EXAMPLES = 50
 
@@ -56,13 +56,13 @@ class Catalog:
         self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         if self.default_id not in {model.id for model in self.refresh()}:
-            raise UserError(f"run {self.default_id}: no {INT4_FORM}/ model in it to serve")
+            raise UserError(f"run {self.default_id}: no {ONNX_INT4}/ model in it to serve")
 
     def refresh(self) -> list[ServedModel]:
         found: dict[str, ServedModel] = {}
         bases: dict[tuple[str, str], list[Path]] = {}  # (base folder, options) -> runs built that way
         for run in _finished_runs(self.project):
-            if not (run.run_dir / INT4_FORM / "genai_config.json").is_file():
+            if not (run.run_dir / ONNX_INT4 / "genai_config.json").is_file():
                 continue
             if run.base_model is not None and run.base_model.is_dir() and run.int4_options is not None:
                 build = (str(run.base_model), json.dumps(run.int4_options, sort_keys=True))
@@ -95,7 +95,7 @@ class Catalog:
     def model_dir(self, model: ServedModel) -> Path:
         """The int4 folder to load; a base model is built here on its first use (minutes for Phi-3-mini)."""
         if model.kind == "fine-tuned":
-            return model.run_dir / INT4_FORM
+            return model.run_dir / ONNX_INT4
         from phi3e2e.evaluate.base_int4 import cached_base_int4
 
         try:
@@ -105,12 +105,13 @@ class Catalog:
 
     def examples(self, model_id: str) -> list[dict]:
         """The run's held-out questions with their reference answers (its dataset's eval.jsonl)."""
-        from phi3e2e.chat_format import last_user_turn, split_prompt
+        from phi3e2e.chat_format import ChatFormat
 
         model = self.get(model_id)
         if model.dataset is None:
             return []
         eval_file = model.dataset / "eval.jsonl"
+        chat_format = ChatFormat.of_folder(model.run_dir / ONNX_INT4)
         examples = []
         try:
             with open(eval_file, encoding="utf-8") as f:
@@ -118,9 +119,9 @@ class Catalog:
                     row = json.loads(line) if line.strip() else {}
                     if "Question" in row and "Best Answer" in row:
                         examples.append({"question": str(row["Question"]), "reference": str(row["Best Answer"])})
-                    elif "text" in row:  # a chat rendered in the Phi-3 format (dataset_import)
-                        prompt, reference = split_prompt(str(row["text"]))
-                        examples.append({"question": last_user_turn(prompt), "reference": reference})
+                    elif "text" in row:  # a chat rendered in the model's chat format (dataset_import)
+                        prompt, reference = chat_format.split_prompt(str(row["text"]))
+                        examples.append({"question": chat_format.last_user_turn(prompt), "reference": reference})
                     if len(examples) >= MAX_EXAMPLES:
                         break
         except (OSError, json.JSONDecodeError):

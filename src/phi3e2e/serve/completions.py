@@ -17,7 +17,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from phi3e2e.chat_format import messages_prompt
 from phi3e2e.infer.generation import GenerationOptions
 from phi3e2e.serve.errors import ApiError, error_body
 from phi3e2e.serve.registry import ModelRegistry
@@ -44,7 +43,7 @@ async def chat_completion(body: ChatCompletionRequest, request: Request, registr
             registry.release(model.id)
 
     try:
-        job.prompt_tokens = loaded.engine.encode(messages_prompt(body.turns()))
+        job.prompt_tokens = loaded.engine.encode(loaded.chat_format.messages_prompt(body.turns()))
         job.options = _options(body, len(job.prompt_tokens), loaded.engine.context_length)
         job.stops, job.seed = body.stops(), body.seed
         job.kv_bytes = (len(job.prompt_tokens) + job.options.max_new_tokens) * loaded.kv_bytes_per_token

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from phi3e2e.chat_format import ChatFormat
 from phi3e2e.errors import UserError
 from phi3e2e.serve.catalog import Catalog
 from phi3e2e.serve.errors import ApiError
@@ -25,6 +26,7 @@ GIB = 1 << 30
 @dataclass
 class Loaded:
     engine: Any  # GenaiEngine
+    chat_format: ChatFormat  # the model's own chat template (chat_template.jinja in its folder)
     bytes: int
     kv_bytes_per_token: int
     users: int = 0
@@ -68,7 +70,8 @@ class ModelRegistry:
             except UserError as e:
                 raise ApiError(500, f"{model.id}: {e}", "server_error") from None
             self.say(f"Loaded {model.id} in {time.monotonic() - start:.1f} s")
-            loaded = Loaded(engine, size, _kv_bytes_per_token(engine, self.device), users=1, last_used=time.monotonic())
+            loaded = Loaded(engine, ChatFormat.of_folder(model_dir), size, _kv_bytes_per_token(engine, self.device),
+                            users=1, last_used=time.monotonic())
             with self._lock:
                 self._loaded[model.id] = loaded
             return loaded
