@@ -103,7 +103,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_and_its_name_is_refused
     # loss is past the checkpoint's epoch (a fresh start would log epoch ~0.4 first).
     assert f"Resuming training at {last}" in (run_dir / runs.OLIVE_LOG).read_text()
     history = [json.loads(line) for line in (run_dir / runs.TRAIN_LOG).read_text().splitlines()]
-    assert history[0]["epoch"] > epoch_at_checkpoint
+    assert history[0]["epoch"] > epoch_at_checkpoint and history[0]["step"] > step  # train-log counts on from it
     # Scratch is gone once the run succeeded; the log of the killed attempt is kept beside the new one.
     assert not checkpoints.exists() and not (run_dir / "olive-output").exists()
     assert list(run_dir.glob("olive-before-resume-*.log"))

@@ -106,6 +106,10 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
 
         log_file = staging / runs.OLIVE_LOG
         history = run_olive(config_file, log_file, say, verbose=verbose)
+        if record.resumed_from and history:  # the progress reader counts from 0; training went on from the checkpoint
+            last = max(entry["step"] for entry in history)  # the end of training: total steps
+            for entry in history:
+                entry["step"] = min(entry["step"] + record.resumed_from.step, last)
         write_history(staging, history)
         collect_forms(staging / OLIVE_OUTPUT, staging, log_file)
         if missing := runs.missing_outputs(staging):
