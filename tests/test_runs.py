@@ -76,7 +76,7 @@ def test_runs_table_shows_a_broken_run_as_a_row_not_an_error(runs_project):
     assert lines[0].split()[:3] == ["run", "status", "algo"]
     e2e = next(line for line in lines if line.startswith("e2e "))
     record = read_record(runs_project.gen_model / "e2e")
-    assert f"{record.train_loss.first:.3f} -> {record.train_loss.last:.3f}" in e2e
+    assert f"{record.train_loss.first:.2f} -> {record.train_loss.last:.2f}" in e2e
     assert " done " in e2e and "tiny-phi3" in e2e
     assert any(line.startswith("broken ") and " broken " in line for line in lines)
     assert any(line.startswith("broken: gen-model/broken/run.json: not a readable run record") for line in lines)

@@ -204,7 +204,7 @@ def compare_runs(project: Project, first: str, second: str) -> Comparison:
             ("training loss, last", "train_loss_last"),
             ("held-out loss, base int4", "eval_loss_base"),
             ("held-out loss, fine-tuned int4", "eval_loss_fine_tuned"),
-            ("duration (s)", "duration_s"),
+            ("duration", "duration_s"),
         )
     ]
     return Comparison((a.row.name, b.row.name), differing, measures)

@@ -43,33 +43,31 @@ def runs(ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("run", "status", "algo", "target", "base model", "dataset", "steps", "train loss",
-                   "held-out loss", "duration", "age"):  # fmt: skip
-        table.add_column(column, justify="right" if column in ("steps", "duration", "age") else "left")
     now = datetime.now(timezone.utc)
-    for row in rows:
-        if row.problem:
-            table.add_row(row.name, row.status, *[""] * 8, _age(row.when, now))
-            continue
-        table.add_row(
-            row.name,
-            _status(row.status),
-            row.algo or "",
-            row.target or "",
-            _last_part(row.base_model),
-            _last_part(row.dataset),
-            "" if row.steps is None else str(row.steps),
-            _arrow(row.train_loss_first, row.train_loss_last),
-            _arrow(row.eval_loss_base, row.eval_loss_fine_tuned),
-            _duration(row.duration_s),
-            _age(row.when, now),
-        )
-    _console().print(table)
+    columns = ["run", "status", "algo", "target", "base model", "dataset", "steps", "train loss",
+               "held-out loss", "time", "age"]  # fmt: skip
+    cells = [_cells(row, now) for row in rows]
+    console = _console()
+    # Never a wrapped or cut cell: on a narrow terminal the least needed columns go instead
+    # (`--json` and `runs show` have everything).
+    for optional in ("target", "dataset", "base model", "age"):
+        width = sum(max(len(text) for text in [name, *(line[i] for line in cells)]) + 1 for i, name in enumerate(columns))
+        if width <= console.width:
+            break
+        index = columns.index(optional)
+        columns.pop(index)
+        cells = [line[:index] + line[index + 1 :] for line in cells]
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("steps", "time", "age") else "left", no_wrap=True)
+    for line in cells:
+        table.add_row(*line)
+    console.print(table)
     for row in rows:
         if row.problem:  # whole, below the table: the reason is the part worth reading
             say(f"{row.name}: {row.problem}")
-    say("held-out loss: base int4 -> fine-tuned int4 (`phi3e2e eval RUN`); details: `phi3e2e runs show RUN`")
+    say("held-out loss: base int4 -> fine-tuned int4 (`phi3e2e eval RUN`); time: how long it ran; "
+        "details: `phi3e2e runs show RUN`")
 
 
 @app.command()
@@ -163,7 +161,8 @@ def compare(first: RunName, second: RunName) -> None:
         table.add_row("settings", "the same", "the same")
     table.add_section()
     for label, value_a, value_b in comparison.measures:
-        table.add_row(label, _number(value_a), _number(value_b))
+        show = _duration if label.startswith("duration") else _number
+        table.add_row(label, show(value_a) or "-", show(value_b) or "-")
     _console().print(table)
 
 
@@ -192,6 +191,24 @@ def rm(
     say(f"Deleted {project.relative(folder)}/")
 
 
+def _cells(row, now: datetime) -> list[str]:
+    if row.problem:
+        return [row.name, row.status, *[""] * 8, _age(row.when, now)]
+    return [
+        row.name,
+        _status(row.status),
+        row.algo or "",
+        row.target or "",
+        _last_part(row.base_model),
+        _last_part(row.dataset),
+        "" if row.steps is None else str(row.steps),
+        _arrow(row.train_loss_first, row.train_loss_last, digits=2),  # the table: 2 decimals; `show`: 3
+        _arrow(row.eval_loss_base, row.eval_loss_fine_tuned, digits=2),
+        _duration(row.duration_s),
+        _age(row.when, now),
+    ]
+
+
 def _console():
     from rich.console import Console
 
@@ -208,16 +225,16 @@ def _last_part(path: Optional[str]) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] if path else ""
 
 
-def _arrow(first: Optional[float], last: Optional[float]) -> str:
+def _arrow(first: Optional[float], last: Optional[float], digits: int = 3) -> str:
     if first is None and last is None:
         return ""
-    return f"{_number(first)} -> {_number(last)}"
+    return f"{_number(first, digits)} -> {_number(last, digits)}"
 
 
-def _number(value) -> str:
+def _number(value, digits: int = 3) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -237,7 +254,7 @@ def _age(when: Optional[str], now: datetime) -> str:
     seconds = (now - (then if then.tzinfo else then.replace(tzinfo=timezone.utc))).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
+            return f"{int(seconds // size)}{unit}"
     return "just now"
 
 
