@@ -1,7 +1,7 @@
 """The Phi family end to end: each member's tiny twin through the whole real pipeline, profiles read
 from the model's config, each model's own chat format, and LoRA targets checked against the weights.
 
-The twins are made offline (`prepare --tiny NAME`); the Hub downloads use tests/fake_hub.py on
+The twins are made offline (`prepare --twin NAME`); the Hub downloads use tests/fake_hub.py on
 127.0.0.1 (only the network boundary is replaced). phi3-mini's twin is today's tiny model, whose
 pipeline tests/test_e2e.py runs (the `finished_run` fixture); the four others run here.
 """
@@ -16,7 +16,6 @@ from fake_hub import FakeHub
 from phi3e2e.chat_format import ChatFormat, chat_prompt, split_prompt
 from phi3e2e.errors import UserError
 from phi3e2e.infer.chat import ChatSession, GenerationOptions
-from phi3e2e.prepare.prepare_project import prepare
 from phi3e2e.project import Project
 from phi3e2e.train.aml.job import AmlOptions
 from phi3e2e.train.finetune import finetune
@@ -28,13 +27,15 @@ PHI3_LINEAR = ["down_proj", "gate_up_proj", "lm_head", "o_proj", "qkv_proj"]
 
 @pytest.fixture(scope="session")
 def twin_template(tmp_path_factory):
-    """prepare --tiny NAME into a project of its own, once per twin; copy it, don't modify it."""
+    """prepare --twin NAME into a project of its own, once per twin; copy it, don't modify it."""
     made = {}
 
     def make(name: str) -> Project:
         if name not in made:
             project = Project(tmp_path_factory.mktemp(f"twin-{name}"))
-            prepare(project, tiny=name, say=quiet)
+            result = run_cli("prepare", "--twin", name, project=project)  # as a user types it
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert f"Model:   model-cache/tiny-{name}" in result.stdout
             made[name] = project
         return made[name]
 
@@ -108,7 +109,7 @@ def test_each_chat_template_renders_prompts_and_training_text(member):
 
 @pytest.mark.parametrize("name", NEW_TWINS)
 def test_twin_runs_the_whole_pipeline(twin_template, tmp_path, name):
-    """prepare --tiny NAME -> LoRA -> merge -> int4 -> eval -> chat with all three forms; QLoRA and Azure ML
+    """prepare --twin NAME -> LoRA -> merge -> int4 -> eval -> chat with all three forms; QLoRA and Azure ML
     dry-runs render and validate. A few training steps: the pipeline, not the quality, is under test."""
     project = copy_project(twin_template(name), tmp_path)
     member = MEMBERS[name]
@@ -157,6 +158,12 @@ def test_chat_session_speaks_the_models_own_format(twin_template, finished_run):
     assert session.chat_format.prompt([], "Hi") == chat_prompt([], "Hi")  # Phi-3-mini's format, as before
     phi4 = ChatFormat.of_folder(twin_template("phi4-mini").model_cache / "tiny-phi4-mini")
     assert phi4.template == MEMBERS["phi4-mini"].chat_template
+
+
+def test_an_unknown_twin_is_one_line(tmp_path):
+    result = run_cli("prepare", "--twin", "phi5", project=Project(tmp_path))
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "phi4-mini" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "model-cache").exists()
 
 
 def test_a_target_module_the_model_lacks_is_refused_before_olive(tiny_project):

@@ -13,14 +13,13 @@ from phi3e2e.cli.options import ModelOption, current_project, say
 def prepare(
     model: ModelOption = None,
     tiny: Annotated[
+        bool, typer.Option("--tiny", help="Write a tiny random Phi-3 model (offline, trains in seconds on a CPU).")
+    ] = False,
+    # A separate option, not an optional value of --tiny: typer 0.29 parses its own options and
+    # ignores click's flag_value, so `--tiny` at the end of a line would demand a value.
+    twin: Annotated[
         Optional[Literal["phi3-mini", "phi3-mini-128k", "phi3-medium", "phi3.5-mini", "phi4-mini"]],
-        typer.Option(
-            "--tiny",
-            is_flag=False,
-            flag_value="phi3-mini",
-            help="Write a tiny random twin of a Phi model (offline, trains in seconds on a CPU); "
-            "--tiny alone: phi3-mini.",
-        ),
+        typer.Option("--twin", help="Write a tiny random twin of this Phi model instead (implies --tiny)."),
     ] = None,
     data: Annotated[
         Optional[Path],
@@ -62,7 +61,7 @@ def prepare(
     \b
       phi3e2e prepare                   # Phi-3-mini-4k-instruct + sample data
       phi3e2e prepare --tiny            # a tiny offline model to try things
-      phi3e2e prepare --tiny phi4-mini  # a tiny twin of Phi-4-mini
+      phi3e2e prepare --twin phi4-mini  # a tiny twin of Phi-4-mini
       phi3e2e prepare --data TruthfulQA.csv
       phi3e2e prepare --data faq.csv --question-col 问题 --answer-col 答案
       phi3e2e prepare --data chats.jsonl --name support --eval-split 0.05
@@ -75,7 +74,7 @@ def prepare(
     project = current_project()
     options = ImportOptions(data_format, encoding, question_col, answer_col, eval_split, seed, max_length)
     prepared = run_prepare(
-        project, model=model, tiny=tiny or False, data=data, dataset_name=name, revision=revision, options=options, say=say
+        project, model=model, tiny=twin or tiny, data=data, dataset_name=name, revision=revision, options=options, say=say
     )
     if prepared.dataset_summary:
         for line in describe(prepared.dataset_summary):

@@ -137,7 +137,7 @@ def _write_tiny(project: Project, twin: str, loaded: Optional[LoadedDataset], da
     from phi3e2e.workflow.model_family import MEMBERS
 
     if twin not in MEMBERS:
-        raise UserError(f"--tiny {twin!r}: no such twin; choose one of {', '.join(MEMBERS)}")
+        raise UserError(f"--twin {twin!r}: no such twin; choose one of {', '.join(MEMBERS)}")
     model_dir = project.model_cache / tiny_model_dir(twin)
     if is_tiny_model(model_dir):
         say(f"Tiny model already in {project.relative(model_dir)}/")

@@ -71,7 +71,7 @@ class TwinShape:
 
 @dataclass(frozen=True)
 class FamilyMember:
-    name: str  # what `prepare --tiny NAME` and the run's profile say
+    name: str  # what `prepare --twin NAME` and the run's profile say
     hub_id: str
     config: dict  # the published config.json's fields that change code paths
     chat_template: str
