@@ -158,10 +158,17 @@ def single_stream_pairs(port: int, onnx_dir: Path, user_text: str, repeats: int,
     session = ChatSession(onnx_dir, options)
     time_chat_path(session, user_text)  # warm-up
     rounds = []
-    for _ in range(repeats):
+    for i in range(repeats):
         quiet()
-        served = one_request(port, user_text)
-        chat = time_chat_path(session, user_text)
+        # Alternate which goes first, and let the other's spinning onnxruntime threads go idle in between.
+        if i % 2:
+            chat = time_chat_path(session, user_text)
+            time.sleep(0.5)
+            served = one_request(port, user_text)
+        else:
+            served = one_request(port, user_text)
+            time.sleep(0.5)
+            chat = time_chat_path(session, user_text)
         rounds.append({"serve_tok_s": round(served["decode_tok_s"], 1), "chat_tok_s": round(chat["decode_tok_s"], 1),
                        "serve_ttft_s": round(served["ttft_s"], 3), "chat_ttft_s": round(chat["ttft_s"], 3)})
     return {"rounds": rounds, **{f"{key}_median": statistics.median(r[key] for r in rounds) for key in rounds[0]},
