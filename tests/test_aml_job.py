@@ -185,3 +185,14 @@ def test_help_does_not_import_azure(args):
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "CLEAN"
+
+
+def test_the_job_uses_the_projects_own_conda_file(tiny_project, offline):
+    """`phi3e2e init` gives a project setup/conda.yaml to edit; the job carries that copy, not the shipped one."""
+    from phi3e2e.resources import aml_conda_env
+
+    (tiny_project.root / "setup").mkdir()
+    edited = aml_conda_env().read_text() + "# the team's extra pin\n"
+    (tiny_project.root / "setup" / "conda.yaml").write_text(edited)
+    result = dry_run(tiny_project, "lora")
+    assert (result.run_dir / "conda.yaml").read_text() == edited

@@ -134,7 +134,8 @@ def test_twin_runs_the_whole_pipeline(twin_template, tmp_path, name):
                        "--json", project=project)  # fmt: skip
     assert answered.returncode == 0, answered.stderr[-2000:]
     answer = json.loads(answered.stdout.strip().splitlines()[-1])
-    assert answer["tokens"] >= 2 and answer["text"]
+    # The text of a 12-step twin may be all blank tokens (stripped to ""): check the structure, not the words.
+    assert answer["tokens"] >= 2 and answer["finish_reason"] in ("stop", "length")
     for form in ("merged", "adapter"):  # in-process: the same ChatSession the command uses, without a new Python
         session = ChatSession(run_dir / form, GenerationOptions(max_new_tokens=8, min_new_tokens=2))
         assert session.chat_format.template == member.chat_template, form

@@ -187,7 +187,7 @@ def stage_config(project: Project, plan: RunPlan, staging: Path, say: Callable[[
     inputs = plan.inputs
     say(f"Fine-tuning {Path(inputs.model_label).name} with {plan.algo.upper()} ({inputs.profile} profile) "
         f"on {Path(inputs.dataset_label).name}")  # fmt: skip
-    say(f"  workflow: {project.relative(config_file)}  (template: {project.relative(plan.workflow.template)}; "
+    say(f"  workflow: {project.relative(config_file)}  (template: {plan.workflow.template_note(project.root)}; "
         f"full log: {runs.OLIVE_LOG})")  # fmt: skip
     return config_file
 

@@ -165,7 +165,7 @@ def stage_job(project, plan, run_dir: Path, say: Callable[[str], None], dry_run:
     """
     options = plan.aml
     model_src, data_src = plan.inputs.job_sources
-    staged = stage_job_files(run_dir, plan.workflow.config)
+    staged = stage_job_files(run_dir, plan.workflow.config, project.root / "setup" / "conda.yaml")
     job_options = JobOptions(
         options.compute, options.image, hf_token_secret=options.hf_token_secret, instance_type=options.instance_type,
         timeout_h=options.timeout_h, low_priority=options.low_priority,

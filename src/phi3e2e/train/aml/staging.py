@@ -11,6 +11,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from phi3e2e.resources import aml_conda_env
 
@@ -31,7 +32,8 @@ class StagedFiles:
     conda_file: Path
 
 
-def stage_job_files(run_dir: Path, config: dict) -> StagedFiles:
+def stage_job_files(run_dir: Path, config: dict, conda_source: Optional[Path] = None) -> StagedFiles:
+    """`conda_source`: the project's own setup/conda.yaml (`phi3e2e init` writes it), else the shipped one."""
     code_dir = run_dir / CODE_DIR
     if code_dir.exists():
         shutil.rmtree(code_dir)
@@ -40,7 +42,7 @@ def stage_job_files(run_dir: Path, config: dict) -> StagedFiles:
     config_file.write_text(json.dumps(checkpoints_to_output(config), indent=2) + "\n")
     shutil.copyfile(Path(__file__).with_name("compute_entry.py"), code_dir / ENTRY_SCRIPT)
     conda = run_dir / CONDA_FILE
-    shutil.copyfile(aml_conda_env(), conda)
+    shutil.copyfile(conda_source if conda_source and conda_source.is_file() else aml_conda_env(), conda)
     return StagedFiles(code_dir, config_file, conda)
 
 
