@@ -86,9 +86,11 @@ def test_stop_ends_a_long_answer_and_its_generation(page, served):
     before = health(server)["answers_cancelled"]
     set_lengths(page, 4000)
     page.fill("#chat-input", "Tell me everything about your coffee.")
+    stop_at = page.locator("#chat-stop").bounding_box()
     page.click("#chat-send")
     reply = page.locator("#chat-log .msg.assistant").last
     expect(reply.locator(".text")).not_to_be_empty(timeout=ANSWER_TIMEOUT_MS)
+    assert page.locator("#chat-stop").bounding_box() == stop_at  # the answer scrolls in the log; Stop stays put
     page.click("#chat-stop")
     expect(reply).to_have_attribute("data-state", "stopped")
     _wait_for(lambda: health(server)["answers_cancelled"] == before + 1)  # the server stopped generating it

@@ -66,13 +66,34 @@ async function answerInto(box, meta, model, messages, signal) {
   box.dataset.pieces = "0";  // how many streamed pieces were shown: the page's own record that it streamed
   meta.textContent = "";
   let text = "";
-  const show = (piece) => { text += piece; box.textContent = text; box.dataset.pieces = String(+box.dataset.pieces + 1); };
+  // A fast model streams hundreds of pieces a second: draw them at most every 40 ms, appending to one
+  // text node, so the page stays responsive (Stop answers at once) however long the answer grows.
+  const node = box.appendChild(document.createTextNode(""));
+  let pending = "", timer = 0;
+  const draw = () => {
+    timer = 0;
+    const scroller = box.closest("#chat-log");
+    const following = scroller && scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
+    node.appendData(pending);
+    pending = "";
+    if (following) scroller.scrollTop = scroller.scrollHeight;  // keep the newest words in view unless the user scrolled up
+  };
+  const show = (piece) => {
+    text += piece;
+    pending += piece;
+    box.dataset.pieces = String(+box.dataset.pieces + 1);
+    if (!timer) timer = setTimeout(draw, 40);
+  };
   try {
     const result = await streamChat(model, messages, show, signal);
+    clearTimeout(timer);
+    draw();
     if (!text.trim()) box.innerHTML = "<em>(empty answer: the model ended its turn at once)</em>";
     box.dataset.state = "done";
     meta.textContent = describe(result);
   } catch (error) {
+    clearTimeout(timer);
+    draw();
     box.dataset.state = signal.aborted ? "stopped" : "error";
     meta.textContent = signal.aborted ? "stopped" : `error: ${error.message}`;
   }
@@ -132,6 +153,7 @@ function bubble(role, text) {
     div.append(meta);
   }
   $("chat-log").append(div);
+  $("chat-log").scrollTop = $("chat-log").scrollHeight;
   return div;
 }
 
