@@ -141,7 +141,7 @@ def build_int4(hf_dir: Path, out_dir: Path, options: dict) -> Path:
 
 def candidate_folder(build_dir: Path, candidate: Candidate, threads: int) -> Path:
     """The build with this candidate's thread setting: a folder of links with its own genai_config."""
-    from phi3e2e.infer.threads import use_all_cores
+    from phi3e2e.infer.engines.genai import use_all_cores
 
     folder = build_dir.with_name(build_dir.name + ("-cores" if candidate.all_cores else "-default-threads"))
     if not folder.is_dir():

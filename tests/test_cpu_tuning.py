@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 from conftest import run_cli
 
-from phi3e2e.infer.threads import physical_cores, use_all_cores
+from phi3e2e.infer.engines.genai import use_all_cores
+from phi3e2e.infer.threads import physical_cores
 from phi3e2e.train.finetune import finetune
 from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS, cpu_int4_options
 
@@ -118,3 +121,30 @@ def test_thread_setting_is_written_without_touching_the_rest(finished_run, tmp_p
     before["model"]["decoder"]["session_options"].pop("intra_op_num_threads", None)
     assert after == before
     assert not list(model.glob("*.partial"))
+
+
+COUNT_LOAD_THREADS = """
+import os, sys
+from pathlib import Path
+from phi3e2e.infer.engines.genai import GenaiEngine
+before = len(os.listdir("/proc/self/task"))
+engine = GenaiEngine(Path(sys.argv[1]), threads=int(sys.argv[2]) or None)
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+def test_a_model_built_elsewhere_decodes_on_every_physical_core(finished_run, tmp_path):
+    """A plain ModelBuilder folder sets no thread count (onnxruntime-genai would use one): chat gives it all cores."""
+    _, run_dir = finished_run
+    foreign = shutil.copytree(run_dir / "onnx-int4", tmp_path / "built-elsewhere")
+    config = json.loads((foreign / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"].pop("intra_op_num_threads")
+    (foreign / "genai_config.json").write_text(json.dumps(config))
+
+    def threads_started(threads: int) -> int:  # onnxruntime's compute pool: one thread per extra core
+        done = subprocess.run([sys.executable, "-c", COUNT_LOAD_THREADS, str(foreign), str(threads)],
+                              capture_output=True, text=True, check=True)
+        return int(done.stdout.split()[-1])
+
+    assert threads_started(0) - threads_started(1) == physical_cores() - 1
+    assert "intra_op_num_threads" not in json.loads((foreign / "genai_config.json").read_text())["model"]["decoder"]["session_options"]

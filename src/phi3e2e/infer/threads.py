@@ -1,18 +1,12 @@
-"""Decode on every physical core.
+"""How many compute threads CPU decoding gets: one per physical core.
 
-ModelBuilder writes a genai_config.json that leaves onnxruntime's thread count unset, and
-onnxruntime-genai then decodes on ONE compute thread; `use_all_cores` writes the machine's
-physical core count into the decoder's session options instead.
+Hyper-threads share a core's int4 units, so more threads than physical cores only add contention.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Optional
-
-from phi3e2e.infer.engines.genai import GENAI_CONFIG
 
 
 def physical_cores() -> int:
@@ -33,17 +27,3 @@ def physical_cores() -> int:
     except OSError:
         pass
     return max(1, min(usable, len(cores) or usable))
-
-
-def use_all_cores(model_dir: Path, threads: Optional[int] = None) -> int:
-    """Write `threads` (default: physical cores) as the decoder's intra-op thread count."""
-    threads = threads or physical_cores()
-    config_file = model_dir / GENAI_CONFIG
-    config = json.loads(config_file.read_text())
-    decoder = config["model"]["decoder"]
-    decoder.setdefault("session_options", {})["intra_op_num_threads"] = threads
-    # Write next to the file and rename, so an interrupted write never leaves half a config.
-    partial = config_file.with_name(config_file.name + ".partial")
-    partial.write_text(json.dumps(config, indent=4) + "\n")
-    partial.replace(config_file)
-    return threads

@@ -114,13 +114,9 @@ class ModelRegistry:
 
 
 def _open_engine(model_dir: Path, device: str):
-    from phi3e2e.infer.engines.genai import GenaiEngine, genai_config
-    from phi3e2e.infer.threads import physical_cores
+    from phi3e2e.infer.engines.genai import GenaiEngine
 
-    options = genai_config(model_dir)["model"]["decoder"].get("session_options", {})
-    # The base build is ModelBuilder's own, which leaves decode on one thread; give it every core like the run's.
-    threads = None if device != "cpu" or options.get("intra_op_num_threads") else physical_cores()
-    return GenaiEngine(model_dir, device, threads=threads)
+    return GenaiEngine(model_dir, device)  # a base build that sets no thread count gets every core
 
 
 def _kv_bytes_per_token(engine, device: str) -> int:

@@ -105,7 +105,7 @@ def export(
         run_olive(staging / EXPORT_CONFIG, staging / EXPORT_LOG, say, verbose=verbose)
         model_dir = _collect_model(staging, staging / EXPORT_LOG)
         if device == "cpu":
-            from phi3e2e.infer.threads import use_all_cores
+            from phi3e2e.infer.engines.genai import use_all_cores
 
             use_all_cores(model_dir)  # ModelBuilder leaves onnxruntime-genai on one decode thread
         for kept in (EXPORT_CONFIG, EXPORT_LOG):

@@ -194,7 +194,7 @@ def stage_config(project: Project, plan: RunPlan, staging: Path, say: Callable[[
 
 def _tune_for_cpu(onnx_dir: Path, plan: RunPlan) -> dict:
     """Decode on every physical core (written into genai_config.json); what was chosen, for run.json."""
-    from phi3e2e.infer.threads import use_all_cores
+    from phi3e2e.infer.engines.genai import use_all_cores
 
     threads = use_all_cores(onnx_dir)
     options = plan.settings.export.model_dump(exclude={"precision"})

@@ -8,6 +8,7 @@ from typing import Iterator, Optional
 
 from phi3e2e.errors import UserError
 from phi3e2e.infer.generation import GenerationOptions
+from phi3e2e.infer.threads import physical_cores
 
 GENAI_CONFIG = "genai_config.json"
 
@@ -26,6 +27,29 @@ def genai_config(folder: Path) -> dict:
     if not isinstance(settings, dict):
         raise UserError(f"{folder / GENAI_CONFIG}: expected a JSON object; rebuild the model")
     return settings
+
+
+def use_all_cores(model_dir: Path, threads: Optional[int] = None) -> int:
+    """Write `threads` (default: physical cores) into genai_config.json as the decoder's thread count.
+
+    ModelBuilder leaves it unset, and onnxruntime-genai then decodes on ONE compute thread.
+    """
+    threads = threads or physical_cores()
+    config_file = model_dir / GENAI_CONFIG
+    config = json.loads(config_file.read_text())
+    decoder = config["model"]["decoder"]
+    decoder.setdefault("session_options", {})["intra_op_num_threads"] = threads
+    # Write next to the file and rename, so an interrupted write never leaves half a config.
+    partial = config_file.with_name(config_file.name + ".partial")
+    partial.write_text(json.dumps(config, indent=4) + "\n")
+    partial.replace(config_file)
+    return threads
+
+
+def written_threads(settings: dict) -> Optional[int]:
+    """The decoder's thread count genai_config.json sets (None: onnxruntime-genai's default of one)."""
+    options = settings.get("model", {}).get("decoder", {}).get("session_options") or {}
+    return options.get("intra_op_num_threads") if isinstance(options, dict) else None
 
 
 def built_for(settings: dict):
@@ -65,18 +89,23 @@ class GenaiEngine:
         self._end_ids = set(eos if isinstance(eos, list) else [eos])
         if device == "cuda":
             check_cuda_available()
+        if device == "cpu" and not threads and not written_threads(settings):
+            # A folder phi3e2e did not build (plain ModelBuilder output, a published Phi-3 ONNX model)
+            # would decode on one thread: give it every core, as phi3e2e's own builds get.
+            threads = physical_cores()
         mapped_before = pages.anonymous_regions() if device == "cpu" and huge_pages else {}
         try:
             if built_for(settings) == device and not threads:
-                # As built. Re-setting the providers of a CPU model (clear_providers, or an overlay of
-                # provider_options) made decode ~10% slower in onnxruntime-genai 0.14.1 (benchmarks/).
-                self.model = og.Model(str(model_dir))
+                self.model = og.Model(str(model_dir))  # as built
             else:
-                # The device is the user's choice, not the build's: a CUDA-built int4 model also runs on CPU.
                 config = og.Config(str(model_dir))
-                config.clear_providers()
-                if device == "cuda":
-                    config.append_provider("cuda")
+                if built_for(settings) != device:
+                    # The device is the user's choice, not the build's: a CUDA-built int4 model also runs on
+                    # CPU. (Re-setting the providers of a model built for this device made decode ~10% slower
+                    # in onnxruntime-genai 0.14.1, so they are left alone then.)
+                    config.clear_providers()
+                    if device == "cuda":
+                        config.append_provider("cuda")
                 if threads:  # overrides the thread count written into genai_config.json at build time
                     session_options = {"intra_op_num_threads": threads}
                     config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
