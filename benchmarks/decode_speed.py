@@ -72,6 +72,24 @@ def build_models(work_dir: Path, layers: int) -> tuple[Path, Path]:
     return merged, onnx_dir
 
 
+def write_phi3_mini_shaped(hf_dir: Path, layers: int) -> Path:
+    """The Phi-3-mini-shaped random model, in bf16 like the published Phi-3-mini checkpoint (fp32 of
+    32 layers would be 15 GB before the int4 build even starts on a 24 GB machine); cached."""
+    import torch
+
+    from phi3e2e.prepare.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
+
+    if not (hf_dir / "phi3e2e-tiny.json").is_file():
+        log(f"Writing a Phi-3-mini-shaped random model ({layers} layers, bf16) into {hf_dir} ...")
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            write_tiny_model(hf_dir, benchmark_corpus(), shape=replace(PHI3_MINI_SHAPED, num_hidden_layers=layers))
+        finally:
+            torch.set_default_dtype(previous)
+    return hf_dir
+
+
 def benchmark_corpus() -> list[str]:
     from phi3e2e.resources import sample_dataset
 

@@ -206,25 +206,21 @@ def measure_speed(args, threads: int) -> dict:
     import onnxruntime_genai as og  # noqa: F401  (fail early if missing)
     import torch
     from decode_speed import (
-        benchmark_corpus,
         read_bandwidth,
         time_chat_path,
         time_transformers,
         user_text_for,
         weights_read_per_token,
+        write_phi3_mini_shaped,
     )
     from transformers import AutoModelForCausalLM
 
     from phi3e2e.infer.chat import ChatSession
     from phi3e2e.infer.engines.genai import GenaiEngine
     from phi3e2e.infer.generation import GenerationOptions
-    from phi3e2e.prepare.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
 
     work = args.work_dir / f"phi3-mini-shaped-{args.layers}-layers"
-    hf_dir = work / "hf-fp32"
-    if not (hf_dir / "phi3e2e-tiny.json").is_file():
-        log(f"Writing a Phi-3-mini-shaped random model ({args.layers} layers) into {hf_dir} ...")
-        write_tiny_model(hf_dir, benchmark_corpus(), shape=replace(PHI3_MINI_SHAPED, num_hidden_layers=args.layers))
+    hf_dir = write_phi3_mini_shaped(work / "hf-bf16", args.layers)
 
     candidates = speed_candidates()
     if args.head_to_head:
@@ -242,6 +238,9 @@ def measure_speed(args, threads: int) -> dict:
     sessions = {c.name: ChatSession(folders[c.name], options,
                                     engine=GenaiEngine(folders[c.name], "cpu", huge_pages=c.huge_pages))
                 for c in candidates}
+    for session in sessions.values():  # time decode on the pages `chat` settles on, not during the copy
+        if session.engine.huge_pages_done:
+            session.engine.huge_pages_done.join()
     first = next(iter(sessions.values()))
     prompt_text = user_text_for(first.engine, PROMPT_TOKENS)
     prompt_ids = first.prompt_tokens(prompt_text)

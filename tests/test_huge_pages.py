@@ -5,6 +5,7 @@ Real mappings of this process and real madvise calls; nothing is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -19,6 +20,7 @@ from phi3e2e.infer.huge_pages import (
     MADV_HUGEPAGE,
     anonymous_regions,
     collapse_new,
+    collapse_new_in_background,
     new_huge_spans,
 )
 
@@ -87,6 +89,24 @@ def _collapse_refused() -> str:
 
 
 def test_a_filled_new_mapping_ends_up_on_huge_pages_and_an_empty_one_stays_empty():
+    with _weights_and_a_stack() as (before, filled, empty):
+        collapsed = collapse_new(before, anonymous_regions())
+        assert 14 * MB <= collapsed <= 16 * MB  # the filled window's whole huge pages, not the empty one
+        _check_only_the_filled_window_collapsed(filled, empty)
+
+
+def test_the_background_collapse_does_the_same_beside_the_caller():
+    """The engine's way: the copy runs on its own thread while the first answer starts."""
+    with _weights_and_a_stack() as (before, filled, empty):
+        worker = collapse_new_in_background(before, anonymous_regions())
+        worker.join(timeout=60)
+        assert not worker.is_alive() and worker.daemon  # a daemon: an exiting process never waits for it
+        _check_only_the_filled_window_collapsed(filled, empty)
+
+
+@contextlib.contextmanager
+def _weights_and_a_stack():
+    """Two new 16 MB windows: one filled (like weights repacked at load time), one empty (like a thread stack)."""
     refused = _collapse_refused()
     if refused:
         pytest.skip(refused)
@@ -101,12 +121,13 @@ def test_a_filled_new_mapping_ends_up_on_huge_pages_and_an_empty_one_stays_empty
     try:
         for window in (filled, empty):
             assert libc.mprotect(window, 16 * MB, mmap.PROT_READ | mmap.PROT_WRITE) == 0
-        ctypes.memset(filled, 1, 16 * MB)  # like weights repacked at load time; `empty` is like a thread stack
-
-        collapsed = collapse_new(before, anonymous_regions())
-        assert 14 * MB <= collapsed <= 16 * MB  # the filled window's whole huge pages, not the empty one
-        assert _anon_huge_bytes(filled) >= 14 * MB
-        assert _anon_huge_bytes(empty) == 0
-        assert ctypes.string_at(filled, 4) == b"\x01" * 4 and ctypes.string_at(filled + 16 * MB - 4, 4) == b"\x01" * 4
+        ctypes.memset(filled, 1, 16 * MB)
+        yield before, filled, empty
     finally:
         libc.munmap(base, size)
+
+
+def _check_only_the_filled_window_collapsed(filled: int, empty: int) -> None:
+    assert _anon_huge_bytes(filled) >= 14 * MB
+    assert _anon_huge_bytes(empty) == 0
+    assert ctypes.string_at(filled, 4) == b"\x01" * 4 and ctypes.string_at(filled + 16 * MB - 4, 4) == b"\x01" * 4

@@ -16,7 +16,8 @@ when its hash table does not know the tokenizer (GPT-2's regex is what ByteLevel
 
 `decode` prints one JSON line: greedy decode tokens/s (prompt, then `--new-tokens` steps of
 llama_decode + argmax, each timed) for each repeat; `serve` keeps the model loaded and answers
-one JSON line per `run` line on stdin, so a benchmark can interleave it with other engines; its
+one JSON line per `run` line on stdin (or per `prefill N` line: the first N prompt ids to the
+first token), so a benchmark can interleave it with other engines; its
 first line also gives the bytes one decode step reads (every tensor, one row of token_embd).
 """
 
@@ -85,7 +86,7 @@ class GreedyDecoder:
 
         self.prompt_ids, self.new_tokens = prompt_ids, new_tokens
         self.llm = Llama(
-            model_path=str(gguf), n_ctx=len(prompt_ids) + new_tokens + 8, n_batch=max(len(prompt_ids), 32),
+            model_path=str(gguf), n_ctx=len(prompt_ids) + new_tokens + 8, n_batch=min(max(len(prompt_ids), 32), 512),
             n_threads=threads, n_threads_batch=threads, verbose=False,
         )  # fmt: skip
         self.n_vocab = self.llm.n_vocab()
@@ -106,6 +107,18 @@ class GreedyDecoder:
             llm.eval([token])
         return {"ttft_s": times[0] - start, "decode_tok_s": (len(times) - 1) / (times[-1] - times[0])}
 
+    def prefill(self, length: int) -> dict:
+        """The first `length` prompt ids to the first token (llama-cpp-python's default batches)."""
+        import numpy as np
+        from llama_cpp import llama_cpp
+
+        llm = self.llm
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(self.prompt_ids[:length])
+        np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,)).argmax()
+        return {"ttft_s": time.perf_counter() - start, "prompt_tokens": length}
+
 
 def bytes_per_token(gguf: Path) -> int:
     """Weight bytes one decode step streams: every tensor, but one row of the input embedding."""
@@ -125,6 +138,8 @@ def serve(decoder: GreedyDecoder, gguf: Path) -> None:
     for line in sys.stdin:
         if line.strip() == "run":
             print(json.dumps(decoder.run()), flush=True)
+        elif line.startswith("prefill "):
+            print(json.dumps(decoder.prefill(int(line.split()[1]))), flush=True)
 
 
 def main() -> None:

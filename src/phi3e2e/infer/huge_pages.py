@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import sys
+import threading
 from pathlib import Path
 
 MADV_HUGEPAGE = 14
@@ -85,3 +86,12 @@ def collapse_new(before: dict[Region, int], after: dict[Region, int]) -> int:
             if ctypes.get_errno() != errno.EAGAIN:
                 break
     return collapsed
+
+
+def collapse_new_in_background(before: dict[Region, int], after: dict[Region, int]) -> threading.Thread:
+    """`collapse_new` on a daemon thread: the kernel copies the weights onto huge pages (seconds for a
+    2 GB model) while the first answer already runs on 4 KiB pages. madvise releases the GIL, and a
+    process that exits first simply leaves it undone."""
+    worker = threading.Thread(target=collapse_new, args=(before, after), name="huge-pages", daemon=True)
+    worker.start()
+    return worker

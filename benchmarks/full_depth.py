@@ -1,0 +1,365 @@
+"""What a user feels at full depth: build, long prompts, cold start and memory, phi3e2e int4 vs llama.cpp Q4_0.
+
+    .venv/bin/python benchmarks/full_depth.py                      # 32 layers, Phi-3-mini's shape (~35 min first run)
+    .venv/bin/python benchmarks/full_depth.py --layers 16 --repeats 3
+    .venv/bin/python benchmarks/int4_options.py --head-to-head --skip-quality --layers 32 --repeats 5   # decode
+
+A Phi-3-mini-shaped model with random weights (hidden 3072, intermediate 8192, 32 heads, vocab
+32064, `--layers` of them), written in bf16 like the published checkpoint, built the way
+`phi3e2e finetune` builds its CPU model (Olive's ModelBuilder, phi3e2e's int4 options, every core)
+and the way a llama.cpp user would (its vendored converter, then Q4_0). Both engines get the
+same token ids and the same threads; llama.cpp keeps llama-cpp-python's defaults (512-token
+batches). The models are shared with int4_options.py (same --work-dir), so its `--head-to-head
+--layers N` decode table measures the very same files.
+
+1. Build: seconds and peak RSS of writing the model, of phi3e2e's int4 build and of llama.cpp's
+   convert + quantize; the size of each.
+2. Prefill: time to first token and prompt tokens/s for 128/512/1024/2048-token prompts, both
+   engines loaded, timed round-robin in the same rounds (medians).
+3. Cold start: a fresh process each time, process start -> exit after a one-token answer:
+   `phi3e2e chat --model <onnx> --prompt ... --max-length 1` against llama-cpp-python's own entry
+   (`Llama(gguf)(prompt, max_tokens=1)`); and where phi3e2e's time goes (imports, model load,
+   huge pages, first token), measured inside a fresh process.
+4. Memory: peak RSS of `phi3e2e chat --prompt` answering 128 tokens (and of llama.cpp doing the
+   same) against the weights each reads per token.
+
+Prints the tables and writes benchmarks/results/full-depth-<layers>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from decode_speed import log, read_bandwidth, weights_read_per_token  # noqa: E402
+from int4_options import PEER_SCRIPT, PEERS_PYTHON, RESULTS, Candidate, candidate_folder, wait_until_quiet  # noqa: E402
+
+PROMPTS = (128, 512, 1024, 2048)
+SHORT_PROMPT = "How long does shipping to Canada take?"
+CHAT_TOKENS = 128  # the memory run's answer length
+
+
+# --- measuring a process ----------------------------------------------------------------------
+
+
+def run_measured(command: list[str], **kwargs) -> dict:
+    """Run `command`; wall seconds from spawn to exit, its peak RSS, its stdout."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} ... failed ({process.returncode}):\n{stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, "stdout": stdout}
+
+
+def python_code(code: str, *args: str, python: str = sys.executable) -> list[str]:
+    return [python, "-c", code, *args]
+
+
+# --- 1. build ---------------------------------------------------------------------------------
+
+
+WRITE_MODEL = """
+import sys; sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from decode_speed import write_phi3_mini_shaped
+write_phi3_mini_shaped(Path(sys.argv[1]), int(sys.argv[2]))
+"""
+
+
+def build(work: Path, layers: int, threads: int) -> tuple[dict, Path, Path, Path]:
+    """The bf16 model, phi3e2e's int4 build and the Q4_0 GGUF (each cached), with what making each took."""
+    record = work / "build-steps.json"  # what the first run measured; later runs reuse the files
+    steps = json.loads(record.read_text()) if record.is_file() else {}
+    hf_dir, build_dir, onnx_dir = build_phi3e2e(work, layers, threads, steps, record)
+    q4_0 = build_gguf(work, hf_dir, threads, steps, record)
+    sizes = {"bf16 model": sum(f.stat().st_size for f in hf_dir.glob("*.safetensors")),
+             "phi3e2e int4": sum(f.stat().st_size for f in build_dir.iterdir() if f.is_file()),
+             "llama.cpp Q4_0": q4_0.stat().st_size}
+    return {"steps": steps, "sizes": sizes}, hf_dir, onnx_dir, q4_0
+
+
+def measured_step(steps: dict, record: Path, name: str, command: list[str], **kwargs) -> None:
+    done = run_measured(command, **kwargs)
+    steps[name] = {"seconds": done["seconds"], "peak_rss": done["peak_rss"]}
+    record.write_text(json.dumps(steps, indent=2))
+    log(f"  {name}: {done['seconds']:.0f} s, peak RSS {done['peak_rss'] / 1e9:.2f} GB")
+
+
+def build_phi3e2e(work: Path, layers: int, threads: int, steps: dict, record: Path) -> tuple[Path, Path, Path]:
+    from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS
+
+    hf_dir = work / "hf-bf16"
+    if not (hf_dir / "phi3e2e-tiny.json").is_file():
+        measured_step(steps, record, "write the bf16 model",
+                      python_code(WRITE_MODEL, str(hf_dir), str(layers), str(REPO / "benchmarks")))
+    default = Candidate("phi3e2e default", dict(CPU_INT4_DEFAULTS))
+    build_dir = work / default.build_key  # where int4_options.py builds it too
+    if not (build_dir / "genai_config.json").is_file():
+        log(f"Building phi3e2e's int4 model ({layers} layers) ...")
+        partial = build_dir.with_name(build_dir.name + ".partial")
+        subprocess.run(["rm", "-rf", str(partial)], check=True)
+        partial.mkdir(parents=True)
+        measured_step(steps, record, "phi3e2e int4 build (ModelBuilder)",
+                      [sys.executable, "-m", "phi3e2e.evaluate.base_int4", str(hf_dir), str(partial),
+                       json.dumps({"execution_provider": "cpu", **default.options})],
+                      env=dict(os.environ, OLIVE_DISABLE_TELEMETRY="1"))  # fmt: skip
+        subprocess.run(["rm", "-rf", str(partial / "cache")], check=True)
+        partial.rename(build_dir)
+    return hf_dir, build_dir, candidate_folder(build_dir, default, threads)
+
+
+def build_gguf(work: Path, hf_dir: Path, threads: int, steps: dict, record: Path) -> Path:
+    f16, q4_0 = work / "model-f16.gguf", work / "model-q4_0.gguf"  # int4_options.py's names too
+    if not f16.is_file():
+        log("Converting to an f16 GGUF (llama.cpp's converter) ...")
+        measured_step(steps, record, "llama.cpp convert to f16 GGUF",
+                      [str(PEERS_PYTHON), str(PEER_SCRIPT), "convert", str(hf_dir), str(f16)])
+    if not q4_0.is_file():
+        measured_step(steps, record, "llama.cpp quantize to Q4_0",
+                      [str(PEERS_PYTHON), str(PEER_SCRIPT), "quantize", str(f16), str(q4_0), "Q4_0", "--threads", str(threads)])
+    return q4_0
+
+
+# --- 2. prefill -------------------------------------------------------------------------------
+
+
+class LlamaCppPrefill:
+    """The Q4_0 model loaded in the peers venv; `run(n)` times the first n prompt ids to the first token."""
+
+    def __init__(self, gguf: Path, prompt_ids: list[int], threads: int):
+        self.process = subprocess.Popen(
+            [str(PEERS_PYTHON), str(PEER_SCRIPT), "serve", str(gguf), "--prompt-ids", ",".join(map(str, prompt_ids)),
+             "--threads", str(threads), "--new-tokens", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        if not json.loads(self.process.stdout.readline() or "{}").get("ready"):
+            raise SystemExit(f"llama.cpp peer failed to load {gguf}")
+
+    def run(self, length: int) -> float:
+        self.process.stdin.write(f"prefill {length}\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())["ttft_s"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def prompt_ids_of(engine, length: int) -> list[int]:
+    """`length` token ids of real text (the sample data, repeated)."""
+    from decode_speed import benchmark_corpus
+
+    text = " ".join(benchmark_corpus())
+    ids = engine.encode(text)
+    while len(ids) < length:
+        ids += ids
+    return ids[:length]
+
+
+def phi3e2e_ttft(engine, prompt_ids: list[int]) -> float:
+    """The chat path's engine call: prompt in, first token out (GenaiEngine.stream_tokens)."""
+    from phi3e2e.infer.generation import GenerationOptions
+
+    start = time.perf_counter()
+    next(engine.stream_tokens(prompt_ids, GenerationOptions(max_new_tokens=1, min_new_tokens=1, do_sample=False)))
+    return time.perf_counter() - start
+
+
+def measure_prefill(onnx_dir: Path, gguf: Path, threads: int, args) -> dict:
+    from phi3e2e.infer.engines.genai import GenaiEngine
+
+    engine = GenaiEngine(onnx_dir, "cpu")
+    longest = prompt_ids_of(engine, max(args.prompts))
+    peer = LlamaCppPrefill(gguf, longest, threads) if gguf else None
+    samples = {(name, n): [] for name in ("phi3e2e", "llama.cpp") for n in args.prompts}
+    phi3e2e_ttft(engine, longest[:128])  # warm-up
+    bandwidth = []
+    for repeat in range(args.repeats):
+        bandwidth.append(read_bandwidth(threads, gib=0.5, tries=3) / 1e9)
+        log(f"  prefill round {repeat + 1}/{args.repeats} (memory read {bandwidth[-1]:.0f} GB/s)")
+        for n in args.prompts:
+            for name in ("phi3e2e", "llama.cpp") if repeat % 2 == 0 else ("llama.cpp", "phi3e2e"):
+                if name == "llama.cpp" and not peer:
+                    continue
+                time.sleep(0.2)
+                wait_until_quiet(args.max_busy, args.max_wait)
+                seconds = phi3e2e_ttft(engine, longest[:n]) if name == "phi3e2e" else peer.run(n)
+                samples[(name, n)].append(seconds)
+    if peer:
+        peer.close()
+    rows = []
+    for n in args.prompts:
+        row = {"prompt_tokens": n}
+        for name in ("phi3e2e", "llama.cpp"):
+            if samples[(name, n)]:
+                row[name] = {"ttft_s": statistics.median(samples[(name, n)]), "each": samples[(name, n)]}
+        if "llama.cpp" in row:
+            row["ratio"] = statistics.median(b / a for a, b in zip(samples[("phi3e2e", n)], samples[("llama.cpp", n)]))
+        rows.append(row)
+    return {"rows": rows, "read_gb_s_each_round": bandwidth}
+
+
+# --- 3. cold start and 4. memory --------------------------------------------------------------
+
+
+PHASES = """
+import json, sys, time
+start = time.perf_counter()
+import phi3e2e.cli.app
+imported = time.perf_counter()
+from pathlib import Path
+from phi3e2e.infer.chat import ChatSession
+from phi3e2e.infer.engines.genai import GenaiEngine
+from phi3e2e.infer.generation import GenerationOptions
+engine = GenaiEngine(Path(sys.argv[1]), "cpu", huge_pages=sys.argv[2] == "1")
+loaded = time.perf_counter()
+session = ChatSession(Path(sys.argv[1]), GenerationOptions(max_new_tokens=1, do_sample=False), engine=engine)
+answer = session.ask(sys.argv[3])
+done = time.perf_counter()
+print(json.dumps({"imports": imported - start, "load": loaded - imported, "first_token": done - loaded}))
+"""
+
+LLAMA_CPP_ENTRY = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[2]), n_threads_batch=int(sys.argv[2]), verbose=False)
+out = llm(sys.argv[3], max_tokens=int(sys.argv[4]), temperature=0.0)
+print(out["usage"]["completion_tokens"])
+"""
+
+
+def chat_command(onnx_dir: Path, max_length: int) -> list[str]:
+    return [str(Path(sys.executable).with_name("phi3e2e")), "chat", "--model", str(onnx_dir), "--prompt", SHORT_PROMPT,
+            "--max-length", str(max_length), "--min-length", str(max_length)]
+
+
+def llama_cpp_command(gguf: Path, threads: int, max_tokens: int) -> list[str]:
+    prompt = f"<|user|>\n{SHORT_PROMPT}<|end|>\n<|assistant|>\n"  # what phi3e2e chat sends
+    return python_code(LLAMA_CPP_ENTRY, str(gguf), str(threads), prompt, str(max_tokens), python=str(PEERS_PYTHON))
+
+
+def measure_cold_start(onnx_dir: Path, gguf: Path, threads: int, args) -> dict:
+    engines = {"phi3e2e chat --prompt": chat_command(onnx_dir, 1)}
+    if gguf:
+        engines["llama.cpp (llama-cpp-python)"] = llama_cpp_command(gguf, threads, 1)
+    runs = {name: [] for name in engines}
+    phases = {"2 MiB pages": [], "4 KiB pages": []}
+    for repeat in range(args.repeats):
+        log(f"  cold start round {repeat + 1}/{args.repeats}")
+        for name, command in engines.items():
+            wait_until_quiet(args.max_busy, args.max_wait)
+            runs[name].append(run_measured(command)["seconds"])
+        for label, huge in (("2 MiB pages", "1"), ("4 KiB pages", "0")):
+            wait_until_quiet(args.max_busy, args.max_wait)
+            phases[label].append(json.loads(run_measured(python_code(PHASES, str(onnx_dir), huge, SHORT_PROMPT))["stdout"]))
+    result = {"seconds": {name: statistics.median(times) for name, times in runs.items()},
+              "each": runs,
+              "phases": {label: {k: statistics.median(p[k] for p in each) for k in each[0]} for label, each in phases.items()}}
+    return result
+
+
+def measure_memory(onnx_dir: Path, gguf: Path, threads: int) -> dict:
+    rows = {"phi3e2e chat --prompt": (chat_command(onnx_dir, CHAT_TOKENS), weights_read_per_token(onnx_dir))}
+    if gguf:
+        from int4_options import LlamaCppPeer  # noqa: F401  (same venv check as the decode table)
+
+        per_token = subprocess.run([str(PEERS_PYTHON), "-c", "import sys; sys.path.insert(0, sys.argv[2]); "
+                                    "from llama_cpp_peer import bytes_per_token; print(bytes_per_token(sys.argv[1]))",
+                                    str(gguf), str(PEER_SCRIPT.parent)], capture_output=True, text=True, check=True)
+        rows["llama.cpp (llama-cpp-python)"] = (llama_cpp_command(gguf, threads, CHAT_TOKENS), int(per_token.stdout))
+    found = {}
+    for name, (command, per_token) in rows.items():
+        peak = run_measured(command)["peak_rss"]
+        found[name] = {"peak_rss": peak, "weights_read_per_token": per_token, "ratio": peak / per_token}
+    return found
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def report(result: dict) -> str:
+    mb = 1e6
+    lines = [f"Phi-3-mini-shaped model, {result['layers']} layers, random weights; {result['threads']} threads per engine", ""]
+    build = result["build"]
+    lines += ["| step | seconds | peak RSS GB |", "|---|---:|---:|"]
+    lines += [f"| {name} | {r['seconds']:.0f} | {r['peak_rss'] / 1e9:.2f} |" for name, r in build["steps"].items()]
+    sizes = build["sizes"]
+    lines += ["", "| model | size MB | ÷ GGUF Q4_0 |", "|---|---:|---:|"]
+    lines += [f"| {name} | {size / mb:.0f} | {size / sizes['llama.cpp Q4_0']:.2f} |" for name, size in sizes.items()]
+    if "prefill" in result:
+        lines += ["", "| prompt tokens | phi3e2e TTFT s | phi3e2e prompt tok/s | llama.cpp Q4_0 TTFT s | "
+                      "llama.cpp prompt tok/s | phi3e2e ÷ llama.cpp (same round) |", "|---:|---:|---:|---:|---:|---:|"]
+        for row in result["prefill"]["rows"]:
+            n, ours = row["prompt_tokens"], row["phi3e2e"]["ttft_s"]
+            peer = row.get("llama.cpp", {}).get("ttft_s")
+            peer_cells = f"{peer:.2f} | {n / peer:.0f} | {row['ratio']:.2f}x" if peer else "– | – | –"
+            lines.append(f"| {n} | {ours:.2f} | {n / ours:.0f} | {peer_cells} |")
+    if "cold_start" in result:
+        cold = result["cold_start"]
+        lines += ["", "| process start -> exit after a one-token answer | seconds (median) |", "|---|---:|"]
+        lines += [f"| {name} | {seconds:.2f} |" for name, seconds in cold["seconds"].items()]
+        lines += ["", "| inside a fresh phi3e2e process | imports s | model load s | first token s |", "|---|---:|---:|---:|"]
+        lines += [f"| weights on {label} | {p['imports']:.2f} | {p['load']:.2f} | {p['first_token']:.2f} |"
+                  for label, p in cold["phases"].items()]
+    if "memory" in result:
+        lines += ["", f"| {CHAT_TOKENS}-token answer, fresh process | peak RSS MB | weights read per token MB | ratio |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {r['peak_rss'] / mb:.0f} | {r['weights_read_per_token'] / mb:.0f} | {r['ratio']:.2f} |"
+                  for name, r in result["memory"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=32, help="decoder layers (Phi-3-mini has 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of each measurement (medians)")
+    parser.add_argument("--prompts", type=lambda s: [int(x) for x in s.split(",")], default=list(PROMPTS),
+                        help="prompt lengths in tokens, comma-separated")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: physical cores)")
+    parser.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "phi3e2e-int4-options")
+    parser.add_argument("--max-busy", type=float, default=0.15)
+    parser.add_argument("--max-wait", type=float, default=120)
+    parser.add_argument("--skip", action="append", default=[], choices=["prefill", "cold-start", "memory"])
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/full-depth-<layers>.json")
+    args = parser.parse_args()
+
+    from phi3e2e.infer.threads import physical_cores
+
+    threads = args.threads or physical_cores()
+    if not PEERS_PYTHON.is_file():
+        raise SystemExit("needs llama.cpp's peers venv: make bench-peers")
+    work = args.work_dir / f"phi3-mini-shaped-{args.layers}-layers"
+    work.mkdir(parents=True, exist_ok=True)
+    result = {"layers": args.layers, "threads": threads, "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "cpus": os.cpu_count()}
+    result["build"], hf_dir, onnx_dir, gguf = build(work, args.layers, threads)
+    if "prefill" not in args.skip:
+        log("Prefill ...")
+        result["prefill"] = measure_prefill(onnx_dir, gguf, threads, args)
+    if "cold-start" not in args.skip:
+        log("Cold start ...")
+        result["cold_start"] = measure_cold_start(onnx_dir, gguf, threads, args)
+    if "memory" not in args.skip:
+        log("Memory ...")
+        result["memory"] = measure_memory(onnx_dir, gguf, threads)
+    out = args.out or RESULTS / f"full-depth-{args.layers}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
+    log(f"\nWrote {out}")
+
+
+if __name__ == "__main__":
+    main()
