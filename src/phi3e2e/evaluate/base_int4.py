@@ -103,6 +103,10 @@ def build(base_model: Path, output_dir: Path, execution_provider: str, extra: di
         pass
     from onnxruntime_genai.models.builder import create_model
 
+    from phi3e2e.workflow.lean_int4 import install
+
+    install()  # the int4 step weight by weight, as the fine-tune's Olive run gets it
+
     extra = {key: tuple(value) if isinstance(value, list) else value for key, value in extra.items()}  # op types
     create_model(
         model_name=str(base_model),

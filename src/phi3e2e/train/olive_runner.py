@@ -195,7 +195,8 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 10) -> None:
 
 def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False) -> list[dict]:
     """Run Olive to completion; return the training-loss history. Raises UserError on failure."""
-    command = [sys.executable, "-m", "olive", "run", "--config", str(config_file)]
+    # `olive run`, with ModelBuilder's int4 step made lean enough for Phi-3-mini in 24 GB (workflow/lean_int4.py)
+    command = [sys.executable, "-m", "phi3e2e.workflow.lean_int4", "run", "--config", str(config_file)]
     finetune_pass = json.loads(config_file.read_text())["passes"].get("finetune", {})
     # On a terminal the stage's line updates in place; with --verbose Olive's own output is the progress.
     live = sys.stdout if sys.stdout.isatty() and not verbose else None

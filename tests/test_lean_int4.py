@@ -1,0 +1,52 @@
+"""The int4 step weight by weight (workflow/lean_int4.py) builds the very model ModelBuilder's own step does.
+
+Both builds are real ModelBuilder runs on the tiny model (subprocesses, no network); the reference
+is onnxruntime-genai's stock `to_int4`. The memory it saves is measured in benchmarks/full_depth.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+from onnx import numpy_helper
+
+STOCK = "from phi3e2e.workflow import lean_int4; lean_int4.install = lambda: None; "  # the reference: no patch
+BUILD = "from phi3e2e.evaluate.base_int4 import main; import sys; main(sys.argv[1:])"
+
+
+def built(model_dir, out_dir, options: dict, stock: bool):
+    out_dir.mkdir()
+    code = (STOCK if stock else "") + BUILD
+    subprocess.run([sys.executable, "-c", code, str(model_dir), str(out_dir), json.dumps(options)],
+                   check=True, capture_output=True)
+    return onnx.load(out_dir / "model.onnx")
+
+
+@pytest.mark.parametrize("options", [
+    {"int4_block_size": 64, "int4_accuracy_level": 4, "int4_op_types_to_quantize": ["MatMul", "Gather"],
+     "int4_is_symmetric": False},  # phi3e2e's CPU default on the tiny model
+    {"int4_block_size": 32},  # ModelBuilder's own defaults otherwise: symmetric, MatMuls only
+], ids=["phi3e2e-default", "matmuls-symmetric"])
+def test_the_lean_build_is_the_stock_build_byte_for_byte(tiny_project, tmp_path, options):
+    model_dir = tiny_project.model_cache / "tiny-phi3"
+    options = {"execution_provider": "cpu", **options}
+    stock = built(model_dir, tmp_path / "stock", options, stock=True)
+    lean = built(model_dir, tmp_path / "lean", options, stock=False)
+
+    def tensors(model):
+        return {t.name: (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()) for t in model.graph.initializer}
+
+    def nodes(model):
+        return sorted((n.name, n.op_type, n.domain, tuple(n.input), tuple(n.output), str(n.attribute))
+                      for n in model.graph.node)
+
+    assert any(n.op_type == "MatMulNBits" for n in lean.graph.node)
+    assert not any(n.op_type == "MatMul" and n.input[1] in tensors(lean) for n in lean.graph.node)  # none left fp32
+    assert nodes(lean) == nodes(stock)
+    assert tensors(lean) == tensors(stock)
+    assert {o.domain: o.version for o in lean.opset_import} == {o.domain: o.version for o in stock.opset_import}
+    assert lean.ir_version == stock.ir_version
