@@ -91,7 +91,10 @@ def _quantize_node(graph, node, node_quantizer, builder_values: dict) -> None:
         return  # not quantizable (not a 2-D constant weight): left as it is, as the stock path does
 
     values = {value.name: value for value in node.inputs if value is not None}
-    for tensor_proto in scratch.initializer[1:]:
+    for added in scratch.initializer[1:]:
+        # A standalone copy: a reference into `scratch` would keep all of it, fp32 weight included, alive.
+        tensor_proto = onnx.TensorProto()
+        tensor_proto.CopyFrom(added)
         tensor = ir.serde.deserialize_tensor(tensor_proto)
         value = ir.Value(name=tensor_proto.name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
         graph.register_initializer(value)
