@@ -39,12 +39,13 @@ clean-demo:
 	rm -rf $(DEMO) gen-model/demo-* gen-model/.demo-*.partial gen-model/.checkpoints/demo-* gen-model/.locks/demo-*.lock
 
 # llama.cpp as a benchmark peer, in its own venv (never one of phi3e2e's dependencies):
-# llama-cpp-python built from its PyPI source distribution (6-10 minutes on 2 cores), and the
+# llama-cpp-python built from its PyPI source distribution (6-10 minutes on 2 cores; every SIMD
+# extension of this CPU but AMX, see benchmarks/peers/cmake_args.py), and the
 # GGUF converter vendored in that same source distribution unpacked into $(PEERS)/llama.cpp/.
 PEERS ?= .venv-peers
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_SDIST := $(PEERS)/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
-PEERS_STAMP := $(PEERS)/.installed-$(LLAMA_CPP_PYTHON)
+PEERS_STAMP := $(PEERS)/.installed-$(LLAMA_CPP_PYTHON)-no-amx
 
 .PHONY: bench-peers bench
 
@@ -57,7 +58,7 @@ $(PEERS_STAMP):
 		safetensors==0.8.0 numpy==2.4.6 sentencepiece==0.2.3 gguf==0.19.0
 	rm -rf $(PEERS)/sdist
 	$(PEERS)/bin/python -m pip download --quiet --no-binary :all: --no-deps llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(PEERS)/sdist
-	$(PEERS)/bin/python -m pip install $(LLAMA_SDIST)
+	CMAKE_ARGS="$$($(PYTHON) benchmarks/peers/cmake_args.py)" $(PEERS)/bin/python -m pip install --no-cache-dir --force-reinstall $(LLAMA_SDIST)
 	rm -rf $(PEERS)/llama.cpp && mkdir -p $(PEERS)/llama.cpp
 	tar xzf $(LLAMA_SDIST) -C $(PEERS)/llama.cpp --strip-components=3 \
 		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/convert_hf_to_gguf.py \

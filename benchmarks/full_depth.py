@@ -34,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,14 +54,16 @@ CHAT_TOKENS = 128  # the memory run's answer length
 
 def run_measured(command: list[str], **kwargs) -> dict:
     """Run `command`; wall seconds from spawn to exit, its peak RSS, its stdout."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-    stdout, stderr = process.stdout.read(), process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:4])} ... failed ({process.returncode}):\n{stderr[-2000:]}")
+    with tempfile.TemporaryFile("w+") as stderr:  # a file, not a pipe: a chatty child never blocks on it
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, **kwargs)
+        stdout = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            stderr.seek(0)
+            raise SystemExit(f"{' '.join(command[:4])} ... failed ({process.returncode}):\n{stderr.read()[-2000:]}")
     return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, "stdout": stdout}
 
 
