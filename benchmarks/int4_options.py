@@ -239,7 +239,7 @@ def measure_speed(args, threads: int) -> dict:
                                     engine=GenaiEngine(folders[c.name], "cpu", huge_pages=c.huge_pages))
                 for c in candidates}
     for session in sessions.values():  # time decode on the pages `chat` settles on, not during the copy
-        if session.engine.huge_pages_done:
+        if session.engine.use_huge_pages():
             session.engine.huge_pages_done.join()
     first = next(iter(sessions.values()))
     prompt_text = user_text_for(first.engine, PROMPT_TOKENS)

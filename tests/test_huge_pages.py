@@ -131,3 +131,20 @@ def _check_only_the_filled_window_collapsed(filled: int, empty: int) -> None:
     assert _anon_huge_bytes(filled) >= 14 * MB
     assert _anon_huge_bytes(empty) == 0
     assert ctypes.string_at(filled, 4) == b"\x01" * 4 and ctypes.string_at(filled + 16 * MB - 4, 4) == b"\x01" * 4
+
+
+def test_chat_moves_its_weights_after_the_first_answer_not_before(finished_run):
+    """The copy onto huge pages would slow a first answer beside it: it starts once that answer is out."""
+    from phi3e2e.infer.engines.genai import GenaiEngine
+    from phi3e2e.infer.generation import GenerationOptions
+
+    _, run_dir = finished_run
+    engine = GenaiEngine(run_dir / "onnx-int4", "cpu")
+    assert engine.huge_pages_done is None  # nothing before the first answer
+    options = GenerationOptions(max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert len(list(engine.stream_tokens(engine.encode("Hi"), options))) == 2
+    worker = engine.huge_pages_done
+    assert worker is not None and worker.daemon
+    worker.join(timeout=60)
+    list(engine.stream_tokens(engine.encode("Hi"), options))
+    assert engine.huge_pages_done is worker  # once per load

@@ -105,7 +105,8 @@ class GreedyDecoder:
             token = int(logits.argmax())
             times.append(time.perf_counter())
             llm.eval([token])
-        return {"ttft_s": times[0] - start, "decode_tok_s": (len(times) - 1) / (times[-1] - times[0])}
+        decode_tok_s = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None  # one token: no decode
+        return {"ttft_s": times[0] - start, "decode_tok_s": decode_tok_s}
 
     def prefill(self, length: int) -> dict:
         """The first `length` prompt ids to the first token (llama-cpp-python's default batches)."""
@@ -133,7 +134,7 @@ def bytes_per_token(gguf: Path) -> int:
 
 def serve(decoder: GreedyDecoder, gguf: Path) -> None:
     """For interleaved benchmarks: one JSON line per `run` line on stdin (the model stays loaded)."""
-    decoder.run()  # warm-up
+    decoder.prefill(min(len(decoder.prompt_ids), 128)) if decoder.new_tokens < 2 else decoder.run()  # warm-up
     print(json.dumps({"ready": True, "bytes_per_token": bytes_per_token(gguf)}), flush=True)
     for line in sys.stdin:
         if line.strip() == "run":

@@ -117,14 +117,23 @@ class GenaiEngine:
                 hint = f" (built for {built}: use --device {built}, or `phi3e2e export --device cpu`)"
             raise UserError(f"{model_dir}: cannot load model: {str(e).splitlines()[0]}{hint}") from None
         # CPU decode streams every weight each token: on 2 MiB pages it was ~8% faster (docs/performance.md).
-        # The kernel's copy takes ~0.5 s per 300 MB, so it runs beside the first answer, not before it.
+        # The kernel's copy of 2 GB takes seconds and slowed a first answer beside it by 0.8 s, so it starts
+        # when the first answer is done (chat then waits for the user; `chat --prompt` exits without it).
+        self._pages_to_collapse = (mapped_before, pages.anonymous_regions()) if mapped_before else None
         self.huge_pages_done = None
-        if mapped_before:
-            self.huge_pages_done = pages.collapse_new_in_background(mapped_before, pages.anonymous_regions())
         try:
             self.tokenizer = og.Tokenizer(self.model)
         except Exception as e:  # a deleted or damaged tokenizer.json: the runtime's RuntimeError
             raise UserError(f"{model_dir}: cannot load its tokenizer: {str(e).splitlines()[0][:200]}") from None
+
+    def use_huge_pages(self):
+        """Start moving the loaded weights onto 2 MiB pages (once, in the background); the worker thread."""
+        if self._pages_to_collapse:
+            from phi3e2e.infer import huge_pages as pages
+
+            self.huge_pages_done = pages.collapse_new_in_background(*self._pages_to_collapse)
+            self._pages_to_collapse = None
+        return self.huge_pages_done
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
@@ -152,11 +161,14 @@ class GenaiEngine:
         params.set_search_options(do_sample=options.do_sample, **search)
         generator = og.Generator(self.model, params)
         decoder = self.tokenizer.create_stream()
-        generator.append_tokens(prompt_tokens)
-        while not generator.is_done():
-            generator.generate_next_token()
-            token = generator.get_next_tokens()[0]
-            yield token, "" if self.is_end(token) else decoder.decode(token)
+        try:
+            generator.append_tokens(prompt_tokens)
+            while not generator.is_done():
+                generator.generate_next_token()
+                token = generator.get_next_tokens()[0]
+                yield token, "" if self.is_end(token) else decoder.decode(token)
+        finally:
+            self.use_huge_pages()  # the first answer is out (or stopped): now the copy costs nobody a token
 
     def is_end(self, token: int) -> bool:
         """An end-of-turn / end-of-text token (genai_config's eos_token_id)."""
