@@ -110,9 +110,11 @@ def test_interrupted_run_does_not_look_finished(tiny_project):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "Running pass" not in (log.read_text() if log.exists() else ""):
         time.sleep(0.2)
+    running = process.poll() is None
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
+    stdout, stderr = process.communicate(timeout=120)
+    assert running, f"the fine-tune ended before Olive logged a pass (log: {log.exists()}):\n{stdout[-1500:]}{stderr[-1500:]}"
+    assert process.returncode != 0, stdout[-1500:] + stderr[-1500:]
     assert "Traceback" not in stderr
     assert not (tiny_project.gen_model / "cut").exists()
     assert runs.read_record(tiny_project.gen_model / "cut.failed").status == "failed"
