@@ -105,6 +105,7 @@ def test_interrupted_run_does_not_look_finished(tiny_project):
     process = subprocess.Popen(
         [sys.executable, "-m", "phi3e2e", "finetune", "--run-name", "cut"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
     )
     log = runs.partial_dir(tiny_project.gen_model, "cut") / "olive.log"
     deadline = time.monotonic() + 120
@@ -120,6 +121,12 @@ def test_interrupted_run_does_not_look_finished(tiny_project):
     assert runs.read_record(tiny_project.gen_model / "cut.failed").status == "failed"
     with pytest.raises(UserError, match="no finished fine-tune"):
         runs.newest_onnx_model(tiny_project.gen_model)
+
+
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default action, as a foreground command has it: a test suite started in the background
+    by a non-interactive shell (`make test &`) ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_olive_output_without_a_model_is_caught(tmp_path):
