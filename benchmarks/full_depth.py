@@ -300,8 +300,6 @@ def measure_cold_start(onnx_dir: Path, gguf: Path, threads: int, args) -> dict:
 def measure_memory(onnx_dir: Path, gguf: Path, threads: int) -> dict:
     rows = {"phi3e2e chat --prompt": (chat_command(onnx_dir, CHAT_TOKENS), weights_read_per_token(onnx_dir))}
     if gguf:
-        from int4_options import LlamaCppPeer  # noqa: F401  (same venv check as the decode table)
-
         per_token = subprocess.run([str(PEERS_PYTHON), "-c", "import sys; sys.path.insert(0, sys.argv[2]); "
                                     "from llama_cpp_peer import bytes_per_token; print(bytes_per_token(sys.argv[1]))",
                                     str(gguf), str(PEER_SCRIPT.parent)], capture_output=True, text=True, check=True)

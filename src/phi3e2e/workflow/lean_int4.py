@@ -117,7 +117,6 @@ def _quantize_node(graph, node, node_quantizer, builder_values: dict) -> None:
     if not weight.uses() and weight not in graph.outputs:
         graph.initializers.pop(weight.name)  # the fp32 copy (and, for a cast weight, its closure) goes with it
         builder_values.pop(weight.name, None)
-    del scratch
 
 
 def main() -> None:
