@@ -134,7 +134,8 @@ def restarted_job(tiny_template, tmp_path_factory):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     first_log.close()
-    killed_at = sorted(int(p.name.split("-")[1]) for p in (outputs / "checkpoints").glob("checkpoint-*"))
+    # Complete checkpoints only: the kill can land while the next one's folder is half written.
+    killed_at = sorted(int(p.parent.name.split("-")[1]) for p in (outputs / "checkpoints").glob("checkpoint-*/trainer_state.json"))
     # Read now: the resumed run's save_total_limit removes old checkpoints.
     epoch_at_kill = json.loads((outputs / "checkpoints" / f"checkpoint-{killed_at[-1]}" / "trainer_state.json").read_text())["epoch"]
     shutil.rmtree(staged.code_dir / WORK_DIR)  # the restarted job lands on a fresh node

@@ -122,7 +122,10 @@ def training_args(config: dict) -> dict:
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    found = [(int(m[1]), path) for path in folder.glob("checkpoint-*") if (m := CHECKPOINT.match(path.name))]
+    """The newest complete checkpoint: the trainer writes trainer_state.json last, and a node reclaimed
+    mid-save leaves a newer folder without it."""
+    found = [(int(m[1]), path) for path in folder.glob("checkpoint-*")
+             if (m := CHECKPOINT.match(path.name)) and (path / "trainer_state.json").is_file()]
     return max(found)[1] if found else None
 
 
