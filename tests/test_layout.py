@@ -22,6 +22,7 @@ LAYERS = [
     ("runs",),
     ("workflow",),
     ("project", "chat_format", "plots", "resources"),
+    ("storage",),
     ("errors",),
 ]
 
