@@ -260,6 +260,30 @@ def test_an_invalid_export_workflow_names_the_field(project_templates):
                               "passes.int4.[key]:")
 
 
+def test_a_received_projects_template_cannot_run_code(project_templates, tmp_path, monkeypatch):
+    """A project folder from someone else: its templates render in Jinja's sandbox."""
+    monkeypatch.chdir(tmp_path)
+    lora = project_templates / "lora.json.j2"
+    attacks = ['{{ cycler.__init__.__globals__.os.system("touch pwned") }}',
+               "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+               "{{ s.lora.__class__.__init__.__globals__ }}",
+               "{% set x = [] %}{{ x.append(1) }}"]
+    for attack in attacks:
+        shutil.copy(templates_dir() / "lora.json.j2", lora)
+        edit(lora, '"lora_dropout"', attack + '"lora_dropout"')
+        message = fails(lambda: render_lora(project_templates))
+        assert message.startswith(f"{lora}:{line_of(lora, attack)}: ") and "unsafe" in message, message
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../../../../etc/hostname", "sub/../lora.json.j2", ".hidden"])
+def test_templates_include_only_template_files_and_never_echo_another_file(project_templates, name):
+    lora = project_templates / "lora.json.j2"
+    edit(lora, '"lora_dropout"', '{% include "' + name + '" %}"lora_dropout"')
+    message = fails(lambda: render_lora(project_templates))
+    assert message == f"{lora}:{line_of(lora, 'include')}: template {name} not found"
+
+
 def test_a_template_without_placeholders_is_rejected():
     settings = build_settings("phi3-mini", {"data.text_template": "no columns here"})
     with pytest.raises(UserError, match="text_template"):

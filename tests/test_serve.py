@@ -219,6 +219,22 @@ def test_every_request_needs_the_api_key(served):
         assert "error" in json.loads(response.read())
 
 
+def test_a_rebound_host_name_or_another_sites_page_is_refused(served):
+    """DNS rebinding: a page on attacker.example resolved to 127.0.0.1 sends that Host (and its Origin)."""
+    server, _ = served
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    for headers, status, code in (({"Host": f"attacker.example:{server.port}"}, 421, "host_not_allowed"),
+                                  ({"Origin": "http://attacker.example"}, 403, "origin_not_allowed")):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.putrequest("GET", "/v1/models", skip_host="Host" in headers)
+        for name, value in {**key, **headers}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == status and json.loads(response.read())["error"]["code"] == code
+    assert any(line.startswith("refused: host not allowed") for line in server.output)
+
+
 def test_a_too_large_body_is_refused_before_it_is_read(served):
     server, run = served
     body = json.dumps({"model": run, "messages": [{"role": "user", "content": "x" * (2 << 20)}]})

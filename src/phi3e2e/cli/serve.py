@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -24,6 +24,16 @@ def serve(
                      help="Require 'Authorization: Bearer KEY' on every request (the page asks for it as a password)."),
     ] = None,
     device: Annotated[Device, typer.Option("--device", help="Where the models run.")] = "cpu",
+    allow_host: Annotated[
+        Optional[List[str]],
+        typer.Option("--allow-host", metavar="NAME",
+                     help="Also answer requests for this Host name (a reverse proxy's); others get 421."),
+    ] = None,
+    allow_origin: Annotated[
+        Optional[List[str]],
+        typer.Option("--allow-origin", metavar="ORIGIN",
+                     help="Let pages on this site call the API from a browser, e.g. https://app.example.com."),
+    ] = None,
     memory_budget: Annotated[
         Optional[float],
         typer.Option("--memory-budget",
@@ -37,6 +47,10 @@ def serve(
     and streams answers. The page at / chats with a run, or shows the base and fine-tuned
     answers to the same question side by side.
 
+    It answers only requests addressed to the names it is bound to (localhost,
+    127.0.0.1, [::1], --host), so a web page cannot reach it through DNS
+    rebinding, and refuses browser requests from other sites' pages.
+
     Examples:
 
     \b
@@ -44,9 +58,11 @@ def serve(
       phi3e2e serve 20250101-120000-lora --port 8080
       PHI3E2E_API_KEY=$(openssl rand -hex 16) phi3e2e serve --host 0.0.0.0
       phi3e2e serve --memory-budget 6
+      phi3e2e serve --allow-host llm.internal.example --api-key "$KEY"
     """
     from phi3e2e.serve.server import ServeOptions
     from phi3e2e.serve.server import serve as run_server
 
-    options = ServeOptions(run, host, port, api_key, device, memory_budget)
+    options = ServeOptions(run, host, port, api_key, device, memory_budget,
+                           allow_hosts=tuple(allow_host or ()), allow_origins=tuple(allow_origin or ()))
     run_server(current_project(), options, say=say)

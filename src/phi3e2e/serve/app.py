@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +13,7 @@ from starlette.staticfiles import StaticFiles
 
 from phi3e2e.serve.completions import chat_completion
 from phi3e2e.serve.errors import ApiError, error_body
-from phi3e2e.serve.guard import MAX_BODY_BYTES, Guard
+from phi3e2e.serve.guard import MAX_BODY_BYTES, Guard, Reach
 from phi3e2e.serve.registry import ModelRegistry
 from phi3e2e.serve.scheduler import Scheduler
 from phi3e2e.serve.schemas import ChatCompletionRequest
@@ -22,7 +22,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 def create_app(registry: ModelRegistry, scheduler: Scheduler, api_key: Optional[str] = None,
-               max_body_bytes: int = MAX_BODY_BYTES):
+               max_body_bytes: int = MAX_BODY_BYTES, reach: Reach = Reach(None),
+               refused: Callable[[str], None] = lambda kind: None):
     catalog = registry.catalog
     # No /docs: FastAPI's docs pages load their scripts from a CDN, and the server must work offline.
     app = FastAPI(title="phi3e2e serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -86,4 +87,4 @@ def create_app(registry: ModelRegistry, scheduler: Scheduler, api_key: Optional[
         message = f"internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         return JSONResponse(error_body(500, message), status_code=500)
 
-    return Guard(app, api_key, max_body_bytes)
+    return Guard(app, api_key, max_body_bytes, reach, refused)

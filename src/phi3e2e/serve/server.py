@@ -27,6 +27,8 @@ class ServeOptions:
     device: str = "cpu"
     memory_budget_gib: Optional[float] = None
     slots: int = 4
+    allow_hosts: tuple[str, ...] = ()  # Host names beyond the bound ones (a reverse proxy's)
+    allow_origins: tuple[str, ...] = ()  # sites whose pages may call the API from a browser
 
 
 def serve(project: Project, options: ServeOptions, say: Callable[[str], None] = print) -> None:
@@ -49,24 +51,37 @@ def serve(project: Project, options: ServeOptions, say: Callable[[str], None] = 
     budget = int(options.memory_budget_gib * GIB) if options.memory_budget_gib else default_budget_bytes()
     listener = bind(options.host, options.port)
 
+    import asyncio
+
     import uvicorn
 
     from phi3e2e.serve.app import create_app
+    from phi3e2e.serve.connections import RefusalLog, guarded_protocol, quiet_accept_errors, raise_file_limit
+    from phi3e2e.serve.guard import Reach
     from phi3e2e.serve.scheduler import Scheduler
 
     registry = ModelRegistry(catalog, options.device, budget, say)
     scheduler = Scheduler(slots=options.slots, kv_room=registry.kv_room)
     registry.kv_in_use = scheduler.kv_in_use
-    app = create_app(registry, scheduler, options.api_key)
+    refusals = RefusalLog(say)
+    reach = Reach.of(options.host, options.allow_hosts, options.allow_origins)
+    app = create_app(registry, scheduler, options.api_key, reach=reach, refused=refusals.note)
     url = _url(options.host, listener.getsockname()[1])
     models = [model.id for model in catalog.refresh()]
     say(f"Serving {len(models)} models ({', '.join(models)}); default {catalog.default_id}; "
         f"memory budget {budget / GIB:.1f} GiB")
     say(f"Playground: {url}/   OpenAI API: {url}/v1   (Ctrl-C stops)")
+    raise_file_limit()
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, http=guarded_protocol(refusals))
+
+    class Server(uvicorn.Server):
+        async def serve(self, sockets=None):
+            quiet_accept_errors(asyncio.get_running_loop(), refusals)
+            await super().serve(sockets)
+
     try:
-        uvicorn.Server(config).run(sockets=[listener])
+        Server(config).run(sockets=[listener])
     finally:
         scheduler.close()
         listener.close()

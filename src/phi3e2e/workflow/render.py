@@ -134,13 +134,20 @@ def _render(name: str, project_templates: Optional[Path], schema: type[BaseModel
     loaded: list[str] = []  # every file this render read: the template, what it extends and imports
 
     def load(template_name: str):
+        if not is_template_file_name(template_name):  # `{% include "/etc/hostname" %}`, `../../secret`
+            return None
         for folder in folders:  # per file, first match wins: a project may copy only some templates
             if (folder / template_name).is_file():
                 loaded.append(str(folder / template_name))
                 return (folder / template_name).read_text(), loaded[-1], lambda: True
         return None  # Jinja raises TemplateNotFound, with the line of the extends/import
 
-    env = jinja2.Environment(
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # A project's templates may come from someone else: the sandbox refuses attribute tricks
+    # (`cycler.__init__.__globals__.os`) and calls that change objects; templates load only from the
+    # template folders, by plain file name.
+    env = ImmutableSandboxedEnvironment(
         loader=jinja2.FunctionLoader(load),
         undefined=jinja2.StrictUndefined,  # a misspelt variable fails instead of rendering ""
         autoescape=False,
@@ -167,6 +174,11 @@ def _render(name: str, project_templates: Optional[Path], schema: type[BaseModel
         raise UserError(f"{source} invalid JSON: {e.msg} at line {e.lineno} of the output, near {near!r}") from None
     validate_workflow(config, source=f"{source} an invalid Olive config", schema=schema)
     return RenderedWorkflow(config, template_file)
+
+
+def is_template_file_name(name: str) -> bool:
+    """A file directly in a templates folder: no path, no parent folder, no hidden file."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def _not_json(value: object) -> object:
