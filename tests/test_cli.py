@@ -148,6 +148,15 @@ def test_dry_run_writes_only_the_validated_config(tiny_project):
     assert sorted(p.name for p in run_dir.iterdir()) == ["olive-config.json", "run.json"]
 
 
+def test_settings_that_would_fail_late_fail_the_dry_run(tiny_project):
+    """A boolean for a number, and a max_length past the model's context (it failed 19 s into the run)."""
+    result = run_cli("finetune", "--dry-run", "--set", "training.learning_rate=true", project=tiny_project)
+    assert_one_line_error(result, "training.learning_rate=true", "not a true/false setting")
+    result = run_cli("finetune", "--dry-run", "--set", f"data.max_length={10**24}", project=tiny_project)
+    assert_one_line_error(result, "data.max_length", "context of")
+    assert not tiny_project.gen_model.exists() or not any(tiny_project.gen_model.iterdir())
+
+
 def test_run_name_that_is_a_path_is_refused(tiny_project):
     assert_one_line_error(run_cli("finetune", "--run-name", "../escape", project=tiny_project), "--run-name")
 

@@ -205,6 +205,20 @@ def test_errors_are_openai_errors_with_the_right_status(served, client):
         ask(client, run, max_tokens=4, tools=[{"type": "function", "function": {"name": "f"}}])
     assert tools.value.param == "tools"
 
+    with pytest.raises(openai.BadRequestError) as huge_seed:
+        ask(client, run, max_tokens=4, seed=2**70)
+    assert huge_seed.value.param == "seed"
+    assert ask(client, run, max_tokens=4, temperature=1, seed=2**40).choices[0].finish_reason in ("stop", "length")
+
+    # JSON can carry a lone surrogate, which no tokenizer takes (the openai client cannot even send it)
+    connection = http.client.HTTPConnection("127.0.0.1", served[0].port, timeout=30)
+    body = '{"model": "%s", "max_tokens": 4, "messages": [{"role": "user", "content": "caf\\ud800"}]}' % run
+    connection.request("POST", "/v1/chat/completions", body=body,
+                       headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    error = json.loads(response.read())["error"]
+    assert response.status == 400 and error["param"] == "messages.0.content" and "lone surrogate" in error["message"]
+
 
 def test_every_request_needs_the_api_key(served):
     server, _ = served

@@ -70,3 +70,24 @@ def test_every_key_is_section_dot_field():
     keys = valid_keys()
     assert "training.max_steps" in keys and "export.int4_block_size" in keys
     assert all(key.count(".") == 1 for key in keys)
+
+
+def test_a_boolean_is_not_a_number():
+    """pydantic reads `true` as 1.0: a learning rate of 1 would train to nonsense."""
+    for text in ("training.learning_rate=true", "lora.r=false", "training.max_steps=yes"):
+        with pytest.raises(UserError, match=r"not a true/false setting \(its default: "):
+            build_settings("phi3-mini", dict([parse_override(text)]))
+    s = build_settings("phi3-mini", dict([parse_override("training.gradient_checkpointing=false"),
+                                          parse_override("export.int4_is_symmetric=false")]))
+    assert s.training.gradient_checkpointing is False and s.export.int4_is_symmetric is False
+
+
+def test_max_length_beyond_the_models_context_fails_before_anything_runs(tmp_path):
+    import json
+
+    from phi3e2e.workflow.model_family import check_max_length
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
+    check_max_length(tmp_path, 4096)
+    with pytest.raises(UserError, match=r"data.max_length=1000000000000000000000000: more than .*context of 4096"):
+        check_max_length(tmp_path, 10**24)

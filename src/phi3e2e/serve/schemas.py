@@ -7,19 +7,32 @@ n > 1, logprobs, JSON mode) are refused with 400 naming the field, rather than i
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from phi3e2e.serve.errors import ApiError
 
 MAX_STOPS = 4  # as OpenAI
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's: a 64-bit integer
+
+
+def _encodable(text: str) -> str:
+    """JSON may carry a lone surrogate (`"\\ud800"`), which no tokenizer can take: 400, not a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text (a lone surrogate at character {e.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
@@ -27,6 +40,11 @@ class Message(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[TextPart], None] = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_encodable(cls, content):
+        return _encodable(content) if isinstance(content, str) else content
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -41,14 +59,14 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: Optional[str] = None  # the server's default run when left out
+    model: Optional[Text] = None  # the server's default run when left out
     messages: list[Message] = Field(min_length=1)
     max_tokens: Optional[int] = Field(None, ge=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1)
@@ -59,6 +77,8 @@ class ChatCompletionRequest(BaseModel):
     def _few_stops(cls, stop):
         if isinstance(stop, list) and len(stop) > MAX_STOPS:
             raise ValueError(f"at most {MAX_STOPS} stop sequences")
+        for text in [stop] if isinstance(stop, str) else stop or []:
+            _encodable(text)
         return stop
 
     def stops(self) -> list[str]:

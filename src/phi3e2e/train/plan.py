@@ -130,9 +130,10 @@ def choose_settings(inputs: RunInputs, set_args: list[str]) -> FinetuneSettings:
     if inputs.local_train_file:
         check_template_columns(settings.data.text_template, inputs.local_train_file)
     if inputs.model_dir:  # before anything runs: a target the model lacks would train nothing there
-        from phi3e2e.workflow.model_family import check_target_modules
+        from phi3e2e.workflow.model_family import check_max_length, check_target_modules
 
         check_target_modules(inputs.model_dir, settings.lora.target_modules)
+        check_max_length(inputs.model_dir, settings.data.max_length)
     return settings
 
 

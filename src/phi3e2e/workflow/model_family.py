@@ -187,6 +187,14 @@ def linear_modules(model_dir: Path) -> list[str]:
     return sorted(names)
 
 
+def check_max_length(model_dir: Path, max_length: int) -> None:
+    """data.max_length within the model's context: a longer one passed the dry-run and failed 19 s into the run."""
+    context = context_length(model_dir)
+    if context is not None and max_length > context:
+        raise UserError(f"data.max_length={max_length}: more than {model_dir.name}'s context of {context} tokens "
+                        f"(max_position_embeddings in {model_dir / 'config.json'}); use at most {context}")
+
+
 def check_target_modules(model_dir: Path, target_modules: list[str]) -> None:
     """Every lora.target_modules entry names a linear layer the model has, or one line listing those it has."""
     found = linear_modules(model_dir)

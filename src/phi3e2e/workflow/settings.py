@@ -8,6 +8,7 @@ and bad values fail here, naming the key, before anything runs.
 from __future__ import annotations
 
 import difflib
+import typing
 from typing import Literal, Optional
 
 import yaml
@@ -173,8 +174,17 @@ def _assign(settings: FinetuneSettings, key: str, value: object, source: str) ->
         hint = f"did you mean {', '.join(near)}?" if near else f"valid keys: {', '.join(keys)}"
         raise UserError(f"{source}: unknown setting {key!r}; {hint}")
     section_name, field = key.split(".")
+    if isinstance(value, bool) and not _takes_booleans(section_name, field):  # pydantic would read true as 1.0
+        default = getattr(getattr(FinetuneSettings(), section_name), field)
+        raise UserError(f"{source}: {key}={str(value).lower()}: not a true/false setting (its default: {default!r})")
     try:
         setattr(getattr(settings, section_name), field, value)
     except ValidationError as e:
         reason = e.errors()[0]["msg"]
         raise UserError(f"{source}: {key}={value!r}: {reason}") from None
+
+
+
+def _takes_booleans(section_name: str, field: str) -> bool:
+    annotation = FinetuneSettings.model_fields[section_name].annotation.model_fields[field].annotation
+    return annotation is bool or bool in typing.get_args(annotation)

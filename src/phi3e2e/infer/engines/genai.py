@@ -156,7 +156,7 @@ class GenaiEngine:
         if options.do_sample:
             search |= {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
             if seed is not None:
-                search["random_seed"] = seed
+                search["random_seed"] = seed % 2**31  # genai takes a non-negative 32-bit seed; OpenAI's is 64-bit
         # Greedy gets no sampling options: setting them anyway cost ~5% decode speed (onnxruntime-genai 0.14.1).
         params.set_search_options(do_sample=options.do_sample, **search)
         generator = og.Generator(self.model, params)
