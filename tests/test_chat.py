@@ -143,6 +143,14 @@ def test_prompt_longer_than_the_context_is_a_clear_error(finished_run):
     assert "tokens" in lines[0] and "--max-length" in lines[0]
 
 
+def test_a_question_that_is_not_utf8_is_a_clear_error(finished_run):
+    project, run_dir = finished_run
+    result = run_cli("chat", "--model", str(run_dir / "onnx-int4"), "--prompt", "caf\udcff", project=project)  # b"caf\xff"
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not valid UTF-8" in lines[0] and "byte 0xff at character 3" in lines[0]
+
+
 def test_json_prints_one_object_per_answer(finished_run):
     project, _ = finished_run
     result = subprocess_chat(project, "--json", "--max-length", "20", "--min-length", "5",

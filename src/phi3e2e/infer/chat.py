@@ -54,6 +54,7 @@ class ChatSession:
 
     def prompt_tokens(self, user: str, notice: Callable[[str], None] = lambda _: None) -> list[int]:
         """The prompt for `user`'s turn, dropping the oldest turns until it leaves room for an answer."""
+        check_text(user, "the question")
         room = self.context_length - self.options.max_new_tokens
         while True:
             tokens = self.engine.encode(self.chat_format.prompt(self.turns, user, self.system))
@@ -90,3 +91,14 @@ class ChatSession:
         text = "".join(pieces).strip()
         self.turns.append((user, text))
         return Answer(text, count, seconds, first, stopped, len(prompt_tokens), finish_reason)
+
+
+def check_text(text: str, what: str) -> None:
+    """Text a tokenizer can take. Python hands over invalid UTF-8 from argv or a terminal as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "surrogateescape") if 0xDC80 <= ord(text[e.start]) <= 0xDCFF else b""
+        byte = f"byte 0x{bad.hex()}" if bad else "a lone surrogate"
+        raise UserError(f"{what} is not valid UTF-8 text ({byte} at character {e.start}): "
+                        "check the terminal's or file's encoding") from None
