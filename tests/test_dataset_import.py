@@ -268,3 +268,51 @@ def test_encoding_option_reads_a_gbk_export(tiny_project, tmp_path):
     source.write_bytes("Question,Best Answer\n营业时间？,每天早上7点。\n".encode("gbk"))
     prepared = prepare(tiny_project, data=source, options=ImportOptions(encoding="gbk", eval_split=0), say=quiet)
     assert all_rows(prepared.dataset_dir) == [{"Question": "营业时间？", "Best Answer": "每天早上7点。"}]
+
+
+# --- Datasets that are not whole, and datasets that runs depend on ---------------------------
+
+
+def test_a_killed_imports_staging_folder_is_never_a_dataset_and_goes_on_the_next_import(tiny_project, tmp_path):
+    staging = tiny_project.datasets / ".faq.importing-999999999"  # no such process: a killed import
+    staging.mkdir()
+    (staging / "train.jsonl").write_text('{"Question": "a", "Best Answer": "b"}\n')
+    result = run_cli("finetune", "--data", staging.name, "--dry-run", project=tiny_project)
+    assert result.returncode == 2 and "staging folder, not a dataset" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    source = tmp_path / "faq.jsonl"
+    source.write_text("".join(json.dumps({"Question": f"Q{i}?", "Best Answer": f"A{i}."}) + "\n" for i in range(12)))
+    assert run_cli("prepare", "--data", str(source), project=tiny_project).returncode == 0
+    assert not staging.exists()
+    assert not [p.name for p in tiny_project.datasets.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("damage, where", [("{ not json\n", "train.jsonl:2: not a JSON row"),
+                                           ('["a", "list"]\n', "train.jsonl:2: a row must be a JSON object"),
+                                           (b"\xff\xfe\n", "train.jsonl:2: not a JSON row")])
+def test_a_hand_damaged_dataset_file_is_one_line_naming_file_and_line(tiny_project, damage, where):
+    train = tiny_project.datasets / "sample" / "train.jsonl"
+    first = train.read_bytes().splitlines(keepends=True)[0]
+    train.write_bytes(first + (damage if isinstance(damage, bytes) else damage.encode()))
+    result = run_cli("finetune", "--dry-run", project=tiny_project)
+    assert result.returncode == 2 and where in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_replacing_a_dataset_that_runs_were_trained_on_needs_force(tiny_project, tmp_path):
+    from phi3e2e.runs import read_record, write_record
+
+    assert run_cli("finetune", "--dry-run", "--run-name", "trained", project=tiny_project).returncode == 0
+    record = read_record(tiny_project.gen_model / "trained")
+    record.status = "succeeded"  # only run.json is read: a finished run's record on the sample dataset
+    write_record(tiny_project.gen_model / "trained", record)
+    source = tmp_path / "faq.jsonl"
+    source.write_text("".join(json.dumps({"Question": f"Q{i}?", "Best Answer": f"A{i}."}) + "\n" for i in range(12)))
+    before = (tiny_project.datasets / "sample" / "train.jsonl").read_bytes()
+    result = run_cli("prepare", "--data", str(source), "--name", "sample", project=tiny_project)
+    assert result.returncode == 2 and "datasets/sample: run trained was trained on it" in result.stderr and "--force" in result.stderr
+    assert (tiny_project.datasets / "sample" / "train.jsonl").read_bytes() == before
+    result = run_cli("prepare", "--data", str(source), "--name", "sample", "--force", project=tiny_project)
+    assert result.returncode == 0, result.stderr
+    assert len(all_rows(tiny_project.datasets / "sample")) == 12
+    assert sorted(p.name for p in tiny_project.datasets.iterdir() if p.name.startswith(".")) == []

@@ -50,6 +50,9 @@ def prepare(
         Optional[str], typer.Option("--encoding", help="Text encoding of the file (default: UTF-8), e.g. gbk, cp1252.")
     ] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a dataset of that name even if finished runs were trained on it.")
+    ] = False,
 ) -> None:
     """Put a base model in model-cache/ and a dataset in datasets/.
 
@@ -72,7 +75,7 @@ def prepare(
     from phi3e2e.prepare.prepare_project import prepare as run_prepare
 
     project = current_project()
-    options = ImportOptions(data_format, encoding, question_col, answer_col, eval_split, seed, max_length)
+    options = ImportOptions(data_format, encoding, question_col, answer_col, eval_split, seed, max_length, force)
     prepared = run_prepare(
         project, model=model, tiny=twin or tiny, data=data, dataset_name=name, revision=revision, options=options, say=say
     )

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import shutil
 import statistics
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,6 +30,7 @@ from typing import Callable, Optional
 from phi3e2e.chat_format import RECIPE_TEXT_TEMPLATE, ROLE_TAGS, ChatFormat, render_chat
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.data_formats import RawFile, Record, read_data_file
+from phi3e2e.storage import staged_dir
 from phi3e2e.workflow.training_text import render
 
 CHAT_TEXT_TEMPLATE = "{text}"
@@ -256,24 +257,66 @@ def write_dataset(
     dataset_dir = datasets_dir / name
     if dataset_dir.exists() and not dataset_dir.is_dir():
         raise UserError(f"--name {name}: {dataset_dir} is a file, not a dataset folder; choose another --name")
-    datasets_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=datasets_dir))
     try:
-        for split, split_rows in splits.items():
-            with open(staging / f"{split}.jsonl", "w", encoding="utf-8") as f:
-                for row in split_rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (staging / "summary.json").write_text(
-            json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        if dataset_dir.exists():
-            shutil.rmtree(dataset_dir)
-        staging.rename(dataset_dir)
+        datasets_dir.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_imports(datasets_dir)
+        with staged_dir(dataset_dir, datasets_dir / f".{name}{IMPORTING}{os.getpid()}", replace=True) as staging:
+            for split, split_rows in splits.items():
+                with open(staging / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                    for row in split_rows:
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            (staging / "summary.json").write_text(
+                json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
     except OSError as e:  # disk full, read-only folder: the old dataset (if any) is left as it was
         raise UserError(f"{e.filename or dataset_dir}: cannot write the dataset ({e.strerror or e})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ImportResult(dataset_dir, summary)
+
+
+IMPORTING = ".importing-"  # datasets/.NAME.importing-PID: an import in progress (or killed)
+
+
+def remove_abandoned_imports(datasets_dir: Path) -> None:
+    """The staging folders of imports whose process is gone (killed mid-write): they are never datasets."""
+    for folder in datasets_dir.glob(f".*{IMPORTING}*"):
+        pid = folder.name.rpartition(IMPORTING)[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_dataset_folder(dataset_dir: Path) -> Path:
+    """A dataset `prepare` finished, with JSON-object rows; its train.jsonl. One line names what is wrong."""
+    again = "import it again with `phi3e2e prepare --data FILE`"
+    if dataset_dir.name.startswith("."):
+        raise UserError(f"{dataset_dir}: an unfinished import's staging folder, not a dataset; {again}")
+    train_file = dataset_dir / "train.jsonl"
+    if not train_file.is_file() or train_file.stat().st_size == 0:
+        raise UserError(f"{dataset_dir}: no training data (train.jsonl); import it with `phi3e2e prepare --data FILE`")
+    for split_file in (train_file, dataset_dir / "eval.jsonl"):
+        if not split_file.is_file():
+            continue
+        with open(split_file, "rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:  # JSON, or UTF-8, broken: a hand edit or a damaged disk
+                    raise UserError(f"{split_file}:{number}: not a JSON row ({str(e).splitlines()[0]}); {again}") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{split_file}:{number}: a row must be a JSON object, not {type(row).__name__}; "
+                                    f"{again}")
+    return train_file
 
 
 def _token_stats(tokenizer, texts: list[str], max_length: Optional[int]) -> tuple[dict, list[int]]:

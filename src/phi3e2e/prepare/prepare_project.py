@@ -48,6 +48,7 @@ class ImportOptions:
     eval_split: float = 0.1
     seed: int = 42
     max_length: Optional[int] = None  # default: the fine-tune profile's data.max_length
+    force: bool = False  # replace a dataset that runs were trained on
 
 
 def prepare(
@@ -70,6 +71,8 @@ def prepare(
     if data is not None or not _still_there(project, recorded.get("dataset")):
         source = Path(data) if data is not None else sample_dataset()
         name = check_name(dataset_name) if dataset_name else (default_name(source) if data else SAMPLE_DATASET_NAME)
+        if not options.force:
+            check_not_trained_on(project, project.datasets / name)
         say(f"Reading {source} ...")
         loaded = load_dataset(
             source,
@@ -100,6 +103,22 @@ def prepare(
         dataset_dir = project.resolve(recorded["dataset"])
     project.record_choices(dataset=dataset_dir, model=model_dir)
     return Prepared(model_dir, dataset_dir, summary)
+
+
+def check_not_trained_on(project: Project, dataset_dir: Path) -> None:
+    """Replacing a dataset that finished runs were trained on changes what `eval` measures them on: --force."""
+    from phi3e2e import runs
+
+    if not dataset_dir.is_dir():
+        return
+    trained = sorted(folder.name for folder, record in runs.run_folders(project.gen_model)
+                     if record.status == "succeeded" and record.dataset
+                     and project.resolve(record.dataset) == dataset_dir.resolve())
+    if trained:
+        shown = ", ".join(trained[:5]) + (f" and {len(trained) - 5} more" if len(trained) > 5 else "")
+        which = f"run {shown} was" if len(trained) == 1 else f"runs {shown} were"
+        raise UserError(f"{project.relative(dataset_dir)}: {which} trained on it; pass --force to replace "
+                        f"it (their evals then use the new rows), or choose another --name")
 
 
 def _write(project: Project, loaded: LoadedDataset, name: str, model_dir: Path, options: ImportOptions, say):

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from phi3e2e import runs
 from phi3e2e.errors import UserError
+from phi3e2e.prepare.dataset_import import check_dataset_folder
 from phi3e2e.prepare.models import check_model_folder, is_tiny_model
 from phi3e2e.project import Project
 from phi3e2e.train.inputs import RunInputs
@@ -40,9 +41,7 @@ def local_inputs(project: Project, model: Optional[str], data: Optional[str]) ->
     dataset_dir = project.resolve(data)
     if not dataset_dir.is_dir() and (project.datasets / data).is_dir():
         dataset_dir = project.datasets / data
-    train_file = dataset_dir / "train.jsonl"
-    if not train_file.is_file() or train_file.stat().st_size == 0:
-        raise UserError(f"{dataset_dir}: no training data (train.jsonl); import it with `phi3e2e prepare --data FILE`")
+    train_file = check_dataset_folder(dataset_dir)
     eval_file = dataset_dir / "eval.jsonl"
     has_eval = eval_file.is_file() and eval_file.stat().st_size > 0
     return RunInputs(
