@@ -306,8 +306,7 @@ def test_models_load_on_first_use_within_the_memory_budget(finished_run, tmp_pat
                              say=lambda _: None)
     assert registry.loaded_ids() == []  # nothing loaded before it is asked for
 
-    registry.acquire(run_dir.name)
-    registry.release(run_dir.name)
+    registry.release(registry.acquire(run_dir.name))
     second = registry.acquire("second")  # one fits, two do not: the idle one is unloaded
     assert registry.loaded_ids() == ["second"]
     assert second.engine.encode("hello")
@@ -315,9 +314,36 @@ def test_models_load_on_first_use_within_the_memory_budget(finished_run, tmp_pat
     with pytest.raises(ApiError) as full:  # "second" is still in use: nothing can make room
         registry.acquire(run_dir.name)
     assert full.value.status == 503 and full.value.code == "memory_budget"
-    registry.release("second")
+    registry.release(second)
     registry.acquire(run_dir.name)
     assert registry.loaded_ids() == [run_dir.name]
+
+
+def test_a_removed_run_is_a_404_and_a_replaced_one_is_loaded_anew(finished_run, tmp_path):
+    """`runs rm` (or a new run of the same name) while serve runs: serve lets go of the old folder."""
+    from phi3e2e.serve.catalog import Catalog
+    from phi3e2e.serve.errors import ApiError
+    from phi3e2e.serve.registry import ModelRegistry
+
+    original, run_dir = finished_run
+    project = Project(tmp_path / "project")
+    shutil.copytree(original.root, project.root, symlinks=True)
+    shutil.copytree(run_dir, project.gen_model / "second", symlinks=True)
+    said = []
+    registry = ModelRegistry(Catalog(project, run_dir.name, say=said.append), "cpu", 1 << 34, say=said.append)
+    in_use = registry.acquire("second")
+
+    assert run_cli("runs", "rm", "second", "--yes", project=project).returncode == 0
+    with pytest.raises(ApiError) as removed:
+        registry.acquire("second")
+    assert removed.value.status == 404 and removed.value.code == "model_not_found"
+    assert in_use.engine.encode("an answer in progress goes on")  # its files stay open until it ends
+    registry.release(in_use)
+
+    shutil.copytree(run_dir, project.gen_model / "second", symlinks=True)  # a new run of that name
+    replaced = registry.acquire("second")
+    assert replaced is not in_use and registry.loaded_ids().count("second") == 1
+    assert "Unloaded second: its run folder was removed or replaced" in said
 
 
 def test_serve_help_imports_no_server_or_ml_stack():

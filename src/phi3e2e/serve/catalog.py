@@ -36,6 +36,7 @@ class ServedModel:
     dataset: Optional[Path] = None  # fine-tuned: its dataset folder (eval.jsonl: the playground's examples)
     base_model: Optional[Path] = None  # base: the Hugging Face folder it is built from
     build_options: Optional[dict] = None  # base: execution provider and int4 options
+    version: str = ""  # fine-tuned: which folder holds the run now (a new run of the same name is another)
 
     def as_openai(self) -> dict:
         extra = {"phi3e2e_kind": self.kind}
@@ -68,7 +69,7 @@ class Catalog:
                 build = (str(run.base_model), json.dumps(run.int4_options, sort_keys=True))
                 bases.setdefault(build, []).append(run.run_dir)
             found[run.run_dir.name] = ServedModel(run.run_dir.name, _epoch(run.finished_at), "fine-tuned", run.run_dir,
-                                                  dataset=run.dataset)
+                                                  dataset=run.dataset, version=run_version(run.run_dir))
         names = [Path(folder).name for folder, _ in bases]
         for (folder, options), run_dirs in bases.items():
             name = BASE_PREFIX + Path(folder).name
@@ -83,9 +84,12 @@ class Catalog:
         return list(found.values())
 
     def get(self, model_id: Optional[str]) -> ServedModel:
+        """The model as it is on disk now: a run removed since the last look is a 404, a replaced one the new run."""
         model_id = model_id or self.default_id
         with self._lock:
             model = self._models.get(model_id)
+        if model is not None and model.kind == "fine-tuned" and run_version(model.run_dir) != model.version:
+            model = None  # `runs rm`, or a new run of that name, since the last refresh
         if model is None and model_id not in {m.id for m in self.refresh()}:
             raise ApiError(404, f"The model '{model_id}' does not exist; GET /v1/models lists the models served here.",
                            param="model", code="model_not_found")
@@ -154,6 +158,14 @@ def _finished_runs(project: Project) -> list[_Run]:
         dataset = project.resolve(record.dataset) if record.dataset else None
         found.append(_Run(run_dir, record.finished_at, base_model, dataset, int4_options(record)))
     return found
+
+
+def run_version(run_dir: Path) -> str:
+    """Which run folder holds this name now ("" when none): its inode and its record's last change."""
+    try:
+        return f"{run_dir.stat().st_ino}:{(run_dir / ONNX_INT4 / 'genai_config.json').stat().st_mtime_ns}"
+    except OSError:
+        return ""
 
 
 def _epoch(timestamp: Optional[str]) -> int:

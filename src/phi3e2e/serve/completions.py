@@ -40,7 +40,7 @@ async def chat_completion(body: ChatCompletionRequest, request: Request, registr
         if not released:
             released = True
             job.cancelled.set()
-            registry.release(model.id)
+            registry.release(loaded)
 
     try:
         job.prompt_tokens = loaded.engine.encode(loaded.chat_format.messages_prompt(body.turns()))
@@ -72,7 +72,7 @@ async def _acquire(registry: ModelRegistry, model_id: str):
     try:
         return await asyncio.shield(acquiring)
     except asyncio.CancelledError:
-        acquiring.add_done_callback(lambda done: done.exception() or registry.release(model_id))
+        acquiring.add_done_callback(lambda done: done.exception() or registry.release(done.result()))
         raise
 
 

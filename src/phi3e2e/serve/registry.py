@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from phi3e2e.chat_format import ChatFormat
 from phi3e2e.errors import UserError
@@ -31,6 +31,7 @@ class Loaded:
     kv_bytes_per_token: int
     users: int = 0
     last_used: float = 0.0
+    version: str = ""  # the catalog's version of the model when it was loaded
 
 
 class ModelRegistry:
@@ -53,12 +54,16 @@ class ModelRegistry:
         return self.budget - self.models_bytes()
 
     def acquire(self, model_id: str) -> Loaded:
-        """The loaded model, marked in use until `release` (blocking: may build and load it)."""
+        """The loaded model, marked in use until `release` (blocking: may build and load it).
+
+        A run removed or replaced on disk since it was loaded is let go: answers in progress finish
+        on the old engine; new requests get a 404 or the new run's weights.
+        """
         model = self.catalog.get(model_id)
-        if (loaded := self._use(model.id)) is not None:
+        if (loaded := self._use(model)) is not None:
             return loaded
         with self._load_lock:
-            if (loaded := self._use(model.id)) is not None:
+            if (loaded := self._use(model)) is not None:
                 return loaded
             model_dir = self.catalog.model_dir(model)
             size = _folder_bytes(model_dir)
@@ -71,21 +76,23 @@ class ModelRegistry:
                 raise ApiError(500, f"{model.id}: {e}", "server_error") from None
             self.say(f"Loaded {model.id} in {time.monotonic() - start:.1f} s")
             loaded = Loaded(engine, ChatFormat.of_folder(model_dir), size, _kv_bytes_per_token(engine, self.device),
-                            users=1, last_used=time.monotonic())
+                            users=1, last_used=time.monotonic(), version=model.version)
             with self._lock:
                 self._loaded[model.id] = loaded
             return loaded
 
-    def release(self, model_id: str) -> None:
+    def release(self, loaded: Loaded) -> None:
         with self._lock:
-            loaded = self._loaded.get(model_id)
-            if loaded is not None:
-                loaded.users -= 1
-                loaded.last_used = time.monotonic()
+            loaded.users -= 1
+            loaded.last_used = time.monotonic()
 
-    def _use(self, model_id: str):
+    def _use(self, model) -> Optional[Loaded]:
         with self._lock:
-            loaded = self._loaded.get(model_id)
+            loaded = self._loaded.get(model.id)
+            if loaded is not None and loaded.version != model.version:
+                del self._loaded[model.id]  # stale: its answers in progress hold it until they end
+                self.say(f"Unloaded {model.id}: its run folder was removed or replaced")
+                return None
             if loaded is not None:
                 loaded.users += 1
                 loaded.last_used = time.monotonic()
