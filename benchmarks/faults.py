@@ -1,4 +1,5 @@
-"""Try the fault and bad-input cases of issue 11 as a user would, and count how each ends.
+"""Try the fault, bad-input and attack cases of issues 11 and 21 as a user (or an attacker) would,
+and count how each ends.
 
     .venv/bin/python benchmarks/faults.py [--project DIR] [--no-runs]
 
@@ -6,7 +7,9 @@ Each case runs the real `phi3e2e` in a subprocess on a copy of a project with th
 one finished run (made here: prepare + a 3-step fine-tune, unless --project names one). A case is
 clean when it exits 0 or 2 with at most one `error:` line, no Python traceback, and the project's
 state checks hold afterwards; otherwise it counts as a traceback, a native crash (killed by a
-signal: exit > 128 or < 0), or lost / wrong state. --no-runs skips the cases that train (minutes).
+signal: exit > 128 or < 0), or lost / wrong state. An attack case (`security`: a received project's
+templates, a web page reaching `serve`, clients that hold connections) is clean when it is refused
+and had no effect; otherwise it is a security finding. --no-runs skips the cases that train (minutes).
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ def cli(project: Project, *args: str, stdin: str | None = None, timeout: int = 9
                           input=stdin, timeout=timeout)  # fmt: skip
 
 
-def judge(name: str, done: subprocess.CompletedProcess | tuple[int, str], state_ok: bool = True) -> None:
+def judge(name: str, done: subprocess.CompletedProcess | tuple[int, str], state_ok: bool = True,
+          safe: bool = True) -> None:
     rc, output = (done.returncode, done.stdout + done.stderr) if hasattr(done, "returncode") else done
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    if "Traceback (most recent call last)" in output:
+    if not safe:
+        outcome = "security finding"
+    elif "Traceback (most recent call last)" in output:
         outcome = "traceback"
     elif rc < 0 or rc > 128:
         outcome = "native crash"
@@ -93,6 +99,85 @@ def bad_inputs(base: Project, scratch: Path, run: str) -> None:
         for command in (["finetune", "--dry-run"], ["prepare", "--data", str(data / "all-answers-empty.csv")]):
             judge(f"phi3e2e.json {content[:12]!r}: {command[0]}", cli(project, *command))
     shutil.copy(base.project_file, project.project_file)
+    for setting in ("training.learning_rate=true", f"data.max_length={10**24}"):
+        done = cli(project, "finetune", "--dry-run", "--set", setting)
+        judge(f"finetune --set {setting[:30]}", done, done.returncode == 2)
+    done = cli(project, "chat", "--model", str(project.gen_model / run), "--prompt", "caf\udcff")
+    judge("chat --prompt <invalid UTF-8>", done, done.returncode == 2)
+    staging = project.datasets / ".sample.importing-999999999"
+    shutil.copytree(project.datasets / "sample", staging)
+    done = cli(project, "finetune", "--dry-run", "--data", staging.name)
+    judge("finetune --data <a killed import's folder>", done, done.returncode == 2)
+    train = project.datasets / "sample" / "train.jsonl"
+    kept = train.read_bytes()
+    train.write_bytes(kept + b"{ damaged\n")
+    judge("finetune --dry-run on a damaged train.jsonl", cli(project, "finetune", "--dry-run"))
+    train.write_bytes(kept)
+    done = cli(project, "prepare", "--data", str(SAMPLE), "--name", "sample")
+    judge("prepare --name <a dataset runs were trained on>", done, done.returncode == 2 and train.read_bytes() == kept)
+
+
+def security(base: Project, scratch: Path, run: str) -> None:
+    """A project folder received from someone else, a web page reaching `serve`, clients holding connections."""
+    import http.client
+    import socket
+
+    project = copy_project(base, scratch / "security")
+    from phi3e2e.resources import templates_dir
+
+    project.templates.mkdir(exist_ok=True)
+    attacks = {
+        "template: os.system through globals": '{{ cycler.__init__.__globals__.os.system("touch PWNED") }}',
+        "template: list every class": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "template: include /etc/hostname": '{% include "/etc/hostname" %}',
+        "template: include ../../phi3e2e.json": '{% include "../phi3e2e.json" %}',
+    }
+    for name, attack in attacks.items():
+        text = (templates_dir() / "lora.json.j2").read_text().replace('"lora_dropout"', attack + '"lora_dropout"', 1)
+        (project.templates / "lora.json.j2").write_text(text)
+        done = cli(project, "finetune", "--dry-run")
+        leaked = socket.gethostname() in done.stderr or "__subclasses__" not in attack and "<class" in done.stderr
+        judge(name, done, done.returncode == 2, safe=not (project.root / "PWNED").exists() and not leaked)
+    shutil.rmtree(project.templates)
+
+    env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(project.root), PYTHONUNBUFFERED="1")
+    server = subprocess.Popen([sys.executable, "-m", "phi3e2e", "serve", "--port", "0"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in server.stdout:
+        lines.append(line)
+        if line.startswith("Playground: "):
+            break
+    port = int(lines[-1].split()[1].rstrip("/").rsplit(":", 1)[1])
+
+    def status(headers: dict) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.putrequest("GET", "/v1/models", skip_host="Host" in headers)
+        for key, value in headers.items():
+            connection.putheader(key, value)
+        connection.endheaders()
+        return connection.getresponse().status
+
+    for name, headers in {"serve: DNS rebinding (Host: attacker.example)": {"Host": f"attacker.example:{port}"},
+                          "serve: another site's page (Origin)": {"Origin": "http://attacker.example"}}.items():
+        answered = status(headers)
+        judge(name, (0, ""), safe=answered in (403, 421))
+    idle = []
+    try:
+        for _ in range(600):  # past the connection bound, never finishing a request head
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+            idle[-1].sendall(b"GET / HTTP/1.1\r\n")
+    except OSError:
+        pass
+    started = time.monotonic()
+    answered = status({})
+    judge("serve: 600 idle half-sent connections, then a request", (0, ""),
+          safe=answered == 200 and time.monotonic() - started < 5)
+    for sock in idle:
+        sock.close()
+    server.send_signal(signal.SIGINT)
+    output = "".join(lines) + server.communicate(timeout=30)[0]
+    judge("serve: log after the attacks", (0, output), len(output.splitlines()) < 40)
 
 
 def corrupt_artifacts(base: Project, scratch: Path, run: str) -> None:
@@ -179,11 +264,12 @@ def main() -> None:
         else:
             base, run = make_project(scratch / "base")
         bad_inputs(base, scratch, run)
+        security(base, scratch, run)
         corrupt_artifacts(base, scratch, run)
         if not args.no_runs:
             run_faults(base, scratch)
     counts = {outcome: sum(1 for _, o in CASES if o == outcome)
-              for outcome in ("clean", "traceback", "native crash", "lost or wrong state")}  # fmt: skip
+              for outcome in ("clean", "security finding", "traceback", "native crash", "lost or wrong state")}
     print(json.dumps({"cases": len(CASES), **counts}))
 
 

@@ -5,8 +5,9 @@ uvicorn 0.54's h11 protocol starts its keep-alive timer only after a response
 (`H11Protocol.on_response_complete`), so a socket that never finishes its headers stayed open
 forever: 20,500 of them used up the file limit, and asyncio then logged a traceback for every
 failed accept. Here every request head must arrive within HEADER_TIMEOUT_S of its first byte (or
-of the connection), connections past MAX_CONNECTIONS are closed as they are accepted, and asyncio's
-accept errors become one counted line per interval.
+of the connection); past MAX_CONNECTIONS the oldest connection still without a request is closed,
+so a client connecting now is answered; and asyncio's accept errors become one counted line per
+interval.
 """
 
 from __future__ import annotations
@@ -46,16 +47,21 @@ def guarded_protocol(refusals: RefusalLog, header_timeout_s: float = HEADER_TIME
                      max_connections: int = MAX_CONNECTIONS) -> type:
     """uvicorn's h11 protocol with a request-head deadline and a connection bound."""
 
+    waiting: dict = {}  # connections whose request head has not arrived -> since when (insertion order: oldest first)
+
     class GuardedH11Protocol(H11Protocol):
         head_deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                refusals.note(f"over {max_connections} open connections")
-                transport.abort()  # the file descriptor goes now, not after a polite close
-                return
             self._start_head_deadline()
+            if len(self.connections) > max_connections:
+                # Past the bound the oldest connection still sending its head goes (the likeliest to be one
+                # that never will): a real client that connects now is answered.
+                oldest = next(iter(waiting))
+                refusals.note(f"over {max_connections} open connections: closed the oldest one without a request")
+                oldest._stop_head_deadline()
+                oldest.transport.abort()  # its file descriptor goes now, not after a polite close
 
         def data_received(self, data: bytes) -> None:
             if self.head_deadline is None and self.conn.their_state is h11.IDLE:
@@ -71,14 +77,17 @@ def guarded_protocol(refusals: RefusalLog, header_timeout_s: float = HEADER_TIME
         def _start_head_deadline(self) -> None:
             self._stop_head_deadline()
             self.head_deadline = self.loop.call_later(header_timeout_s, self._head_too_slow)
+            waiting[self] = time.monotonic()
 
         def _stop_head_deadline(self) -> None:
+            waiting.pop(self, None)
             if self.head_deadline is not None:
                 self.head_deadline.cancel()
                 self.head_deadline = None
 
         def _head_too_slow(self) -> None:
             self.head_deadline = None
+            waiting.pop(self, None)
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 refusals.note(f"a request head not finished within {header_timeout_s:g} s")
                 self.transport.abort()
