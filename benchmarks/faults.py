@@ -119,18 +119,17 @@ def bad_inputs(base: Project, scratch: Path, run: str) -> None:
 
 def security(base: Project, scratch: Path, run: str) -> None:
     """A project folder received from someone else, a web page reaching `serve`, clients holding connections."""
-    import http.client
     import socket
 
-    project = copy_project(base, scratch / "security")
     from phi3e2e.resources import templates_dir
 
+    project = copy_project(base, scratch / "security")
     project.templates.mkdir(exist_ok=True)
     attacks = {
         "template: os.system through globals": '{{ cycler.__init__.__globals__.os.system("touch PWNED") }}',
         "template: list every class": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
         "template: include /etc/hostname": '{% include "/etc/hostname" %}',
-        "template: include ../../phi3e2e.json": '{% include "../phi3e2e.json" %}',
+        "template: include ../phi3e2e.json": '{% include "../phi3e2e.json" %}',
     }
     for name, attack in attacks.items():
         text = (templates_dir() / "lora.json.j2").read_text().replace('"lora_dropout"', attack + '"lora_dropout"', 1)
@@ -143,6 +142,17 @@ def security(base: Project, scratch: Path, run: str) -> None:
     env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(project.root), PYTHONUNBUFFERED="1")
     server = subprocess.Popen([sys.executable, "-m", "phi3e2e", "serve", "--port", "0"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        serve_attacks(server)
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def serve_attacks(server: subprocess.Popen) -> None:
+    import http.client
+    import socket
+
     lines = []
     for line in server.stdout:
         lines.append(line)
