@@ -93,7 +93,7 @@ def test_staged_checkpoints_go_to_the_job_output():
         model="${{inputs.model}}", train_file="${{inputs.train_file}}", eval_file=None,
         output=OLIVE_OUTPUT, cache=OLIVE_CACHE, checkpoints=CHECKPOINTS,
     )  # fmt: skip
-    args = checkpoints_to_output(render_workflow("qlora", "aml", settings, paths).config)["passes"]["finetune"][
+    args = checkpoints_to_output(render_workflow("qlora", True, settings, paths).config)["passes"]["finetune"][
         "training_args"
     ]
     assert args["output_dir"] == "${{outputs.checkpoints}}" and args["save_strategy"] == "steps"
@@ -110,7 +110,7 @@ def restarted_job(tiny_template, tmp_path_factory):
         model="${{inputs.model}}", train_file="${{inputs.train_file}}", eval_file="${{inputs.eval_file}}",
         output=OLIVE_OUTPUT, cache=OLIVE_CACHE, checkpoints=CHECKPOINTS,
     )  # fmt: skip
-    staged = stage_job_files(tmp / "run", render_workflow("lora", "local", settings, paths).config)
+    staged = stage_job_files(tmp / "run", render_workflow("lora", False, settings, paths).config)
     outputs = tmp / "outputs"
     sample = tiny_template.datasets / "sample"
     command = [

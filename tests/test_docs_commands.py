@@ -100,8 +100,9 @@ def _run(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedPro
 
 
 def _command_path(words: list[str]) -> list[str]:
-    from phi3e2e.cli.app import app
     import typer
+
+    from phi3e2e.cli.app import app
 
     group, path = typer.main.get_command(app), []
     for word in words:

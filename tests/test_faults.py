@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from phi3e2e import runs
 from phi3e2e.project import Project
-from conftest import run_cli
 
 
 def start(*args: str, project: Project, out: Path) -> subprocess.Popen:

@@ -43,7 +43,7 @@ def test_the_three_templates_ship_and_the_old_one_is_gone():
 
 @pytest.mark.parametrize("algo, target", COMBINATIONS)
 def test_each_combination_renders_the_three_passes(algo, target):
-    rendered = render_workflow(algo, target, build_settings("phi3-mini", {}), PATHS)
+    rendered = render_workflow(algo, algo == "qlora" or target == "aml", build_settings("phi3-mini", {}), PATHS)
     assert rendered.template == templates_dir() / f"{algo}.json.j2"
     config = rendered.config
     passes = config["passes"]
@@ -66,8 +66,8 @@ def test_each_combination_renders_the_three_passes(algo, target):
 def test_qlora_is_lora_plus_its_quantization_keys(profile):
     """qlora.json.j2 extends lora.json.j2: apart from the pass type and 4-bit keys, the same workflow."""
     settings = build_settings(profile, {})
-    lora = render_workflow("lora", "aml", settings, PATHS).config
-    qlora = render_workflow("qlora", "aml", settings, PATHS).config
+    lora = render_workflow("lora", True, settings, PATHS).config
+    qlora = render_workflow("qlora", True, settings, PATHS).config
     assert QLORA_KEYS <= set(qlora["passes"]["finetune"])
     for key in QLORA_KEYS:
         del qlora["passes"]["finetune"][key]
@@ -80,7 +80,7 @@ def test_finetune_int4_step_and_export_share_the_model_builder_pass(device):
     options = {"int4_block_size": 32, "int4_accuracy_level": 4, "int4_op_types_to_quantize": ["MatMul", "Gather"],
                "int4_is_symmetric": False}
     settings = build_settings("tiny", {f"export.{key}": value for key, value in options.items()})
-    int4 = render_workflow("lora", "local", settings, PATHS, on_gpu=device == "cuda").config["passes"]["int4"]
+    int4 = render_workflow("lora", device == "cuda", settings, PATHS).config["passes"]["int4"]
     rendered = render_model_builder("/runs/r/merged", device, "int4", options)
     assert rendered.template == templates_dir() / "model-builder.json.j2"
     assert rendered.config["passes"] == {"build": int4}
@@ -99,18 +99,18 @@ def test_export_keeps_modelbuilder_defaults_for_unset_options_and_int4_options_o
 
 
 def test_eval_split_becomes_olive_eval_data():
-    config = render_workflow("lora", "local", build_settings("tiny", {}), PATHS).config
+    config = render_workflow("lora", False, build_settings("tiny", {}), PATHS).config
     assert [d["name"] for d in config["data_configs"]] == ["train_data", "eval_data"]
     assert config["passes"]["finetune"]["eval_data_config"] == "eval_data"
     no_eval = WorkflowPaths(**{**PATHS.__dict__, "eval_file": None})
-    config = render_workflow("lora", "local", build_settings("tiny", {}), no_eval).config
+    config = render_workflow("lora", False, build_settings("tiny", {}), no_eval).config
     assert [d["name"] for d in config["data_configs"]] == ["train_data"]
     assert "eval_data_config" not in config["passes"]["finetune"]
 
 
 def test_text_with_quotes_and_newlines_survives_rendering():
     settings = build_settings("phi3-mini", {"data.text_template": 'Q "{Question}"\n\tA: {Best Answer}'})
-    config = render_workflow("lora", "local", settings, PATHS).config
+    config = render_workflow("lora", False, settings, PATHS).config
     assert config["data_configs"][0]["pre_process_data_config"]["text_template"] == 'Q "{Question}"\n\tA: {Best Answer}'
 
 
@@ -119,7 +119,7 @@ def test_olive_accepts_the_rendered_config(algo, target):
     """Our pydantic models mirror Olive's schema; Olive's own RunConfig must agree."""
     from olive.workflows.run.config import RunConfig
 
-    config = render_workflow(algo, target, build_settings("phi3-mini", {}), PATHS).config
+    config = render_workflow(algo, algo == "qlora" or target == "aml", build_settings("phi3-mini", {}), PATHS).config
     run_config = RunConfig.model_validate(json.loads(json.dumps(config)))
     finetune = run_config.passes["finetune"][0]
     assert finetune.type.lower() == algo
@@ -142,14 +142,14 @@ def test_olive_accepts_the_export_workflow(precision):
 def test_project_copies_win_and_say_so(project_templates, tmp_path):
     edit(project_templates / "lora.json.j2", '"lora_dropout": {{ s.lora.dropout | tojson }}', '"lora_dropout": 0.25')
     settings = build_settings("phi3-mini", {})
-    rendered = render_workflow("lora", "local", settings, PATHS, project_templates=project_templates)
+    rendered = render_workflow("lora", False, settings, PATHS, project_templates=project_templates)
     assert rendered.config["passes"]["finetune"]["lora_dropout"] == 0.25
     assert rendered.template == project_templates / "lora.json.j2"
     assert rendered.template_note(tmp_path) == "templates/lora.json.j2, project copy"
     # QLoRA extends the project's lora.json.j2, so it gets the edit too.
-    qlora = render_workflow("qlora", "local", settings, PATHS, project_templates=project_templates).config
+    qlora = render_workflow("qlora", True, settings, PATHS, project_templates=project_templates).config
     assert qlora["passes"]["finetune"]["lora_dropout"] == 0.25
-    shipped = render_workflow("lora", "local", settings, PATHS)
+    shipped = render_workflow("lora", False, settings, PATHS)
     assert shipped.config["passes"]["finetune"]["lora_dropout"] == 0.1
     assert shipped.template_note(tmp_path) == "lora.json.j2, shipped"
 
@@ -158,7 +158,7 @@ def test_a_template_missing_from_the_project_falls_back_to_the_shipped_one(proje
     (project_templates / "qlora.json.j2").unlink()
     (project_templates / "model-builder.json.j2").unlink()
     edit(project_templates / "lora.json.j2", '"save_strategy": "steps"', '"save_strategy": "epoch"')
-    rendered = render_workflow("qlora", "aml", build_settings("tiny", {}), PATHS, project_templates=project_templates)
+    rendered = render_workflow("qlora", True, build_settings("tiny", {}), PATHS, project_templates=project_templates)
     assert rendered.template == templates_dir() / "qlora.json.j2"
     # The shipped qlora.json.j2 extends "lora.json.j2", found in the project first.
     assert rendered.config["passes"]["finetune"]["training_args"]["save_strategy"] == "epoch"
@@ -168,7 +168,7 @@ def test_one_model_builder_edit_changes_the_finetune_int4_step_and_export(projec
     edit(project_templates / "model-builder.json.j2", '"precision": {{ build.precision | tojson }}',
          '"precision": {{ build.precision | tojson }}, "int4_accuracy_level": 2')
     settings = build_settings("tiny", {})
-    int4 = render_workflow("lora", "local", settings, PATHS, project_templates=project_templates).config["passes"]
+    int4 = render_workflow("lora", False, settings, PATHS, project_templates=project_templates).config["passes"]
     build = render_model_builder("/m", "cpu", "int4", {}, project_templates=project_templates).config["passes"]
     assert int4["int4"] == build["build"] == {"type": "ModelBuilder", "precision": "int4", "int4_accuracy_level": 2}
 
@@ -177,7 +177,7 @@ def test_one_model_builder_edit_changes_the_finetune_int4_step_and_export(projec
 
 
 def render_lora(project_templates, algo="lora"):
-    return render_workflow(algo, "local", build_settings("phi3-mini", {}), PATHS, project_templates=project_templates)
+    return render_workflow(algo, algo == "qlora", build_settings("phi3-mini", {}), PATHS, project_templates=project_templates)
 
 
 def fails(call) -> str:
@@ -216,7 +216,7 @@ def test_an_error_in_the_imported_model_builder_macro_names_that_file(project_te
     edit(model_builder, "build.int4_block_size | tojson", "build.int4_blocksize | tojson")
     settings = build_settings("tiny", {"export.int4_block_size": 32})
     where = f"{model_builder}:{line_of(model_builder, 'int4_blocksize')}: "
-    message = fails(lambda: render_workflow("lora", "local", settings, PATHS, project_templates=project_templates))
+    message = fails(lambda: render_workflow("lora", False, settings, PATHS, project_templates=project_templates))
     assert message.startswith(where) and "int4_blocksize" in message
     message = fails(lambda: render_model_builder("/m", "cpu", "int4", {"int4_block_size": 32},
                                                  project_templates=project_templates))
@@ -287,4 +287,4 @@ def test_templates_include_only_template_files_and_never_echo_another_file(proje
 def test_a_template_without_placeholders_is_rejected():
     settings = build_settings("phi3-mini", {"data.text_template": "no columns here"})
     with pytest.raises(UserError, match="text_template"):
-        render_workflow("lora", "local", settings, PATHS).config
+        render_workflow("lora", False, settings, PATHS).config

@@ -14,8 +14,8 @@ from conftest import quiet, run_cli
 
 from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run
 from phi3e2e.project import Project
-from phi3e2e.run_overview import list_runs, remove_run
 from phi3e2e.runs import read_record, run_lock, write_record
+from phi3e2e.runs.overview import list_runs, remove_run
 
 
 @pytest.fixture(scope="module")

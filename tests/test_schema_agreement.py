@@ -105,11 +105,11 @@ def verdicts(set_arg: str, algo: str, paths: WorkflowPaths):
     """(phi3e2e's refusal or None, Olive's refusal or None) for one --set."""
     key, value = parse_override(set_arg)
     try:
-        config = render_workflow(algo, "aml", build_settings("tiny", {key: value}), paths).config
+        config = render_workflow(algo, True, build_settings("tiny", {key: value}), paths).config
         ours = None
     except UserError as e:
         ours = str(e)
-        config = with_value(render_workflow(algo, "aml", build_settings("tiny", {}), paths).config, key, value)
+        config = with_value(render_workflow(algo, True, build_settings("tiny", {}), paths).config, key, value)
     return ours, olive_refusal(config)
 
 
@@ -134,7 +134,7 @@ def test_phi3e2e_is_stricter_on_purpose(set_arg, paths):
 
 
 def test_duplicate_data_config_names_are_refused_by_both(paths):
-    config = render_workflow("lora", "aml", build_settings("tiny", {}), paths).config
+    config = render_workflow("lora", True, build_settings("tiny", {}), paths).config
     config["data_configs"][1]["name"] = config["data_configs"][0]["name"]
     assert olive_refusal(config) and "duplicated" in olive_refusal(config)
     with pytest.raises(UserError, match="data_configs: name 'train_data' is used more than once"):
@@ -150,7 +150,7 @@ def test_duplicate_data_config_names_are_refused_by_both(paths):
     ],
 )  # fmt: skip
 def test_workflow_edits_olive_takes_and_phi3e2e_refuses_on_purpose(change, why, paths):
-    config = render_workflow("lora", "aml", build_settings("tiny", {}), paths).config
+    config = render_workflow("lora", True, build_settings("tiny", {}), paths).config
     change(config)
     assert olive_refusal(config) is None, why
     with pytest.raises(UserError):

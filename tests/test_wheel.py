@@ -14,7 +14,7 @@ from phi3e2e.workflow.render import WorkflowPaths, render_model_builder, render_
 from phi3e2e.resources import sample_dataset, templates_dir
 from phi3e2e.workflow.settings import build_settings
 paths = WorkflowPaths("m", "t.jsonl", None, "o", "c", "k")
-rendered = [render_workflow(algo, "local", build_settings("tiny", {}), paths) for algo in ("lora", "qlora")]
+rendered = [render_workflow(algo, algo == "qlora", build_settings("tiny", {}), paths) for algo in ("lora", "qlora")]
 rendered.append(render_model_builder("m", "cpu", "int4", {}))
 print(json.dumps([phi3e2e.__file__, str(templates_dir()), str(sample_dataset()), [str(r.template) for r in rendered],
                   [list(r.config["passes"].values())[-1]["type"] for r in rendered]]))  # the int4 / export pass

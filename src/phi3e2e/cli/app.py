@@ -6,8 +6,10 @@ functions that need them, so `phi3e2e --help` starts fast.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,20 +21,15 @@ from phi3e2e.cli import init as init_command
 from phi3e2e.cli import jobs as jobs_command
 from phi3e2e.cli import runs as runs_command
 from phi3e2e.cli import serve as serve_command
-from phi3e2e.cli.options import help_when_alone
+from phi3e2e.cli.options import help_when_alone, new_app
 from phi3e2e.errors import UserError
 
-app = typer.Typer(
-    help="Fine-tune Phi-3 on your Q&A data and chat with the int4 ONNX model it produces.\n\n"
+app = new_app(
+    "Fine-tune Phi-3 on your Q&A data and chat with the int4 ONNX model it produces.\n\n"
     "Examples (a typical session):\n\n\b\n"
     "  phi3e2e prepare                # Phi-3-mini and the sample dataset\n"
     "  phi3e2e finetune --algo lora   # LoRA -> merge -> int4 ONNX in gen-model/\n"
-    "  phi3e2e chat                   # talk to the newest fine-tuned model",
-    # Click's plain help: flags shown as flags (rich shows `--tiny <bool>`), paragraphs wrapped
-    # to the terminal, and `\b` example blocks kept line for line.
-    rich_markup_mode=None,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
+    "  phi3e2e chat                   # talk to the newest fine-tuned model"
 )
 app.command()(init_command.init)
 app.command()(prepare.prepare)
@@ -62,13 +59,14 @@ def _root(
     help_when_alone(ctx)
 
 
+DEBUG_SWITCH = "PHI3E2E_DEBUG"  # =1: the full traceback of any error, user mistakes included
+
+
 def main() -> None:
     cli = typer.main.get_command(app)
     try:
         # Not standalone: usage errors come back here instead of Typer's own error panel.
         exit_code = cli.main(prog_name="phi3e2e", standalone_mode=False)
-    except UserError as e:
-        _fail(str(e), e.exit_code)
     except typer.TyperException as e:
         # Typer vendors click and exports only this base of click's exceptions (no UsageError);
         # exit code 2 is click's usage error: a bad option value, an unknown option or command,
@@ -79,8 +77,34 @@ def main() -> None:
         _fail(e.format_message(), e.exit_code)
     except typer.Abort:
         raise SystemExit(1) from None
+    except Exception as e:
+        known = user_message(e)
+        if known is None or os.environ.get(DEBUG_SWITCH) == "1":
+            raise  # a bug of ours, or asked for: the traceback
+        _fail(*known)
     if isinstance(exit_code, int) and exit_code:  # typer.Exit(n) and Ctrl-C (130)
         raise SystemExit(exit_code)
+
+
+# What the user's situation causes, as one line each (huggingface_hub's CLI keeps such a table).
+# Anything else is a bug: its traceback is shown.
+OS_ERRORS = {
+    errno.EROFS: "the file system is read-only: run phi3e2e in a writable project folder",
+    errno.EACCES: "permission denied: run phi3e2e where you may write, or fix the folder's permissions",
+    errno.EPERM: "operation not permitted: fix the folder's permissions",
+    errno.ENOSPC: "no space left on the device: free some (gen-model/.olive-cache/ and old runs are safe to delete)",
+    errno.EDQUOT: "disk quota exceeded: free some space (gen-model/.olive-cache/ and old runs are safe to delete)",
+}
+
+
+def user_message(error: BaseException) -> Optional[tuple[str, int]]:
+    """(one line, exit code) for an error the user can act on; None for a bug."""
+    if isinstance(error, UserError):
+        return str(error), error.exit_code
+    if isinstance(error, OSError) and error.errno in OS_ERRORS:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{OS_ERRORS[error.errno]} (PHI3E2E_DEBUG=1 shows where)", 2
+    return None
 
 
 def _command_path(error: typer.TyperException, cli) -> str:

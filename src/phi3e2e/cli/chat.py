@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from phi3e2e.cli.options import Device, current_project
+from phi3e2e.cli.options import DeviceOption, current_project
 from phi3e2e.errors import UserError
 
 EMPTY_ANSWER = "[empty answer: the model ended its turn at once; --min-length N makes it say at least N tokens]"
@@ -28,7 +28,7 @@ def chat(
     base: Annotated[
         Optional[Path], typer.Option("--base", help="Base model folder for an adapter (default: from its adapter_config.json).")
     ] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where the model runs.")] = "cpu",
+    device: DeviceOption = "cpu",
     threads: Annotated[
         Optional[int],
         typer.Option("--threads", min=1, help="CPU compute threads (default: as built, every physical core)."),

@@ -6,14 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from phi3e2e.cli.options import current_project, say
+from phi3e2e.cli.options import RunArgument, current_project, say
 
 
 def eval(  # the command is called `eval`
-    run: Annotated[
-        Optional[str],
-        typer.Argument(metavar="RUN", help="Run name under gen-model/ (default: the newest finished run)."),
-    ] = None,
+    run: RunArgument = None,
     forms: Annotated[
         str, typer.Option("--forms", help="Model forms to compare, comma-separated: int4, merged, adapter.")
     ] = "int4",

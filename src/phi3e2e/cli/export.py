@@ -6,33 +6,24 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from phi3e2e.cli.options import Device, current_project, say
+from phi3e2e.cli.options import DeviceOption, RunArgument, VerboseOption, current_project, say
 
 
 def export(
-    run: Annotated[
-        Optional[str],
-        typer.Argument(
-            metavar="RUN", help="Run name under gen-model/ or a run folder; default: the newest finished run."
-        ),
-    ] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where the model will run.")] = "cpu",
+    run: RunArgument = None,
+    device: DeviceOption = "cpu",
     precision: Annotated[
         Literal["int4", "fp16", "fp32"], typer.Option("--precision", help="Weight precision (fp16: cuda only).")
     ] = "int4",
     set_values: Annotated[
         Optional[list[str]],
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="An int4 build option for this export, e.g. --set export.int4_block_size=32.",
-        ),
+        typer.Option("--set", metavar="KEY=VALUE", help="An int4 build option, e.g. --set export.int4_block_size=32."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Olive's full output.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Build an ONNX Runtime GenAI model from a run's merged model (Olive ModelBuilder).
 
-    Writes gen-model/RUN/onnx-DEVICE-PRECISION/. Building needs no GPU, so a CUDA model can be
+    Writes gen-model/RUN/onnx-DEVICE-PRECISION/ (RUN may also be a run folder's path). Building needs no GPU, so a CUDA model can be
     built on a laptop, and a CPU model from an Azure ML run built for CUDA.
 
     Examples:

@@ -1,86 +1,28 @@
-"""`phi3e2e jobs`: come back to Azure ML fine-tunes (list, status, logs, download), and the Azure options."""
+"""`phi3e2e jobs`: come back to Azure ML fine-tunes (list, status, logs, download)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from phi3e2e.cli.options import current_project, help_when_alone, say
+from phi3e2e.cli.azure_options import (
+    RegisterMergedOption,
+    RegisterOption,
+    ResourceGroupOption,
+    SubscriptionOption,
+    WorkspaceOption,
+)
+from phi3e2e.cli.options import RunArgument, current_project, new_app, say
 
-ComputeOption = Annotated[
-    Optional[str], typer.Option("--compute", help="--target aml: the Azure ML GPU compute to run on, e.g. gpu-a100.")
-]
-ImageOption = Annotated[
-    Optional[str], typer.Option("--image", help="--target aml: base image (default: Azure ML's CUDA 12 image).")
-]
-WaitOption = Annotated[
-    bool,
-    typer.Option("--wait/--no-wait", help="--target aml: stream the log and download the models, or just submit."),
-]
-HfTokenSecretOption = Annotated[
-    Optional[str],
-    typer.Option("--hf-token-secret", help="--target aml: workspace Key Vault secret with a Hugging Face token."),
-]
-InstanceTypeOption = Annotated[
-    Optional[str],
-    typer.Option("--instance-type", help="--target aml: serverless GPU size instead of --compute, "
-                 "e.g. Standard_NC24ads_A100_v4."),
-]  # fmt: skip
-TimeoutOption = Annotated[
-    float, typer.Option("--timeout", metavar="HOURS", help="--target aml: the job's time limit in hours.")
-]
-LowPriorityOption = Annotated[
-    bool,
-    typer.Option("--low-priority", help="--target aml: spot capacity; a preempted job resumes from its checkpoint."),
-]
-RegisterOption = Annotated[
-    Optional[str],
-    typer.Option("--register", metavar="NAME", help="Register the int4 model as an Azure ML model asset NAME."),
-]
-RegisterMergedOption = Annotated[
-    bool, typer.Option("--register-merged", help="With --register: also the merged model, as NAME-merged.")
-]
-SubscriptionOption = Annotated[
-    Optional[str], typer.Option("--subscription", help="Azure subscription ID (default: config.json / env).")
-]
-ResourceGroupOption = Annotated[
-    Optional[str], typer.Option("--resource-group", help="Azure resource group (default: config.json / env).")
-]
-WorkspaceOption = Annotated[
-    Optional[str], typer.Option("--workspace", help="Azure ML workspace name (default: config.json / env).")
-]
-RunArgument = Annotated[
-    Optional[str], typer.Argument(metavar="RUN", help="Run name under gen-model/ (default: the newest Azure ML run).")
-]
-
-app = typer.Typer(
-    help="Follow Azure ML fine-tunes: list, status, logs, download.\n\n"
+app = new_app(
+    "Follow Azure ML fine-tunes: list, status, logs, download.\n\n"
     "Examples:\n\n\b\n"
     "  phi3e2e jobs list\n"
     "  phi3e2e jobs logs 20250101-120000-qlora\n"
     "  phi3e2e jobs download",
-    rich_markup_mode=None,  # the same plain help as the other commands (see cli/app.py)
+    group=True,
 )
-app.callback(invoke_without_command=True)(help_when_alone)
-
-
-def aml_options(compute, image, wait, hf_token_secret, subscription, resource_group, workspace, **more):
-    """The finetune command's Azure flags as the domain's AmlOptions (no azure import).
-
-    more: instance_type, timeout_h, low_priority, register (AmlOptions' names).
-    """
-    from phi3e2e.train.aml.job import DEFAULT_IMAGE, AmlOptions
-    from phi3e2e.train.aml.workspace import WorkspaceRef
-
-    return AmlOptions(
-        compute=compute,
-        image=image or DEFAULT_IMAGE,
-        wait=wait,
-        hf_token_secret=hf_token_secret,
-        workspace=WorkspaceRef(subscription, resource_group, workspace),
-        **more,
-    )
 
 
 def _client(subscription, resource_group, workspace):

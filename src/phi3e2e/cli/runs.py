@@ -9,20 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from phi3e2e.cli.options import current_project, say
+from phi3e2e.cli.options import JsonOption, RequiredRunArgument, current_project, new_app, say
 
-RunName = Annotated[str, typer.Argument(metavar="RUN", help="Run name under gen-model/ (as `phi3e2e runs` lists it).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-app = typer.Typer(
-    help="The fine-tunes in gen-model/: list, show, compare, remove.\n\n"
+app = new_app(
+    "The fine-tunes in gen-model/: list, show, compare, remove.\n\n"
     "Examples:\n\n\b\n"
     "  phi3e2e runs\n"
     "  phi3e2e runs --json\n"
     "  phi3e2e runs show 20250101-120000-lora\n"
     "  phi3e2e runs compare 20250101-120000-lora 20250102-090000-lora\n"
     "  phi3e2e runs rm 20250101-120000-lora --yes",
-    rich_markup_mode=None,  # the same plain help as the other commands (see cli/app.py)
 )
 
 
@@ -31,7 +27,7 @@ def runs(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """A table of runs, newest first: status, algo, target, base model, dataset, steps, losses, duration, age."""
     if ctx.invoked_subcommand is not None:
         return
-    from phi3e2e.run_overview import list_runs
+    from phi3e2e.runs.overview import list_runs
 
     project = current_project()
     rows = list_runs(project)
@@ -71,7 +67,7 @@ def runs(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-def show(run: RunName, as_json: JsonOption = False) -> None:
+def show(run: RequiredRunArgument, as_json: JsonOption = False) -> None:
     """One run in full: settings, versions, files and sizes, eval summary.
 
     Examples:
@@ -80,7 +76,7 @@ def show(run: RunName, as_json: JsonOption = False) -> None:
       phi3e2e runs show 20250101-120000-lora
       phi3e2e runs show 20250101-120000-lora --json
     """
-    from phi3e2e.run_overview import flat_settings, run_details
+    from phi3e2e.runs.overview import flat_settings, run_details
 
     project = current_project()
     details = run_details(project, run)
@@ -137,7 +133,7 @@ def show(run: RunName, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-def compare(first: RunName, second: RunName) -> None:
+def compare(first: RequiredRunArgument, second: RequiredRunArgument) -> None:
     """Two runs side by side: the settings that differ, and their losses.
 
     Examples:
@@ -147,7 +143,7 @@ def compare(first: RunName, second: RunName) -> None:
     """
     from rich.table import Table
 
-    from phi3e2e.run_overview import compare_runs
+    from phi3e2e.runs.overview import compare_runs
 
     comparison = compare_runs(current_project(), first, second)
     a, b = comparison.names
@@ -168,7 +164,7 @@ def compare(first: RunName, second: RunName) -> None:
 
 @app.command()
 def rm(
-    run: RunName,
+    run: RequiredRunArgument,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (for scripts).")] = False,
 ) -> None:
     """Delete a run folder (asks first; a run still being built is refused).
@@ -179,7 +175,7 @@ def rm(
       phi3e2e runs rm 20250101-120000-lora
       phi3e2e runs rm 20250101-120000-lora --yes
     """
-    from phi3e2e.run_overview import check_not_running, find_run_folder, remove_run
+    from phi3e2e.runs.overview import check_not_running, find_run_folder, remove_run
 
     project = current_project()
     folder = find_run_folder(project, run)

@@ -6,14 +6,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from phi3e2e.cli.options import Device, current_project, say
+from phi3e2e.cli.options import DeviceOption, RunArgument, current_project, say
 
 
 def serve(
-    run: Annotated[
-        Optional[str],
-        typer.Argument(help="Run the playground opens with and requests without `model` get (default: the newest)."),
-    ] = None,
+    run: RunArgument = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key.")
     ] = "127.0.0.1",
@@ -23,7 +20,7 @@ def serve(
         typer.Option("--api-key", envvar="PHI3E2E_API_KEY", show_envvar=True,
                      help="Require 'Authorization: Bearer KEY' on every request (the page asks for it as a password)."),
     ] = None,
-    device: Annotated[Device, typer.Option("--device", help="Where the models run.")] = "cpu",
+    device: DeviceOption = "cpu",
     allow_host: Annotated[
         Optional[List[str]],
         typer.Option("--allow-host", metavar="NAME",
@@ -41,6 +38,8 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the fine-tuned models with an OpenAI-compatible API and a playground page.
+
+    RUN is the run the playground opens with and requests without `model` get.
 
     Lists every finished run's int4 model (id = run name) and each run's base model built
     as int4 the same way (id base/NAME, built on first use), loads models on first use,

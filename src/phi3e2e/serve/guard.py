@@ -16,9 +16,9 @@ site is refused (403) unless allowed. Ollama fixed the same class of bug the sam
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Callable, Optional

@@ -15,11 +15,28 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
             f.write(json.dumps(entry) + "\n")
     losses = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
     if losses:
-        from phi3e2e.plots import plot_training_loss
-
         plot_training_loss(losses, run_dir / LOSS_PLOT)
 
 
 def loss_summary(history: list[dict]) -> Optional[LossSummary]:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     return LossSummary(first=losses[0], last=losses[-1], logged=len(losses)) if losses else None
+
+
+def plot_training_loss(losses: list[tuple[int, float]], png: Path, title: str = "Training loss") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers or CI
+    import matplotlib.pyplot as plt
+
+    steps, values = zip(*losses)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, values, marker="o", markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png

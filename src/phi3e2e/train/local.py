@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import shutil
 import signal
 import threading
@@ -22,8 +23,65 @@ from phi3e2e.prepare.dataset_import import check_dataset_folder
 from phi3e2e.prepare.models import check_model_folder, is_tiny_model
 from phi3e2e.project import Project
 from phi3e2e.train.inputs import RunInputs
+from phi3e2e.train.plan import (
+    CHECKPOINTS,
+    OLIVE_CACHE,
+    OLIVE_OUTPUT,
+    FinetuneResult,
+    RunPlan,
+    kept_run,
+    plan_run,
+    stage_plan,
+)
+from phi3e2e.train.spec import RunSpec
 from phi3e2e.workflow.model_family import profile_for
-from phi3e2e.train.plan import CHECKPOINTS, OLIVE_CACHE, OLIVE_OUTPUT, FinetuneResult, RunPlan
+
+
+class LocalTarget:
+    """`--target local`: Olive on this machine, the run built in gen-model/.<run>.partial/."""
+
+    name = "local"
+    gpu_compute = False  # QLoRA still trains on CUDA here when the machine has a GPU (RunSpec)
+    # The run's config lies in gen-model/.<run>.partial/: its checkpoints and Olive's step cache lie
+    # beside it in gen-model/ (runs.checkpoints_dir, runs.olive_cache_dir), so they outlive a failed run
+    # and `--resume` renders the very same workflow (Olive's cache then reuses the finished steps).
+    olive_cache = "../.olive-cache"
+    checkpoints = "../.checkpoints/{name}"
+
+    def check(self, spec: RunSpec) -> None:
+        pass  # nothing beyond the spec's own rules
+
+    def inputs(self, project: Project, spec: RunSpec) -> RunInputs:
+        return local_inputs(project, spec.model, spec.data)
+
+    def stage(self, project: Project, plan: RunPlan, folder: Path, say: Callable[[str], None], dry_run: bool) -> Path:
+        config_file = folder / runs.CONFIG_FILE
+        config_file.write_text(json.dumps(plan.workflow.config, indent=2) + "\n")
+        return config_file
+
+    def run(self, project: Project, plan: RunPlan, say: Callable[[str], None], verbose: bool) -> FinetuneResult:
+        return run_locally(project, plan, say, verbose)
+
+    def resume(self, project: Project, run_name: str, say: Callable[[str], None], verbose: bool) -> FinetuneResult:
+        return run_locally(project, resume_plan(project, run_name), say, verbose, resume=True)
+
+    def after_eval(self, project: Project, run_dir: Path, spec: RunSpec, say: Callable[[str], None]) -> None:
+        pass  # the run folder is the result
+
+
+LOCAL = LocalTarget()
+
+
+def resume_plan(project: Project, name: str) -> RunPlan:
+    """A failed or interrupted local run's plan, from its own recorded model, dataset and settings."""
+    kept, previous = kept_run(project, name)
+    inputs = local_inputs(project, previous.base_model, previous.dataset)
+    spec = RunSpec.of(algo=previous.algo, run_name=name)  # the recorded algo meets the spec's rules here too
+    plan = plan_run(project, spec, inputs, recorded=previous.settings)
+    if previous.data_sha256 and plan.record.data_sha256 != previous.data_sha256:
+        raise UserError(f"{inputs.dataset_label}: changed since run {name!r} started (sha256 differs from "
+                        f"{project.relative(kept / runs.RUN_FILE)}); start a new run on it instead")  # fmt: skip
+    return plan
 
 
 def local_inputs(project: Project, model: Optional[str], data: Optional[str]) -> RunInputs:
@@ -57,22 +115,9 @@ def local_inputs(project: Project, model: Optional[str], data: Optional[str]) ->
     )
 
 
-def require_cuda_for_qlora(algo: str) -> None:
-    if algo != "qlora":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(
-            "QLoRA needs a CUDA GPU (bitsandbytes 4-bit has no CPU path) and none was found: "
-            "use --algo lora here, or --target aml to run QLoRA on Azure ML GPU compute"
-        )
-
-
 def run_locally(
     project: Project, plan: RunPlan, say: Callable[[str], None], verbose: bool = False, resume: bool = False
 ) -> FinetuneResult:
-    require_cuda_for_qlora(plan.algo)
     say = _quiet_when_closed(say)
     with runs.run_lock(project.gen_model, plan.name), _signals_as_interrupt():
         return _run_locked(project, plan, say, verbose, resume)
@@ -180,8 +225,6 @@ def _quiet_when_closed(say: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def stage_config(project: Project, plan: RunPlan, staging: Path, say: Callable[[str], None]) -> Path:
-    from phi3e2e.train.plan import stage_plan
-
     config_file = stage_plan(project, plan, staging, say, dry_run=False)
     inputs = plan.inputs
     say(f"Fine-tuning {Path(inputs.model_label).name} with {plan.algo.upper()} ({inputs.profile} profile) "

@@ -1,9 +1,9 @@
-"""The run plan: what one fine-tune will do, the same for both targets.
+"""The run plan: what one fine-tune will do, the same for every target.
 
-inputs (model, dataset) -> settings (recipe defaults, the model's profile, the dataset's text
-template, --set) -> the rendered, validated Olive workflow -> the run record. The target only
-decides where the plan runs (local.py, or aml/submit.py) and how its inputs are named: local
-paths here, Azure ML job inputs there. A dry-run writes the plan and stops (write_dry_run).
+the run spec + inputs (model, dataset) -> settings (recipe defaults, the model's profile, the
+dataset's text template, --set) -> the rendered, validated Olive workflow -> the run record. The
+target (targets.py) only decides where the plan runs and how its inputs and working folders are
+named. A dry-run writes the plan and stops (write_dry_run).
 """
 
 from __future__ import annotations
@@ -20,35 +20,40 @@ from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
 from phi3e2e.train.inputs import RunInputs
-from phi3e2e.workflow.render import Algo, RenderedWorkflow, Target, WorkflowPaths, render_workflow
-from phi3e2e.workflow.settings import ExportSettings, FinetuneSettings, build_settings, parse_override
+from phi3e2e.train.spec import RunSpec
+from phi3e2e.train.targets import Target
+from phi3e2e.workflow.render import RenderedWorkflow, WorkflowPaths, render_workflow
+from phi3e2e.workflow.settings import Algo, ExportSettings, FinetuneSettings, build_settings, parse_override
 
 # Olive's working folders. Olive resolves them against its current folder, not the config's
 # (olive/engine/engine.py), so phi3e2e starts it in the config's folder; by hand:
 # `cd gen-model/RUN && olive run --config olive-config.json` (an Azure ML job's own).
+# Where the cache and checkpoints lie is the target's (Target.olive_cache, Target.checkpoints).
 OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS = "olive-output", ".olive-cache", ".checkpoints"
-# A local run's config lies in gen-model/.<run>.partial/: its checkpoints and Olive's step cache lie
-# beside it in gen-model/ (runs.checkpoints_dir, runs.olive_cache_dir), so they outlive a failed run
-# and `--resume` renders the very same workflow (Olive's cache then reuses the finished steps).
-LOCAL_OLIVE_CACHE, LOCAL_CHECKPOINTS = "../.olive-cache", "../.checkpoints/{name}"
 STACK = ("olive-ai", "torch", "transformers", "peft", "onnxruntime-genai", "onnxruntime")
 
 
 @dataclass
 class RunPlan:
     name: str
-    algo: Algo
-    target: Target
+    spec: RunSpec
     inputs: RunInputs
     settings: FinetuneSettings
     workflow: RenderedWorkflow
     record: runs.RunRecord
-    aml: object = None  # --target aml: its AmlOptions
     notes: tuple[str, ...] = ()  # what phi3e2e chose for the user, said before the run
 
     @property
+    def algo(self) -> Algo:
+        return self.spec.algo
+
+    @property
+    def target(self) -> Target:
+        return self.spec.on_target
+
+    @property
     def builds_for_cpu(self) -> bool:
-        return builds_for_cpu(self.algo, self.target)
+        return not self.spec.trains_on_cuda
 
 
 @dataclass
@@ -60,30 +65,23 @@ class FinetuneResult:
 
 
 def plan_run(
-    project: Project,
-    inputs: RunInputs,
-    *,
-    algo: Algo,
-    target: Target,
-    run_name: Optional[str],
-    set_args: list[str],
-    aml=None,
-    recorded: Optional[FinetuneSettings] = None,
+    project: Project, spec: RunSpec, inputs: RunInputs, recorded: Optional[FinetuneSettings] = None
 ) -> RunPlan:
     """`recorded`: a resumed run's own settings, used as they are."""
-    name = runs.check_run_name(run_name) if run_name else runs.new_run_name(algo)
+    name = runs.check_run_name(spec.run_name) if spec.run_name else runs.new_run_name(spec.algo)
     notes: tuple[str, ...] = ()
     if recorded is not None:
         settings = recorded
     else:
+        set_args = list(spec.set_args)
         settings = choose_settings(inputs, set_args)
         notes = tuple(filter(None, [fit_tiny_budget(settings, inputs, set_args)]))
-        settings.export = int4_export_settings(settings.export, inputs.model_dir, builds_for_cpu(algo, target))
-    workflow = render_plan_workflow(project, algo, target, settings, inputs, name)
+        settings.export = int4_export_settings(settings.export, inputs.model_dir, not spec.trains_on_cuda)
+    workflow = render_plan_workflow(project, spec, settings, inputs, name)
     record = runs.RunRecord(
         name=name,
-        algo=algo,
-        target=target,
+        algo=spec.algo,
+        target=spec.on_target.name,
         profile=inputs.profile,
         base_model=inputs.model_label,
         dataset=inputs.dataset_label,
@@ -91,27 +89,22 @@ def plan_run(
         versions=stack_versions(),
         data_sha256=runs.data_fingerprint(inputs.dataset_dir) if inputs.dataset_dir else None,
     )
-    return RunPlan(name, algo, target, inputs, settings, workflow, record, aml, notes)
+    return RunPlan(name, spec, inputs, settings, workflow, record, notes)
 
 
 def render_plan_workflow(
-    project: Project, algo: Algo, target: Target, settings: FinetuneSettings, inputs: RunInputs, name: str = ""
+    project: Project, spec: RunSpec, settings: FinetuneSettings, inputs: RunInputs, name: str = ""
 ) -> RenderedWorkflow:
-    local = target == "local"
+    target = spec.on_target
     paths = WorkflowPaths(
         model=inputs.model_path,
         train_file=inputs.train_file,
         eval_file=inputs.eval_file,
         output=OLIVE_OUTPUT,
-        cache=LOCAL_OLIVE_CACHE if local else OLIVE_CACHE,
-        checkpoints=LOCAL_CHECKPOINTS.format(name=name) if local else CHECKPOINTS,
+        cache=target.olive_cache,
+        checkpoints=target.checkpoints.format(name=name),
     )
-    return render_workflow(algo, target, settings, paths, project_templates=project.templates)
-
-
-def builds_for_cpu(algo: Algo, target: Target) -> bool:
-    """Local LoRA builds its int4 model for CPUs; QLoRA and Azure ML runs build for CUDA."""
-    return target == "local" and algo != "qlora"
+    return render_workflow(spec.algo, spec.trains_on_cuda, settings, paths, project_templates=project.templates)
 
 
 def choose_settings(inputs: RunInputs, set_args: list[str]) -> FinetuneSettings:
@@ -205,13 +198,18 @@ def stage_plan(project: Project, plan: RunPlan, folder: Path, say: Callable[[str
     """Write what runs the plan into `folder`; returns the Olive config file."""
     for note in plan.notes:
         say(note)
-    if plan.target == "aml":
-        from phi3e2e.train.aml.job import stage_job
+    return plan.target.stage(project, plan, folder, say, dry_run)
 
-        return stage_job(project, plan, folder, say, dry_run=dry_run)
-    config_file = folder / runs.CONFIG_FILE
-    config_file.write_text(json.dumps(plan.workflow.config, indent=2) + "\n")
-    return config_file
+
+def kept_run(project: Project, name: str) -> tuple[Path, runs.RunRecord]:
+    """A failed or interrupted run's folder and record (what `--resume` continues)."""
+    name = runs.check_run_name(name)
+    kept = [folder for folder in (runs.partial_dir(project.gen_model, name), runs.failed_dir(project.gen_model, name))
+            if folder.is_dir()]  # fmt: skip
+    if not kept:
+        state = "finished, nothing to resume" if (project.gen_model / name).is_dir() else "no failed or interrupted run"
+        raise UserError(f"--resume {name}: {state} in {project.relative(project.gen_model)}/")
+    return kept[0], runs.read_record(kept[0])
 
 
 def stack_versions() -> dict:

@@ -18,10 +18,8 @@ from pydantic import BaseModel
 from phi3e2e.errors import UserError
 from phi3e2e.resources import templates_dir
 from phi3e2e.workflow.olive_schema import ExportWorkflow, OliveWorkflow, validate_workflow
-from phi3e2e.workflow.settings import ExportSettings, FinetuneSettings
+from phi3e2e.workflow.settings import Algo, ExportSettings, FinetuneSettings
 
-Algo = Literal["lora", "qlora"]
-Target = Literal["local", "aml"]
 # One template per workflow: qlora extends lora, and both take their int4 pass from the
 # ModelBuilder macro in model-builder.json.j2, which `export` renders on its own.
 WORKFLOW_TEMPLATES: dict[str, str] = {"lora": "lora.json.j2", "qlora": "qlora.json.j2"}
@@ -67,15 +65,15 @@ def find_template(name: str, project_templates: Optional[Path] = None) -> Path:
 
 def render_workflow(
     algo: Algo,
-    target: Target,
+    use_cuda: bool,
     settings: FinetuneSettings,
     paths: WorkflowPaths,
-    on_gpu: bool = False,
     project_templates: Optional[Path] = None,
 ) -> RenderedWorkflow:
     """The validated fine-tune workflow (lora.json.j2 or qlora.json.j2).
 
-    QLoRA and every Azure ML run use a CUDA device; the int4 model is then built for CUDA too.
+    `use_cuda` (the run spec decides it: QLoRA, or a target with GPUs): train on a CUDA device and
+    build the int4 model for CUDA too.
     """
     data_files = {"train": paths.train_file}
     if paths.eval_file:
@@ -88,7 +86,7 @@ def render_workflow(
         s=settings,
         paths=asdict(paths),
         data_files=data_files,
-        **_system(on_gpu or algo == "qlora" or target == "aml"),
+        **_system(use_cuda),
     )
 
 

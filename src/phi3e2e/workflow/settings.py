@@ -20,6 +20,9 @@ from phi3e2e.errors import UserError
 TorchDtype = Literal["bfloat16", "float16", "float32"]
 
 
+Algo = Literal["lora", "qlora"]  # the one declaration of the fine-tune algorithms
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: an inf/nan learning rate would train to a NaN loss and write Infinity into JSON.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

@@ -53,6 +53,11 @@ class AmlOptions:
     register: Optional[str] = None  # model asset name for the downloaded int4 (and merged) model
 
 
+def options_of(spec) -> AmlOptions:
+    """The run spec's Azure ML options (the defaults when none were given)."""
+    return spec.target_options or AmlOptions()
+
+
 def check_options(options: AmlOptions) -> None:
     if options.compute and options.instance_type:
         raise UserError("--compute and --instance-type: pick one (a compute in the workspace, or serverless)")
@@ -163,7 +168,7 @@ def stage_job(project, plan, run_dir: Path, say: Callable[[str], None], dry_run:
 
     Returns the staged Olive config. A dry-run also checks the YAML with the SDK's own schema.
     """
-    options = plan.aml
+    options = options_of(plan.spec)
     model_src, data_src = plan.inputs.job_sources
     staged = stage_job_files(run_dir, plan.workflow.config, project.root / "setup" / "conda.yaml")
     job_options = JobOptions(

@@ -14,7 +14,7 @@ from typing import Callable
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
-from phi3e2e.train.aml.job import JOB_FILE, load_job_file, local_uploads
+from phi3e2e.train.aml.job import JOB_FILE, load_job_file, local_uploads, options_of
 from phi3e2e.train.aml.registry import register_local_data
 from phi3e2e.train.aml.results import download_run, stream_log
 from phi3e2e.train.aml.sources import DataSource, JobInput, ModelSource, asset_of, datastore_of, refuse_tabular
@@ -23,7 +23,7 @@ from phi3e2e.train.plan import FinetuneResult, RunPlan, render_plan_workflow, st
 
 
 def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = print, credential=None) -> FinetuneResult:
-    options = plan.aml
+    options = options_of(plan.spec)
     model_src, data_src = plan.inputs.job_sources
     ml_client = connect(options.workspace, (project.root, Path.cwd()), credential)
     if options.compute:
@@ -36,7 +36,7 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
         # is now a registered data asset.
         plan.inputs.job_sources = (model_src, checked)
         plan.inputs.train_file, plan.inputs.eval_file = checked.train_file, checked.eval_file
-        plan.workflow = render_plan_workflow(project, plan.algo, plan.target, plan.settings, plan.inputs)
+        plan.workflow = render_plan_workflow(project, plan.spec, plan.settings, plan.inputs)
     record = plan.record
     staging = runs.start_run(project.gen_model, plan.name)
     config_file = stage_plan(project, plan, staging, say, dry_run=False)

@@ -1,0 +1,72 @@
+"""A run folder's names: its files and model forms, the run name, and where its scratch lies.
+
+gen-model/<run>/ is built in gen-model/.<run>.partial/ (storage.staging_name) and renamed last;
+a failed run is gen-model/<run>.failed/. Scratch lives outside the folder that gets renamed:
+training checkpoints in gen-model/.checkpoints/<run>/ and Olive's step cache in
+gen-model/.olive-cache/ (shared by every run; safe to delete).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+from phi3e2e.errors import UserError
+from phi3e2e.storage import staging_name
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "olive-config.json"
+OLIVE_LOG = "olive.log"
+TRAIN_LOG = "train-log.jsonl"
+LOSS_PLOT = "loss.png"
+EVAL_FILE = "eval.json"
+EVAL_REPORT = "eval-report.md"
+EVAL_PLOT = "eval-loss.png"
+
+# The three model forms a finished run holds, and the files each must have.
+ADAPTER, MERGED, ONNX_INT4 = "adapter", "merged", "onnx-int4"
+FORMS = (ADAPTER, MERGED, ONNX_INT4)
+REQUIRED_FILES = {
+    ADAPTER: ["adapter_config.json", "adapter_model.safetensors"],
+    MERGED: ["config.json", "*.safetensors", "tokenizer.json"],
+    ONNX_INT4: ["genai_config.json", "model.onnx", "tokenizer.json"],
+}
+
+_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+
+
+def new_run_name(algo: str) -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{algo}"
+
+
+def check_run_name(name: str) -> str:
+    if not _NAME.match(name) or name.endswith((".failed", ".partial")):
+        raise UserError(f"--run-name {name!r}: use letters, digits, '.', '_' or '-' (max 100), not a path")
+    return name
+
+
+def partial_dir(gen_model: Path, name: str) -> Path:
+    return staging_name(gen_model / name)
+
+
+def failed_dir(gen_model: Path, name: str) -> Path:
+    return gen_model / f"{name}.failed"
+
+
+def checkpoints_dir(gen_model: Path, name: str) -> Path:
+    return gen_model / ".checkpoints" / name
+
+
+def olive_cache_dir(gen_model: Path) -> Path:
+    return gen_model / ".olive-cache"
+
+
+def missing_outputs(run_dir: Path) -> list[str]:
+    """Files a finished run must have but this one lacks (relative paths or glob patterns)."""
+    return [
+        f"{form}/{pattern}"
+        for form, patterns in REQUIRED_FILES.items()
+        for pattern in patterns
+        if not any((run_dir / form).glob(pattern))
+    ]
