@@ -15,7 +15,7 @@ Measures, on a Phi-3-mini-shaped model with random weights (hidden 3072, interme
   are measured: what an onnxruntime-genai load adds in memory, i.e. the weights as prepacked;
 - `phi3e2e --help` against `olive --help` wall time.
 
-The int4 model is built with `phi3e2e.train.export` (Olive's ModelBuilder pass, with the CPU
+The int4 model is built with `phi3e2e.build.export` (Olive's ModelBuilder pass, with the CPU
 options `finetune` uses: docs/performance.md). Models are cached in --work-dir, so reruns skip
 building them.
 Prints a table and writes JSON (and a PNG chart) to benchmarks/results/.
@@ -50,9 +50,9 @@ def log(message: str) -> None:
 def build_models(work_dir: Path, layers: int) -> tuple[Path, Path]:
     """The Phi-3-mini-shaped HF model (as a finished run's merged/) and its int4 ONNX export."""
     from phi3e2e import runs
+    from phi3e2e.build.export import export
     from phi3e2e.prepare.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
     from phi3e2e.project import Project
-    from phi3e2e.train.export import export
     from phi3e2e.workflow.settings import FinetuneSettings
 
     project = Project(work_dir / f"phi3-mini-shaped-{layers}-layers")

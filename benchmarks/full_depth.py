@@ -121,7 +121,7 @@ def measured_step(steps: dict, record: Path, name: str, command: list[str], **kw
 
 
 def build_phi3e2e(work: Path, layers: int, threads: int, steps: dict, record: Path) -> tuple[Path, Path, Path]:
-    from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS
+    from phi3e2e.build.options import CPU_INT4_DEFAULTS
 
     hf_dir = work / "hf-bf16"
     if not (hf_dir / "phi3e2e-tiny.json").is_file():
@@ -135,7 +135,7 @@ def build_phi3e2e(work: Path, layers: int, threads: int, steps: dict, record: Pa
         subprocess.run(["rm", "-rf", str(partial)], check=True)
         partial.mkdir(parents=True)
         measured_step(steps, record, "phi3e2e int4 build (ModelBuilder)",
-                      [sys.executable, "-m", "phi3e2e.evaluate.base_int4", str(hf_dir), str(partial),
+                      [sys.executable, "-m", "phi3e2e.build.base_int4", str(hf_dir), str(partial),
                        json.dumps({"execution_provider": "cpu", **default.options})],
                       env=dict(os.environ, OLIVE_DISABLE_TELEMETRY="1"))  # fmt: skip
         subprocess.run(["rm", "-rf", str(partial / "cache")], check=True)

@@ -80,7 +80,7 @@ class Candidate:
 
 
 def speed_candidates() -> list[Candidate]:
-    from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS
+    from phi3e2e.build.options import CPU_INT4_DEFAULTS
 
     return [
         Candidate("ModelBuilder default (block 32, 1 thread)", {}, all_cores=False, bare=True),
@@ -119,13 +119,13 @@ def quality_candidates(hidden: int) -> list[Candidate]:
 
 
 def build_int4(hf_dir: Path, out_dir: Path, options: dict) -> Path:
-    """ModelBuilder int4 for CPU with Olive's patches (phi3e2e.evaluate.base_int4.build), in a subprocess; cached."""
+    """ModelBuilder int4 for CPU with Olive's patches (phi3e2e.build.base_int4.build), in a subprocess; cached."""
     if (out_dir / "genai_config.json").is_file():
         return out_dir
     partial = out_dir.with_name(out_dir.name + ".partial")
     subprocess.run(["rm", "-rf", str(partial)], check=True)
     partial.mkdir(parents=True)
-    command = [sys.executable, "-m", "phi3e2e.evaluate.base_int4", str(hf_dir), str(partial),
+    command = [sys.executable, "-m", "phi3e2e.build.base_int4", str(hf_dir), str(partial),
                json.dumps({"execution_provider": "cpu", **options})]
     start = time.monotonic()
     with open(out_dir.with_name(out_dir.name + ".log"), "w") as out:
@@ -539,8 +539,8 @@ def main() -> None:
                         help="an earlier result JSON whose rounds the plot shows too (repeatable)")
     args = parser.parse_args()
 
+    from phi3e2e.build.options import CPU_INT4_DEFAULTS
     from phi3e2e.infer.threads import physical_cores
-    from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS
 
     threads = args.threads or physical_cores()
     args.work_dir.mkdir(parents=True, exist_ok=True)

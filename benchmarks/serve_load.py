@@ -55,9 +55,9 @@ def bench_project(work_dir: Path, layers: int) -> Path:
     from int4_options import build_int4
 
     from phi3e2e import runs
+    from phi3e2e.build.options import CPU_INT4_DEFAULTS
     from phi3e2e.infer.engines.genai import use_all_cores
     from phi3e2e.prepare.tiny_model import PHI3_MINI_SHAPED, write_tiny_model
-    from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS
     from phi3e2e.workflow.settings import FinetuneSettings
 
     project = work_dir / f"serve-phi3-mini-shaped-{layers}-layers"

@@ -167,9 +167,9 @@ def test_restarted_job_resumes_from_the_checkpoint_in_its_output(restarted_job):
 
 def test_the_entry_script_names_forms_as_phi3e2e_does():
     """The staged script runs without phi3e2e installed, so it keeps its own copy of these names."""
+    from phi3e2e.build.olive_outputs import FORM_FROM_PASS
     from phi3e2e.runs import REQUIRED_FILES
     from phi3e2e.train.aml import compute_entry
-    from phi3e2e.train.olive_outputs import FORM_FROM_PASS
 
     assert compute_entry.REQUIRED_FILES == REQUIRED_FILES
     assert compute_entry.FORM_FROM_PASS == FORM_FROM_PASS

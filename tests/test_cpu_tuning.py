@@ -10,10 +10,10 @@ import sys
 
 from conftest import run_cli
 
+from phi3e2e.build.options import CPU_INT4_DEFAULTS, cpu_int4_options
 from phi3e2e.infer.engines.genai import use_all_cores
 from phi3e2e.infer.threads import physical_cores
 from phi3e2e.train.finetune import finetune
-from phi3e2e.workflow.int4_options import CPU_INT4_DEFAULTS, cpu_int4_options
 
 
 def quiet(_message: str) -> None:

@@ -17,12 +17,12 @@ from conftest import quiet, run_cli
 from safetensors.numpy import load_file
 
 from phi3e2e import runs
+from phi3e2e.build.olive_outputs import collect_forms, read_footprint
 from phi3e2e.errors import UserError
 from phi3e2e.infer.chat import ChatSession, GenerationOptions
 from phi3e2e.project import Project
 from phi3e2e.runs import missing_outputs
 from phi3e2e.train.finetune import finetune
-from phi3e2e.train.olive_outputs import collect_forms, read_footprint
 
 
 def test_finetune_leaves_three_verified_model_forms(finished_run):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import quiet, run_cli
 
+from phi3e2e.build.base_int4 import cached_base_int4, int4_options
 from phi3e2e.errors import UserError
-from phi3e2e.evaluate.base_int4 import cached_base_int4, int4_options
 from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run
 from phi3e2e.project import Project
 from phi3e2e.runs import find_finished_run, read_record

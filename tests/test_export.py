@@ -9,10 +9,10 @@ import shutil
 import pytest
 from conftest import run_cli
 
+from phi3e2e.build.export import export
 from phi3e2e.errors import UserError
 from phi3e2e.infer.chat import ChatSession, GenerationOptions
 from phi3e2e.project import Project
-from phi3e2e.train.export import export
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_export_without_a_finished_run_says_what_to_run(tiny_project):
 
 def test_export_builds_with_the_int4_options_the_run_used(run_copy):
     from phi3e2e import runs
-    from phi3e2e.train.export import int4_build_options
+    from phi3e2e.build.export import int4_build_options
     from phi3e2e.workflow.render import render_model_builder
 
     project, run_dir = run_copy

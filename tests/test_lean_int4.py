@@ -1,4 +1,4 @@
-"""The int4 step weight by weight (workflow/lean_int4.py) builds the very model ModelBuilder's own step does.
+"""The int4 step weight by weight (build/lean_int4.py) builds the very model ModelBuilder's own step does.
 
 Both builds are real ModelBuilder runs on the tiny model (subprocesses, no network); the reference
 is onnxruntime-genai's stock `to_int4`. The memory it saves is measured in benchmarks/full_depth.py.
@@ -14,8 +14,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-STOCK = "from phi3e2e.workflow import lean_int4; lean_int4.install = lambda: None; "  # the reference: no patch
-BUILD = "from phi3e2e.evaluate.base_int4 import main; import sys; main(sys.argv[1:])"
+STOCK = "from phi3e2e.build import lean_int4; lean_int4.install = lambda: None; "  # the reference: no patch
+BUILD = "from phi3e2e.build.base_int4 import main; import sys; main(sys.argv[1:])"
 
 
 def built(model_dir, out_dir, options: dict, stock: bool):

@@ -2,7 +2,7 @@
 
 import io
 
-from phi3e2e.train.olive_runner import ProgressReader, StageLine
+from phi3e2e.build.olive_runner import ProgressReader, StageLine
 
 # Lines as Olive 0.13 + transformers print them (tqdm's carriage returns already split).
 TRAINING = [

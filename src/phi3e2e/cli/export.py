@@ -34,7 +34,7 @@ def export(
       phi3e2e export --device cuda --precision fp16
       phi3e2e export --set export.int4_block_size=32   # finer int4 blocks
     """
-    from phi3e2e.train.export import export as export_model
+    from phi3e2e.build.export import export as export_model
     from phi3e2e.workflow.settings import int4_overrides
 
     options = int4_overrides(set_values or [])

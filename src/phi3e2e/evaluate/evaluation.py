@@ -37,7 +37,8 @@ def evaluate_run(
     project: Project, run_dir: Path, options: EvalOptions = EvalOptions(), say: Callable[[str], None] = print
 ) -> dict:
     """Measure, then write eval.json, the plot and the Markdown report into the run folder."""
-    from phi3e2e.evaluate.base_int4 import cached_base_int4, int4_options
+    from phi3e2e.build.base_int4 import cached_base_int4
+    from phi3e2e.build.options import recorded_int4_options
     from phi3e2e.evaluate.report import write_report
 
     check_options(options)
@@ -58,7 +59,7 @@ def evaluate_run(
     models: dict[str, dict] = {}
     for form in options.forms:
         if form == "int4":
-            base_int4 = cached_base_int4(project.model_cache, base_model, int4_options(record), say)
+            base_int4 = cached_base_int4(project.model_cache, base_model, recorded_int4_options(record), say)
             models[form] = {"base": base_int4, "fine_tuned": run_dir / EVAL_FORMS[form]}
             measure = onnx_loss
         else:

@@ -1,6 +1,6 @@
 """Which models a project serves: every finished run's onnx-int4/, and each run's base model as int4.
 
-The base build is what `eval` compares against (phi3e2e.evaluate.base_int4: the same builder and
+The base build is what `eval` compares against (phi3e2e.build.base_int4: the same builder and
 int4 options as the run's), so the playground's side-by-side view shows what the fine-tune changed
 and nothing else. It is built on first use and cached in model-cache/.onnx-int4/.
 
@@ -100,7 +100,7 @@ class Catalog:
         """The int4 folder to load; a base model is built here on its first use (minutes for Phi-3-mini)."""
         if model.kind == "fine-tuned":
             return model.run_dir / ONNX_INT4
-        from phi3e2e.evaluate.base_int4 import cached_base_int4
+        from phi3e2e.build.base_int4 import cached_base_int4
 
         try:
             return cached_base_int4(self.project.model_cache, model.base_model, model.build_options, self.say)
@@ -147,7 +147,7 @@ class _Run:
 def _finished_runs(project: Project) -> list[_Run]:
     """The one place that reads run records (phi3e2e.runs owns their format)."""
     from phi3e2e import runs
-    from phi3e2e.evaluate.base_int4 import int4_options
+    from phi3e2e.build.options import recorded_int4_options
 
     found = []
     for run_dir in runs.finished_runs(project.gen_model):
@@ -156,7 +156,7 @@ def _finished_runs(project: Project) -> list[_Run]:
             continue
         base_model = project.resolve(record.base_model) if record.base_model else None
         dataset = project.resolve(record.dataset) if record.dataset else None
-        found.append(_Run(run_dir, record.finished_at, base_model, dataset, int4_options(record)))
+        found.append(_Run(run_dir, record.finished_at, base_model, dataset, recorded_int4_options(record)))
     return found
 
 

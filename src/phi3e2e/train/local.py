@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from phi3e2e import runs
+from phi3e2e.build.options import tune_for_cpu
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.dataset_import import check_dataset_folder
 from phi3e2e.prepare.models import check_model_folder, is_tiny_model
@@ -144,9 +145,9 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         record.status, record.submitted_at = "running", runs.now()
         runs.write_record(staging, record)  # a killed run still says what it was
         config_file = stage_config(project, plan, staging, say)
+        from phi3e2e.build.olive_outputs import collect_forms
+        from phi3e2e.build.olive_runner import run_olive
         from phi3e2e.train.history import loss_summary, write_history
-        from phi3e2e.train.olive_outputs import collect_forms
-        from phi3e2e.train.olive_runner import run_olive
 
         log_file = staging / runs.OLIVE_LOG
         history = run_olive(config_file, log_file, say, verbose=verbose)
@@ -158,8 +159,8 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         collect_forms(staging / OLIVE_OUTPUT, staging, log_file)
         if missing := runs.missing_outputs(staging):
             raise UserError(f"run produced incomplete models, missing {', '.join(missing)}; see olive.log")
-        if plan.builds_for_cpu:
-            record.cpu_int4 = _tune_for_cpu(staging / runs.ONNX_INT4, plan)
+        if plan.build_device == "cpu":
+            record.cpu_int4 = tune_for_cpu(staging / runs.ONNX_INT4, plan.settings.export)
         for scratch in (OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS):
             shutil.rmtree(staging / scratch, ignore_errors=True)
         record.duration_s = runs.elapsed(start)
@@ -232,12 +233,3 @@ def stage_config(project: Project, plan: RunPlan, staging: Path, say: Callable[[
     say(f"  workflow: {project.relative(config_file)}  (template: {plan.workflow.template_note(project.root)}; "
         f"full log: {runs.OLIVE_LOG})")  # fmt: skip
     return config_file
-
-
-def _tune_for_cpu(onnx_dir: Path, plan: RunPlan) -> dict:
-    """Decode on every physical core (written into genai_config.json); what was chosen, for run.json."""
-    from phi3e2e.infer.engines.genai import use_all_cores
-
-    threads = use_all_cores(onnx_dir)
-    options = plan.settings.export.model_dump(exclude={"precision"})
-    return {"build_options": options, "intra_op_num_threads": threads, "chosen_by": "docs/performance.md"}

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from phi3e2e import runs
+from phi3e2e.build.options import Device, build_device, run_export_settings
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
 from phi3e2e.train.inputs import RunInputs
 from phi3e2e.train.spec import RunSpec
 from phi3e2e.train.targets import Target
 from phi3e2e.workflow.render import RenderedWorkflow, WorkflowPaths, render_workflow
-from phi3e2e.workflow.settings import Algo, ExportSettings, FinetuneSettings, build_settings, parse_override
+from phi3e2e.workflow.settings import Algo, FinetuneSettings, build_settings, parse_override
 
 # Olive's working folders. Olive resolves them against its current folder, not the config's
 # (olive/engine/engine.py), so phi3e2e starts it in the config's folder; by hand:
@@ -52,8 +53,8 @@ class RunPlan:
         return self.spec.on_target
 
     @property
-    def builds_for_cpu(self) -> bool:
-        return not self.spec.trains_on_cuda
+    def build_device(self) -> Device:
+        return build_device(self.spec.trains_on_cuda)
 
 
 @dataclass
@@ -76,7 +77,7 @@ def plan_run(
         set_args = list(spec.set_args)
         settings = choose_settings(inputs, set_args)
         notes = tuple(filter(None, [fit_tiny_budget(settings, inputs, set_args)]))
-        settings.export = int4_export_settings(settings.export, inputs.model_dir, not spec.trains_on_cuda)
+        settings.export = run_export_settings(settings.export, inputs.model_dir, spec.trains_on_cuda)
     workflow = render_plan_workflow(project, spec, settings, inputs, name)
     record = runs.RunRecord(
         name=name,
@@ -166,14 +167,6 @@ def check_template_columns(text_template: str, train_file: Path) -> None:
             f"data.text_template uses {', '.join('{' + m + '}' for m in missing)} but {train_file} has columns "
             f"{', '.join(first)}"
         )
-
-
-def int4_export_settings(export: ExportSettings, model_dir: Optional[Path], builds_for_cpu: bool) -> ExportSettings:
-    """The export settings with the int4 options this build will use (workflow/int4_options.py)."""
-    from phi3e2e.workflow.int4_options import int4_build_options
-
-    chosen = int4_build_options(export.model_dump(), model_dir, builds_for_cpu)
-    return ExportSettings(precision=export.precision, **chosen)
 
 
 def write_dry_run(project: Project, plan: RunPlan, say: Callable[[str], None]) -> FinetuneResult:

@@ -65,7 +65,7 @@ class DataSettings(_Section):
 
 
 class ExportSettings(_Section):
-    """ModelBuilder's int4 options. None: phi3e2e's measured CPU choice (workflow/int4_options.py) for CPU
+    """ModelBuilder's int4 options. None: phi3e2e's measured CPU choice (build/options.py) for CPU
     builds, ModelBuilder's own default for CUDA builds."""
 
     precision: Literal["int4"] = "int4"

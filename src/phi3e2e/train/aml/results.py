@@ -140,7 +140,7 @@ def download_run(ml_client, project: Project, run_dir: Path, say: Callable[[str]
 
 def _keep_log(download: Path, run_dir: Path, record: runs.RunRecord) -> list[dict]:
     """The job's user log, redacted, as job-log.txt; and the training-loss history read from it."""
-    from phi3e2e.train.olive_runner import ProgressReader
+    from phi3e2e.build.olive_runner import ProgressReader
 
     logs = sorted((download / "artifacts").rglob("std_log*.txt")) if (download / "artifacts").is_dir() else []
     if not logs:

@@ -14,6 +14,7 @@ from typing import Callable
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
+from phi3e2e.storage import publish
 from phi3e2e.train.aml.job import JOB_FILE, load_job_file, local_uploads, options_of
 from phi3e2e.train.aml.registry import register_local_data
 from phi3e2e.train.aml.results import download_run, stream_log
@@ -59,8 +60,7 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
     record.status, record.submitted_at = "submitted", runs.now()
     record.aml.job_name = submitted.name
     runs.write_record(staging, record)
-    run_dir = project.gen_model / plan.name
-    staging.rename(run_dir)
+    run_dir = publish(staging, project.gen_model / plan.name)
     config_file = run_dir / config_file.relative_to(staging)
     say(f"Submitted job {submitted.name} ({project.relative(run_dir)}/)")
     if submitted.studio_url:

@@ -1,4 +1,4 @@
-"""The int4 build options phi3e2e ships for CPUs, and where they come from.
+"""What an int4 build is: for cpu or cuda (decided here, for every build), and its options.
 
 The defaults were chosen by measurement (benchmarks/int4_options.py, docs/performance.md):
 the fastest and smallest ModelBuilder options whose held-out loss stays within 2% of the
@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from phi3e2e.errors import UserError
+from phi3e2e.runs import RunRecord
+from phi3e2e.workflow.settings import ExportSettings
+
+Device = Literal["cpu", "cuda"]
 
 # Block sizes phi3e2e picks from; larger blocks mean fewer scales (smaller, faster) and coarser
 # quantization. 256 was measured too (benchmarks/int4_options.py): with the int4 embedding it
@@ -79,3 +83,35 @@ def cpu_int4_options(requested: dict, model_dir: Path) -> dict:
     if requested.get("int4_block_size") is None and width is not None:
         chosen["int4_block_size"] = max([size for size in BLOCK_SIZES if size <= width] or [16])
     return chosen
+
+
+def build_device(trains_on_cuda: bool) -> Device:
+    """A new run's int4 build: for CUDA where it trains on CUDA (QLoRA, Azure ML), else for CPUs."""
+    return "cuda" if trains_on_cuda else "cpu"
+
+
+def recorded_build_device(record: RunRecord) -> Device:
+    """A finished run's int4 build: only a CPU build records `cpu_int4` (its options and threads)."""
+    return "cpu" if record.cpu_int4 is not None else "cuda"
+
+
+def run_export_settings(export: ExportSettings, model_dir: Optional[Path], trains_on_cuda: bool) -> ExportSettings:
+    """A new run's export settings with the int4 options its build will use."""
+    chosen = int4_build_options(export.model_dump(), model_dir, for_cpu=build_device(trains_on_cuda) == "cpu")
+    return ExportSettings(precision=export.precision, **chosen)
+
+
+def recorded_int4_options(record: RunRecord) -> dict:
+    """The execution provider and int4 options a finished run's ModelBuilder pass used (the base is built so)."""
+    export = record.settings.export.model_dump()
+    options = {"execution_provider": recorded_build_device(record)}
+    return options | {key: value for key, value in export.items() if key.startswith("int4_") and value is not None}
+
+
+def tune_for_cpu(onnx_dir: Path, export: ExportSettings) -> dict:
+    """Decode on every physical core (written into genai_config.json); what was chosen, for run.json."""
+    from phi3e2e.infer.engines.genai import use_all_cores
+
+    threads = use_all_cores(onnx_dir)
+    options = export.model_dump(exclude={"precision"})
+    return {"build_options": options, "intra_op_num_threads": threads, "chosen_by": "docs/performance.md"}

@@ -163,7 +163,7 @@ def _number(value):
         return value
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: Linux sends it SIGKILL when phi3e2e dies (prctl PR_SET_PDEATHSIG)."""
     import ctypes
     import signal
@@ -195,8 +195,8 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 10) -> None:
 
 def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False) -> list[dict]:
     """Run Olive to completion; return the training-loss history. Raises UserError on failure."""
-    # `olive run`, with ModelBuilder's int4 step made lean enough for Phi-3-mini in 24 GB (workflow/lean_int4.py)
-    command = [sys.executable, "-m", "phi3e2e.workflow.lean_int4", "run", "--config", str(config_file)]
+    # `olive run`, with ModelBuilder's int4 step made lean enough for Phi-3-mini in 24 GB (build/lean_int4.py)
+    command = [sys.executable, "-m", "phi3e2e.build.lean_int4", "run", "--config", str(config_file)]
     finetune_pass = json.loads(config_file.read_text())["passes"].get("finetune", {})
     # On a terminal the stage's line updates in place; with --verbose Olive's own output is the progress.
     live = sys.stdout if sys.stdout.isatty() and not verbose else None
@@ -206,7 +206,7 @@ def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], ver
         # even when we are killed with SIGKILL (no cleanup runs then), never writing on unowned.
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=olive_env(), cwd=config_file.parent,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         try:
             buffer = ""

@@ -22,9 +22,10 @@ from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.models import check_model_folder
 from phi3e2e.project import Project
+from phi3e2e.storage import publish, staging_name
+from phi3e2e.build.options import Device
 from phi3e2e.workflow.render import render_model_builder
 
-Device = Literal["cpu", "cuda"]
 Precision = Literal["int4", "fp16", "fp32"]
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("int4", "fp16", "fp32")
@@ -56,13 +57,14 @@ def int4_build_options(run_dir: Path, device: str, merged_dir: Path, overrides: 
     """int4 options for this export: `overrides` (export --set) first; then, for CPU, the CPU
     run's own options (or phi3e2e's measured CPU defaults when the run was built for CUDA); a
     CUDA export otherwise keeps ModelBuilder's."""
-    from phi3e2e.workflow.int4_options import int4_build_options as decide
+    from phi3e2e.build.options import int4_build_options as decide
+    from phi3e2e.build.options import recorded_build_device
 
     overrides = overrides or {}
     if device == "cuda":
         return decide(overrides, merged_dir, for_cpu=False)
     record = runs.read_record(run_dir)
-    recorded = record.settings.export.model_dump() if record.cpu_int4 is not None else {}
+    recorded = record.settings.export.model_dump() if recorded_build_device(record) == "cpu" else {}
     return decide(recorded | overrides, merged_dir, for_cpu=True)
 
 
@@ -92,7 +94,7 @@ def export(
     rendered = render_model_builder(merged_dir, device, precision, build_options, project_templates=project.templates)
     config = rendered.config
 
-    staging = run_dir / f".{name}.partial"
+    staging = staging_name(final)  # Olive works here; the verified model inside it is published as `final`
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     (staging / EXPORT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -100,7 +102,7 @@ def export(
         f"template: {rendered.template_note(project.root)})")
     start = time.monotonic()
     try:
-        from phi3e2e.train.olive_runner import run_olive
+        from phi3e2e.build.olive_runner import run_olive
 
         run_olive(staging / EXPORT_CONFIG, staging / EXPORT_LOG, say, verbose=verbose)
         model_dir = _collect_model(staging, staging / EXPORT_LOG)
@@ -120,7 +122,7 @@ def export(
             "size_bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
         }
         (model_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        model_dir.rename(final)  # the last step: only a verified model ever appears under its name
+        publish(model_dir, final)  # the last step: only a verified model ever appears under its name
     except (UserError, KeyboardInterrupt) as e:
         failed_log = run_dir / f"{name}.failed.log"
         if (staging / EXPORT_LOG).is_file():
@@ -134,7 +136,7 @@ def export(
 
 def _collect_model(staging: Path, log_file: Path) -> Path:
     """Move the built model out of Olive's cache into staging/model and check its files."""
-    from phi3e2e.train.olive_outputs import produced_models
+    from phi3e2e.build.olive_outputs import produced_models
 
     built = produced_models(staging / "olive-output", log_file, forms=(runs.ONNX_INT4,))[runs.ONNX_INT4]
     model_dir = staging / "model"

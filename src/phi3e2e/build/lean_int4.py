@@ -8,7 +8,7 @@ same quantizer (`DefaultWeightOnlyQuantizer.quantize`, node by node), but materi
 fp32 at a time and drops it as soon as its int4 form is in the graph: the output is the same model,
 bytes and all (tests/test_lean_int4.py), at about a third of the peak memory.
 
-`install()` patches ModelBuilder in this process; `python -m phi3e2e.workflow.lean_int4 run ...`
+`install()` patches ModelBuilder in this process; `python -m phi3e2e.build.lean_int4 run ...`
 is `olive run ...` with the patch, which is how phi3e2e's local fine-tunes and exports run Olive.
 Any configuration the lean path does not cover (a non-default quantization algorithm, QDQ, sub-graphs)
 goes through ModelBuilder's own `to_int4` unchanged.

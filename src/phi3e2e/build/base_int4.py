@@ -3,7 +3,7 @@
 `eval` compares the fine-tuned int4 model with the base model in the same form, so the base
 must go through the same builder: onnxruntime-genai's ModelBuilder with Olive's ModelBuilder
 pass patches applied, the run's execution provider and its int4 options. The build runs in a
-subprocess (`python -m phi3e2e.evaluate.base_int4 ...`) so its chatter goes to a log file; it is
+subprocess (`python -m phi3e2e.build.base_int4 ...`) so its chatter goes to a log file; it is
 written to a temporary folder and renamed last, under a lock (two evals at once: the second
 waits for the first's build and uses it).
 """
@@ -22,19 +22,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from phi3e2e.errors import UserError
-from phi3e2e.runs import RunRecord
+from phi3e2e.storage import staged_dir
 
 BUILT_FROM = "phi3e2e-built-from.json"
-
-
-def int4_options(record: RunRecord) -> dict:
-    """The execution provider and int4 options the run's ModelBuilder pass used.
-
-    Only a CPU build records `cpu_int4`; QLoRA and Azure ML runs build for CUDA.
-    """
-    export = record.settings.export.model_dump()
-    options = {"execution_provider": "cpu" if record.cpu_int4 is not None else "cuda"}
-    return options | {key: value for key, value in export.items() if key.startswith("int4_") and value is not None}
 
 
 def cached_base_int4(model_cache: Path, base_model: Path, options: dict, say: Callable[[str], None] = print) -> Path:
@@ -63,22 +53,19 @@ def _building(target: Path):
 
 
 def _build_cached(target: Path, base_model: Path, options: dict, say: Callable[[str], None]) -> Path:
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    log = staging.parent / f"{target.name}.log"
+    from phi3e2e.build.olive_runner import die_with_parent
+
+    log = target.parent / f"{target.name}.log"
     say(f"Building the base model as int4 ONNX for comparison (once; cached in {target.parent.name}/) ...")
-    command = [sys.executable, "-m", "phi3e2e.evaluate.base_int4", str(base_model), str(staging), json.dumps(options)]
-    with open(log, "w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode != 0 or not (staging / "genai_config.json").is_file():
-        shutil.rmtree(staging, ignore_errors=True)
-        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        raise UserError(f"building the base int4 model failed: {last[0] if last else 'no output'} (log: {log})")
-    shutil.rmtree(staging / "cache", ignore_errors=True)
-    (staging / BUILT_FROM).write_text(json.dumps({"base_model": str(base_model), **options}, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    with staged_dir(target, target.with_name(target.name + ".partial"), replace=True) as staging:
+        command = [sys.executable, "-m", "phi3e2e.build.base_int4", str(base_model), str(staging), json.dumps(options)]
+        with open(log, "w") as out:  # the build dies with eval, however eval ends (minutes of CPU, GBs of disk)
+            done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        if done.returncode != 0 or not (staging / "genai_config.json").is_file():
+            last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+            raise UserError(f"building the base int4 model failed: {last[0] if last else 'no output'} (log: {log})")
+        shutil.rmtree(staging / "cache", ignore_errors=True)
+        (staging / BUILT_FROM).write_text(json.dumps({"base_model": str(base_model), **options}, indent=2) + "\n")
     log.unlink(missing_ok=True)
     return target
 
@@ -103,7 +90,7 @@ def build(base_model: Path, output_dir: Path, execution_provider: str, extra: di
         pass
     from onnxruntime_genai.models.builder import create_model
 
-    from phi3e2e.workflow.lean_int4 import install
+    from phi3e2e.build.lean_int4 import install
 
     install()  # the int4 step weight by weight, as the fine-tune's Olive run gets it
 
@@ -121,7 +108,7 @@ def build(base_model: Path, output_dir: Path, execution_provider: str, extra: di
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m phi3e2e.evaluate.base_int4")
+    parser = argparse.ArgumentParser(prog="python -m phi3e2e.build.base_int4")
     parser.add_argument("base_model", type=Path)
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("options", type=json.loads, help='JSON: {"execution_provider": "cpu", "int4_...": ...}')
