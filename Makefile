@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PROMPT ?= How long does shipping take?
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test test-fast lint clean-demo
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: install
 test: install
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
+
+# The daily lane: everything that neither trains, builds nor starts a browser (under 2 minutes).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e and not browser"
 
 # Only what `make demo` made: its project folder and its runs (gen-model/demo-*, with their
 # checkpoints and locks). The user's models, data, choices and runs stay. (The base int4 build

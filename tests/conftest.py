@@ -1,35 +1,31 @@
-"""Shared fixtures: a project with the tiny model, and one real fine-tune on it.
+"""Shared fixtures and the test tiers; the helpers the tests share live in helpers.py.
 
 No network: the tiny model is made locally and the sample dataset ships with the repo.
 The fine-tune runs the real `olive run` once per test session (~20 s on 2 cores).
+
+Tiers (`make test-fast` runs neither; `make test`, what CI runs, runs everything):
+- e2e: trains or builds (a real `olive run`, ModelBuilder, the base int4 build). Marked by
+  construction for every test that uses `finished_run` (directly or through another fixture), and
+  by hand (`pytestmark` or `@pytest.mark.e2e`) where a test trains or builds by itself.
+- browser: drives Debian's chromium (the playground).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import quiet
 
 from phi3e2e.prepare.prepare_project import prepare
 from phi3e2e.project import Project
 from phi3e2e.train.finetune import finetune
 
-REPO = Path(__file__).resolve().parents[1]
-# The recipe's real dataset lives in shared/ beside the checkout (CI lays a copy there too);
-# it is not copied into the repo.
-TRUTHFUL_QA = next(
-    (path for path in (REPO.parent / "shared" / "datasets" / "TruthfulQA.csv", Path("/work/shared/datasets/TruthfulQA.csv"))
-     if path.is_file()),
-    REPO.parent / "shared" / "datasets" / "TruthfulQA.csv",
-)
 
-
-def quiet(_message: str) -> None:
-    pass
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "finished_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +55,3 @@ def finished_run(tiny_template, tmp_path_factory):
     return project, result.run_dir
 
 
-def run_cli(
-    *args: str, project: Project | None = None, env: dict | None = None, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """Run the real `phi3e2e` entry point in a subprocess, as a user would (`env` adds variables)."""
-    env = dict(os.environ, **(env or {}))
-    if project is not None:
-        env["PHI3E2E_PROJECT_DIR"] = str(project.root)
-    return subprocess.run(
-        [sys.executable, "-m", "phi3e2e", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )

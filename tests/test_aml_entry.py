@@ -50,6 +50,7 @@ def test_unbound_placeholder_stops_the_job_with_a_clear_message(tmp_path):
     assert result.returncode != 0 and "uses ${{inputs.model}} but the command binds no such path" in result.stderr
 
 
+@pytest.mark.e2e
 def test_staged_job_on_a_node_without_a_gpu_ends_in_one_line_within_a_minute(tiny_project, tmp_path):
     """The dry-run job's own command, run here (no NVIDIA driver, CPU-only torch): it must not train."""
     from azure.ai.ml import load_job

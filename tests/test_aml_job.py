@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import run_cli
+from helpers import run_cli
 
 from phi3e2e.errors import UserError
 from phi3e2e.train.aml import workspace

@@ -334,7 +334,7 @@ def test_a_network_failure_at_sign_in_is_not_called_missing_credentials(tiny_pro
 
 
 def test_jobs_list_with_no_runs_needs_no_workspace(tiny_project, monkeypatch):
-    from conftest import run_cli
+    from helpers import run_cli
 
     monkeypatch.chdir(tiny_project.root)  # no config.json anywhere up from here, no credentials
     result = run_cli("jobs", "list", project=tiny_project, env={"AZURE_CONFIG_DIR": str(tiny_project.root / "no-az")})

@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from phi3e2e.chat_format import chat_prompt
 from phi3e2e.cli.chat import EMPTY_ANSWER

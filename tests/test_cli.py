@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 import phi3e2e
 
@@ -181,3 +181,38 @@ def test_prepare_with_malformed_jsonl_names_file_and_line(tiny_project, tmp_path
     before = sorted(p.name for p in tiny_project.datasets.iterdir())
     assert_one_line_error(run_cli("prepare", "--data", str(bad), project=tiny_project), f"{bad}:2")
     assert sorted(p.name for p in tiny_project.datasets.iterdir()) == before
+
+
+def test_a_folder_phi3e2e_may_not_write_is_one_line_and_debug_shows_the_traceback(tiny_project):
+    """gen-model/ where nothing may be written (sysfs refuses even root, as a read-only disk refuses anyone)."""
+    tiny_project.gen_model.mkdir(exist_ok=True)
+    tiny_project.gen_model.rmdir()
+    tiny_project.gen_model.symlink_to("/sys/kernel")
+    result = run_cli("finetune", "--dry-run", project=tiny_project)
+    assert_one_line_error(result, "gen-model/.locks: operation not permitted", "PHI3E2E_DEBUG=1")
+    debug = run_cli("finetune", "--dry-run", project=tiny_project, env={"PHI3E2E_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_debug_shows_the_traceback_behind_a_user_error(tiny_project):
+    plain = run_cli("finetune", "--run-name", "../escape", project=tiny_project)
+    assert_one_line_error(plain, "--run-name")
+    debug = run_cli("finetune", "--run-name", "../escape", project=tiny_project, env={"PHI3E2E_DEBUG": "1"})
+    assert "Traceback (most recent call last)" in debug.stderr and "UserError: --run-name" in debug.stderr
+
+
+def test_each_shared_option_is_declared_once():
+    """RUN, --device, --verbose and the Azure options are declared in cli/options.py or cli/azure_options.py only."""
+    from phi3e2e.cli import app
+
+    declared: dict[str, set[str]] = {}
+    for path in sorted(Path(app.__file__).parent.glob("*.py")):
+        text = path.read_text()
+        for flag in re.findall(r'typer\.Option\(\s*"(--[a-z-]+)', text):
+            declared.setdefault(flag, set()).add(path.name)
+        if re.search(r'typer\.Argument\(\s*metavar="\[?RUN', text):
+            declared.setdefault("RUN", set()).add(path.name)
+    assert declared["RUN"] == {"options.py"} and declared["--device"] == {"options.py"}
+    assert declared["--verbose"] == {"options.py"}
+    for flag in ("--subscription", "--resource-group", "--workspace", "--compute", "--instance-type", "--register"):
+        assert declared[flag] == {"azure_options.py"}, flag

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import run_cli
+from helpers import run_cli
 
 from phi3e2e.build.options import CPU_INT4_DEFAULTS, cpu_int4_options
 from phi3e2e.infer.engines.genai import use_all_cores

@@ -6,7 +6,7 @@ Everything runs offline; token counts use the tiny model's own tokenizer (tiny_p
 import json
 
 import pytest
-from conftest import TRUTHFUL_QA, quiet, run_cli
+from helpers import TRUTHFUL_QA, quiet, run_cli
 
 from phi3e2e.chat_format import RECIPE_TEXT_TEMPLATE
 from phi3e2e.prepare.dataset_import import CHAT_TEXT_TEMPLATE

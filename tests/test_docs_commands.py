@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TRUTHFUL_QA
+from helpers import REPO, TRUTHFUL_QA
 
 from phi3e2e.project import Project
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import quiet, run_cli
+from helpers import quiet, run_cli
 from safetensors.numpy import load_file
 
 from phi3e2e import runs
@@ -100,6 +100,7 @@ def test_failed_run_is_kept_for_reading_but_never_chatted_with(finished_run, tmp
     assert runs.newest_onnx_model(project.gen_model) == project.gen_model / "e2e" / "onnx-int4"
 
 
+@pytest.mark.e2e  # starts a real fine-tune, then interrupts it
 def test_interrupted_run_does_not_look_finished(tiny_project):
     env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(tiny_project.root))
     process = subprocess.Popen(

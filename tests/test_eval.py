@@ -9,9 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import quiet, run_cli
+from helpers import quiet, run_cli
 
-from phi3e2e.build.base_int4 import cached_base_int4, int4_options
+from phi3e2e.build.base_int4 import cached_base_int4
+from phi3e2e.build.options import recorded_int4_options
 from phi3e2e.errors import UserError
 from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run
 from phi3e2e.project import Project
@@ -76,7 +77,7 @@ def test_loss_matches_the_trainers_own_eval_loss(evaluated_project):
 def test_base_int4_is_built_exactly_as_finetune_builds_its_int4(evaluated_project):
     """Built from the run's merged model, our base-int4 builder reproduces the run's onnx-int4 byte for byte."""
     run_dir = evaluated_project.gen_model / "e2e"
-    options = int4_options(read_record(run_dir))
+    options = recorded_int4_options(read_record(run_dir))
     record = json.loads((run_dir / "run.json").read_text())
     assert options == {"execution_provider": "cpu", **record["cpu_int4"]["build_options"]}
     built = cached_base_int4(evaluated_project.model_cache, run_dir / "merged", options, say=quiet)

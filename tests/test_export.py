@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from phi3e2e.build.export import export
 from phi3e2e.errors import UserError

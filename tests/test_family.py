@@ -10,8 +10,7 @@ import json
 import shutil
 
 import pytest
-from conftest import quiet, run_cli
-from fake_hub import FakeHub
+from helpers import FakeHub, quiet, run_cli
 
 from phi3e2e.chat_format import ChatFormat, chat_prompt, split_prompt
 from phi3e2e.errors import UserError
@@ -49,6 +48,7 @@ def copy_project(template: Project, tmp_path) -> Project:
 
 
 @pytest.mark.parametrize("name", NEW_TWINS)
+@pytest.mark.e2e  # builds each twin (prepare --twin: weights and a tokenizer trained here)
 def test_twin_keeps_what_changes_code_paths(twin_template, name):
     member = MEMBERS[name]
     model_dir = twin_template(name).model_cache / f"tiny-{name}"
@@ -108,6 +108,7 @@ def test_each_chat_template_renders_prompts_and_training_text(member):
 
 
 @pytest.mark.parametrize("name", NEW_TWINS)
+@pytest.mark.e2e
 def test_twin_runs_the_whole_pipeline(twin_template, tmp_path, name):
     """prepare --twin NAME -> LoRA -> merge -> int4 -> eval -> chat with all three forms; QLoRA and Azure ML
     dry-runs render and validate. A few training steps: the pipeline, not the quality, is under test."""
@@ -206,6 +207,7 @@ def test_a_model_outside_the_family_needs_its_own_targets(tiny_project, llama_mo
 
 
 @pytest.mark.parametrize("member", FAMILY[1:], ids=lambda m: m.name)
+@pytest.mark.e2e  # builds each twin to publish on the stand-in Hub
 def test_prepare_model_downloads_each_member(twin_template, tmp_path, member):
     """`prepare --model <hub id>` from a stand-in Hub holding the member's files as its repo lays them out
     (sharded safetensors with an index, tokenizer.model, remote code) plus files it must skip."""

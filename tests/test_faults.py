@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from phi3e2e import runs
 from phi3e2e.project import Project
+
+pytestmark = pytest.mark.e2e  # every test here starts real fine-tunes and evals
 
 
 def start(*args: str, project: Project, out: Path) -> subprocess.Popen:

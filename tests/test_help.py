@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 import typer
-from conftest import run_cli
+from helpers import run_cli
 
 
 def command_paths() -> list[list[str]]:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 from phi3e2e.errors import UserError
 from phi3e2e.prepare import init_project as init_module

@@ -231,3 +231,20 @@ def test_the_inner_rule_catches_train_reaching_into_aml_outside_the_gateway():
                "phi3e2e.train.plan": [("phi3e2e.train.aml.job", "", 4)],
                "phi3e2e.cli.jobs": [("phi3e2e.train.aml.jobs", "", 5)]}  # fmt: skip
     assert inner_rule_breaks(imports, rules) == ["phi3e2e.train.plan:4 imports phi3e2e.train.aml.job"]
+
+
+def test_test_files_share_helpers_only_through_helpers_py():
+    """Fixtures come from conftest.py by pytest's own lookup; shared code from helpers.py; no test file imports
+    another (or conftest), so each can be read, run and moved on its own."""
+    found = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} imports {name}" for name in names
+                      if name == "conftest" or name.startswith("test_")]  # fmt: skip
+    assert found == []

@@ -14,6 +14,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+pytestmark = pytest.mark.e2e  # every test here builds int4 models
+
 STOCK = "from phi3e2e.build import lean_int4; lean_int4.install = lambda: None; "  # the reference: no patch
 BUILD = "from phi3e2e.build.base_int4 import main; import sys; main(sys.argv[1:])"
 

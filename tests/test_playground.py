@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import API_KEY, Server, health
 from playwright.sync_api import expect, sync_playwright
-from test_serve import API_KEY, Server, health
 
 from phi3e2e.project import Project
 
@@ -26,6 +26,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ANSWER_TIMEOUT_MS = 120_000  # the compare view's first use builds the base model as int4 (~10 s on 2 cores)
+
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,7 @@ tests/fake_hub.py on 127.0.0.1: only the network boundary is replaced.
 import json
 
 import pytest
-from conftest import quiet, run_cli
-from fake_hub import FakeHub
+from helpers import FakeHub, quiet, run_cli
 
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.prepare_project import prepare

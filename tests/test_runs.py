@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import quiet, run_cli
+from helpers import quiet, run_cli
 
 from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run
 from phi3e2e.project import Project

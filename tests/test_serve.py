@@ -11,68 +11,19 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from conftest import run_cli
+from helpers import API_KEY, Server, health, run_cli
 
 from phi3e2e.project import Project
-
-API_KEY = "test-key-0123456789"
-START_TIMEOUT_S = 90
-
-
-class Server:
-    """`phi3e2e serve --port 0` in a subprocess; its address read from what it prints."""
-
-    def __init__(self, project: Project, *args: str):
-        self.project = project
-        env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(project.root), PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen([sys.executable, "-m", "phi3e2e", "serve", "--port", "0", *args], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: queue.Queue = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()  # drains the pipe for the server's whole life
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                self.stop()
-                raise AssertionError(f"server did not start in {START_TIMEOUT_S} s: {''.join(self.output)}") from None
-            if line is None:
-                raise AssertionError(f"server exited: {''.join(self.output)}")
-            if line.startswith("Playground: "):
-                self.url = line.split()[1].rstrip("/")
-                self.port = int(self.url.rsplit(":", 1)[1])
-                return
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def stop(self) -> int:
-        """Ctrl-C, as a user stops it; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +51,6 @@ def ask(client, model, question="How long does shipping take?", **options):
 def exactly(n: int) -> dict:
     """An answer of exactly n tokens: greedy, the end of turn held back until the limit."""
     return {"max_tokens": n, "temperature": 0, "extra_body": {"min_tokens": n}}
-
-
-def health(server) -> dict:
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    connection.request("GET", "/health", headers={"Authorization": f"Bearer {API_KEY}"})
-    return json.loads(connection.getresponse().read())
 
 
 def test_models_lists_the_run_and_the_base_model_built_like_it(served, client):

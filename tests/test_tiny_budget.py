@@ -3,7 +3,7 @@ and says so; an explicit choice of steps or epochs wins. Real `finetune --dry-ru
 
 import json
 
-from conftest import run_cli
+from helpers import run_cli
 
 from phi3e2e.workflow.settings import TINY_MAX_STEPS
 
