@@ -169,6 +169,27 @@ def test_json_prints_one_object_per_answer(finished_run):
     assert answers[1]["prompt_tokens"] > answers[0]["prompt_tokens"]
 
 
+def test_json_reports_each_failed_question_as_an_object_and_exits_non_zero(finished_run):
+    """A batch script reads one JSON object per question: a question too long for the context, or not UTF-8, is an
+    error object in its place, the others are answered, and the exit code says something failed."""
+    import os
+    import subprocess
+    import sys
+
+    project, _ = finished_run
+    stdin = b"Do you ship?\n" + b"coffee " * 5000 + b"\ncaf\xff\nWhere is your roastery?\n"
+    result = subprocess.run([sys.executable, "-m", "phi3e2e", "chat", "--json", "--max-length", "8"], input=stdin,
+                            capture_output=True, env=dict(os.environ, PHI3E2E_PROJECT_DIR=str(project.root)), timeout=300)
+    assert result.returncode == 2, result.stderr
+    objects = [json.loads(line) for line in result.stdout.decode().strip().splitlines()]
+    assert [("error" in o) for o in objects] == [False, True, True, False]
+    assert "tokens" in objects[1]["error"]["message"] and "not valid UTF-8" in objects[2]["error"]["message"]
+    assert b"Traceback" not in result.stderr
+
+    too_long = subprocess_chat(project, "--json", "--prompt", "coffee " * 5000, stdin="")
+    assert too_long.returncode == 2 and "error" in json.loads(too_long.stdout)
+
+
 def test_ctrl_c_stops_the_answer_not_the_session(finished_run):
     _, run_dir = finished_run
     session = ChatSession(run_dir / "onnx-int4", GenerationOptions(max_new_tokens=32, min_new_tokens=32))

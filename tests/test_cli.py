@@ -216,3 +216,17 @@ def test_each_shared_option_is_declared_once():
     assert declared["--verbose"] == {"options.py"}
     for flag in ("--subscription", "--resource-group", "--workspace", "--compute", "--instance-type", "--register"):
         assert declared[flag] == {"azure_options.py"}, flag
+
+
+def test_runs_started_in_the_same_second_never_share_a_name(tiny_project):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phi3e2e.runs import new_run_name
+
+    first, second = new_run_name(tiny_project.gen_model, "lora"), new_run_name(tiny_project.gen_model, "lora")
+    assert first != second and first.endswith("-lora") and second.endswith("-lora")
+    with ThreadPoolExecutor(3) as pool:  # three processes started together, none naming its run
+        results = list(pool.map(lambda _: run_cli("finetune", "--dry-run", project=tiny_project), range(3)))
+    assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+    made = [p.name for p in tiny_project.gen_model.iterdir() if not p.name.startswith(".")]
+    assert len(made) == 3

@@ -163,3 +163,20 @@ def test_a_removal_that_fails_halfway_leaves_the_run_gone_not_half_there(runs_pr
 def test_runs_in_an_empty_project_says_what_to_run(tmp_path):
     result = run_cli("runs", env={"PHI3E2E_PROJECT_DIR": str(tmp_path)})
     assert result.returncode == 0 and "phi3e2e finetune" in result.stdout
+
+
+def test_a_killed_removal_is_finished_by_the_next_runs_command(runs_project):
+    """`runs rm` killed halfway left hidden `.NAME.removing-PID` folders: the next `runs` or `runs rm` finishes it,
+    and a second removal of the same name never collides with the first's leftovers."""
+    gen = runs_project.gen_model
+    dead = 999_999_999  # no such process
+    for leftover in (f".old.removing-{dead}", f".old.checkpoints.removing-{dead}"):
+        (gen / leftover / "checkpoint-20").mkdir(parents=True)
+    assert run_cli("runs", "--json", project=runs_project).returncode == 0
+    assert not [p.name for p in gen.iterdir() if ".removing-" in p.name]
+    (gen / f".other.checkpoints.removing-{dead}" / "x").mkdir(parents=True)
+    (gen / ".checkpoints" / "other" / "checkpoint-20").mkdir(parents=True)
+    result = run_cli("runs", "rm", "other", "--yes", project=runs_project)
+    assert result.returncode == 0, result.stderr
+    assert not (gen / "other").exists() and not (gen / ".checkpoints" / "other").exists()
+    assert not [p.name for p in gen.iterdir() if ".removing-" in p.name]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phi3e2e.errors import UserError
+from phi3e2e.storage import atomic_write
 
 PROJECT_FILE = "phi3e2e.json"
 
@@ -77,9 +78,7 @@ class Project:
         recorded = self.read_choices()
         for key, path in choices.items():
             recorded[key] = self.relative(path)
-        partial = self.project_file.with_name(PROJECT_FILE + ".partial")  # renamed last: never half-written
-        partial.write_text(json.dumps(recorded, indent=2) + "\n")
-        partial.replace(self.project_file)
+        atomic_write(self.project_file, json.dumps(recorded, indent=2) + "\n")
 
     def relative(self, path: Path) -> str:
         path = Path(path).resolve()

@@ -104,9 +104,25 @@ def chat(
                 notice(EMPTY_ANSWER)
         return reply.stopped
 
+    failed = False
+
+    def answer_or_say_why(question: str) -> None:
+        nonlocal failed
+        try:
+            answer(question)
+        except UserError as e:  # e.g. a prompt longer than the context: say so, keep the session
+            if not as_json:
+                raise
+            failed = True  # a script reading the JSON lines gets an object for every question, and the exit code
+            typer.echo(json.dumps({"error": {"message": " ".join(str(e).split())}, "form": session.form}))
+
     if prompt is not None:
-        answer(prompt)
+        answer_or_say_why(prompt)
+        if failed:
+            raise typer.Exit(2)
         return
+    # Bytes that are not UTF-8 reach the question as lone surrogates, which the session refuses in one line.
+    sys.stdin.reconfigure(errors="surrogateescape")
     if interactive:
         typer.echo(f"Chatting with {model_dir} ({session.form}, {device}); /exit or Ctrl-D leaves, Ctrl-C stops an answer", err=True)
     while True:
@@ -115,14 +131,16 @@ def chat(
         except (EOFError, KeyboardInterrupt):
             if not as_json:
                 typer.echo("", err=True)
-            return
+            break
         if user.strip() in ("/exit", "/quit"):
-            return
+            break
         if not user.strip():
             continue
         if not as_json:
             sys.stdout.write("phi3> ")
         try:
-            answer(user)
-        except UserError as e:  # e.g. a prompt longer than the context: say so, keep the session
+            answer_or_say_why(user)
+        except UserError as e:
             typer.echo(f"error: {e}", err=True)
+    if failed:
+        raise typer.Exit(2)

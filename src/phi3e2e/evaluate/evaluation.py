@@ -20,6 +20,7 @@ from phi3e2e.errors import UserError
 from phi3e2e.evaluate.eval_data import load_eval_rows
 from phi3e2e.evaluate.losses import onnx_loss, perplexity, torch_loss
 from phi3e2e.project import Project
+from phi3e2e.storage import atomic_write
 
 # What `eval --forms` calls each run-folder form it can measure.
 EVAL_FORMS = {"int4": runs.ONNX_INT4, "merged": runs.MERGED, "adapter": runs.ADAPTER}
@@ -106,9 +107,8 @@ def evaluate_run(
         "samples": samples,
         "seconds": runs.elapsed(start),
     }
-    partial = run_dir / (runs.EVAL_FILE + ".partial")  # renamed last: an interrupted eval keeps the old eval.json
-    partial.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    partial.replace(run_dir / runs.EVAL_FILE)
+    # An interrupted eval keeps the old eval.json.
+    atomic_write(run_dir / runs.EVAL_FILE, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     write_report(run_dir, result)
     return result
 

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 from phi3e2e.chat_format import RECIPE_TEXT_TEMPLATE, ROLE_TAGS, ChatFormat, render_chat
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.data_formats import RawFile, Record, read_data_file
+from phi3e2e.runs.locks import process_alive
 from phi3e2e.storage import staged_dir
 from phi3e2e.workflow.training_text import render
 
@@ -280,18 +281,8 @@ def remove_abandoned_imports(datasets_dir: Path) -> None:
     """The staging folders of imports whose process is gone (killed mid-write): they are never datasets."""
     for folder in datasets_dir.glob(f".*{IMPORTING}*"):
         pid = folder.name.rpartition(IMPORTING)[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_dataset_folder(dataset_dir: Path) -> Path:

@@ -9,7 +9,6 @@ gen-model/.olive-cache/ (shared by every run; safe to delete).
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from pathlib import Path
 
 from phi3e2e.errors import UserError
@@ -34,10 +33,6 @@ REQUIRED_FILES = {
 }
 
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
-
-
-def new_run_name(algo: str) -> str:
-    return datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{algo}"
 
 
 def check_run_name(name: str) -> str:

@@ -7,7 +7,9 @@ logs kept for reading). Callers hold the run's lock (locks.run_lock).
 
 from __future__ import annotations
 
+import json
 import shutil
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -48,12 +50,13 @@ def reopen_run(gen_model: Path, name: str) -> tuple[Path, RunRecord]:
 
 
 def last_checkpoint(gen_model: Path, name: str) -> Optional[Path]:
-    """The newest complete checkpoint-N/ of run `name`; half-written ones (killed mid-save) are removed."""
+    """The newest intact checkpoint-N/ of run `name`; damaged ones (killed mid-save, a truncated or broken
+    file) are removed, so Olive's trainer, which takes the highest-numbered folder, resumes from an intact one."""
     folder = checkpoints_dir(gen_model, name)
     found = []
     for checkpoint in folder.glob("checkpoint-*") if folder.is_dir() else []:
         step = checkpoint.name.removeprefix("checkpoint-")
-        if step.isdigit() and (checkpoint / "trainer_state.json").is_file():
+        if step.isdigit() and checkpoint_problem(checkpoint) is None:
             found.append((int(step), checkpoint))
         else:
             shutil.rmtree(checkpoint, ignore_errors=True)
@@ -80,3 +83,39 @@ def fail_run(staging: Path, record: RunRecord, reason: str, scratch: tuple[str, 
         pass
     failed = failed_dir(staging.parent, record.name)
     return publish(staging, failed, replace=True)
+
+
+# The same checks run on the Azure ML node (train/aml/compute_entry.py keeps a copy: it runs without phi3e2e).
+def checkpoint_problem(checkpoint: Path) -> Optional[str]:
+    """Why training cannot resume from `checkpoint` (None: it can). The trainer writes trainer_state.json last."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_bytes())
+    except FileNotFoundError:
+        return "no trainer_state.json (saving was cut off)"
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json unreadable ({e})"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "trainer_state.json has no global_step"
+    for path in sorted(checkpoint.iterdir()):
+        if problem := _weights_problem(path):
+            return f"{path.name}: {problem}"
+    return None
+
+
+def _weights_problem(path: Path) -> Optional[str]:
+    """A truncated or broken safetensors file, or a torch file whose zip directory is gone."""
+    if path.suffix == ".safetensors":
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                header_size = int.from_bytes(f.read(8), "little")
+                if size < 8 or header_size > size - 8:
+                    return "truncated header"
+                header = json.loads(f.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            return f"unreadable header ({e})"
+        return f"truncated ({size} of {8 + header_size + end} bytes)" if 8 + header_size + end > size else None
+    if path.suffix in (".pt", ".bin", ".pth") and not zipfile.is_zipfile(path):
+        return "not a complete torch file"
+    return None

@@ -8,11 +8,31 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 from phi3e2e.errors import UserError
+from phi3e2e.runs.layout import failed_dir, partial_dir
+
+
+def new_run_name(gen_model: Path, algo: str) -> str:
+    """A name from the clock (`20261204-101500-lora`) that no other run has, even one another process starts
+    in the same second (then `20261204-101500-2-lora`): the name's lock file is created exclusively, so two
+    processes never both get it (run_lock goes on using that file)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    locks = _lock_file(gen_model, "x").parent
+    locks.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        name = f"{stamp}-{algo}" if number == 1 else f"{stamp}-{number}-{algo}"
+        try:
+            os.close(os.open(_lock_file(gen_model, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        if not any(path.exists() for path in (gen_model / name, partial_dir(gen_model, name), failed_dir(gen_model, name))):
+            return name
 
 
 def _lock_file(gen_model: Path, name: str) -> Path:
@@ -57,3 +77,14 @@ def in_progress(gen_model: Path, name: str) -> Optional[int]:
             text = f.read().strip()
             return int(text) if text.isdigit() else -1
         return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (the owner of a staging or removal folder named after it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

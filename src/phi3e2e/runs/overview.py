@@ -62,6 +62,7 @@ def list_runs(project: Project) -> list[RunRow]:
     gen_model = project.gen_model
     if not gen_model.is_dir():
         return []
+    finish_removals(gen_model)
     rows = []
     for folder in gen_model.iterdir():
         if not folder.is_dir():
@@ -210,16 +211,30 @@ def compare_runs(project: Project, first: str, second: str) -> Comparison:
     return Comparison((a.row.name, b.row.name), differing, measures)
 
 
+REMOVING = ".removing-"  # gen-model/.NAME.removing-PID: a removal in progress (or killed)
+
+
+def finish_removals(gen_model: Path) -> None:
+    """Finish the removals whose process is gone (killed halfway): the user asked for those runs to go."""
+    for folder in gen_model.glob(f".*{REMOVING}*"):
+        pid = folder.name.rpartition(REMOVING)[2]
+        if pid.isdigit() and not runs.process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def remove_run(project: Project, run: str) -> Path:
     """Delete a run folder (and its resume checkpoints): renamed out of the way first, so it is gone
     at once or not at all. A run still being built is refused."""
+    finish_removals(project.gen_model)
     folder = find_run_folder(project, run)
     check_not_running(project, folder)
     name = _run_name(folder)
     with runs.run_lock(project.gen_model, name):  # no build of this name can start while it goes
-        # A removal interrupted halfway leaves only a hidden folder, never a half-deleted run.
-        doomed = [(folder, folder.parent / f".{name}.removing-{os.getpid()}"),
-                  (runs.checkpoints_dir(project.gen_model, name), folder.parent / f".{name}.checkpoints.removing")]  # fmt: skip
+        # A removal interrupted halfway leaves only hidden folders, never a half-deleted run; the next
+        # `runs` or `runs rm` finishes it (finish_removals).
+        doomed = [(folder, folder.parent / f".{name}{REMOVING}{os.getpid()}"),
+                  (runs.checkpoints_dir(project.gen_model, name),
+                   folder.parent / f".{name}.checkpoints{REMOVING}{os.getpid()}")]  # fmt: skip
         doomed = [(path, away) for path, away in doomed if path.is_dir()]
         for path, away in doomed:
             path.rename(away)

@@ -69,7 +69,7 @@ def plan_run(
     project: Project, spec: RunSpec, inputs: RunInputs, recorded: Optional[FinetuneSettings] = None
 ) -> RunPlan:
     """`recorded`: a resumed run's own settings, used as they are."""
-    name = runs.check_run_name(spec.run_name) if spec.run_name else runs.new_run_name(spec.algo)
+    name = runs.check_run_name(spec.run_name) if spec.run_name else runs.new_run_name(project.gen_model, spec.algo)
     notes: tuple[str, ...] = ()
     if recorded is not None:
         settings = recorded

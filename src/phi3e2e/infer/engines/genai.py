@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 from phi3e2e.errors import UserError
 from phi3e2e.infer.generation import GenerationOptions
 from phi3e2e.infer.threads import physical_cores
+from phi3e2e.storage import atomic_write
 
 GENAI_CONFIG = "genai_config.json"
 
@@ -39,10 +40,7 @@ def use_all_cores(model_dir: Path, threads: Optional[int] = None) -> int:
     config = json.loads(config_file.read_text())
     decoder = config["model"]["decoder"]
     decoder.setdefault("session_options", {})["intra_op_num_threads"] = threads
-    # Write next to the file and rename, so an interrupted write never leaves half a config.
-    partial = config_file.with_name(config_file.name + ".partial")
-    partial.write_text(json.dumps(config, indent=4) + "\n")
-    partial.replace(config_file)
+    atomic_write(config_file, json.dumps(config, indent=4) + "\n")  # an interrupted write never leaves half a config
     return threads
 
 

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from pathlib import Path
 
 # Mirrors phi3e2e.build.olive_runner: the Olive pass types (as footprint.json spells them) per form.
@@ -122,11 +123,51 @@ def training_args(config: dict) -> dict:
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint: the trainer writes trainer_state.json last, and a node reclaimed
-    mid-save leaves a newer folder without it."""
-    found = [(int(m[1]), path) for path in folder.glob("checkpoint-*")
-             if (m := CHECKPOINT.match(path.name)) and (path / "trainer_state.json").is_file()]
+    """The newest intact checkpoint. A node reclaimed mid-save leaves a newer folder without trainer_state.json
+    (written last) or with a truncated file: such a folder is removed, or the trainer, which takes the
+    highest-numbered one, would fail on it at every restart."""
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        if (m := CHECKPOINT.match(path.name)) and (problem := checkpoint_problem(path)) is None:
+            found.append((int(m[1]), path))
+        else:
+            print(f"phi3e2e_job: removing {path.name}: {problem if m else 'not a checkpoint'}", flush=True)
+            shutil.rmtree(path, ignore_errors=True)
     return max(found)[1] if found else None
+
+
+# A copy of phi3e2e.runs.lifecycle.checkpoint_problem (this script runs without phi3e2e; a test pins the two).
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_bytes())
+    except FileNotFoundError:
+        return "no trainer_state.json (saving was cut off)"
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json unreadable ({e})"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "trainer_state.json has no global_step"
+    for path in sorted(checkpoint.iterdir()):
+        if problem := weights_problem(path):
+            return f"{path.name}: {problem}"
+    return None
+
+
+def weights_problem(path: Path) -> str | None:
+    if path.suffix == ".safetensors":
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                header_size = int.from_bytes(f.read(8), "little")
+                if size < 8 or header_size > size - 8:
+                    return "truncated header"
+                header = json.loads(f.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            return f"unreadable header ({e})"
+        return f"truncated ({size} of {8 + header_size + end} bytes)" if 8 + header_size + end > size else None
+    if path.suffix in (".pt", ".bin", ".pth") and not zipfile.is_zipfile(path):
+        return "not a complete torch file"
+    return None
 
 
 def report_to_mlflow(config: dict) -> None:
@@ -222,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     if (checkpoints := training_args(config).get("output_dir")) and Path(checkpoints).is_absolute():
         Path(checkpoints).mkdir(parents=True, exist_ok=True)
         if resume := last_checkpoint(Path(checkpoints)):
-            # Azure ML restarted the job (a preempted low-priority node): Olive's LoRA pass resumes from it.
+            # Azure ML restarted the job (a preempted low-priority node): the trainer resumes from this one,
+            # named explicitly (Olive would otherwise take the highest-numbered folder itself).
+            finetune_pass(config)["training_args"]["resume_from_checkpoint"] = str(resume)
             print(f"phi3e2e_job: resuming from {resume.name} in the checkpoints output", flush=True)
     work = Path(WORK_DIR).resolve()  # local disk of the node, not the code snapshot or an output mount
     work.mkdir(parents=True, exist_ok=True)
