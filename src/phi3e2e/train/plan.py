@@ -69,7 +69,7 @@ def plan_run(
     project: Project, spec: RunSpec, inputs: RunInputs, recorded: Optional[FinetuneSettings] = None
 ) -> RunPlan:
     """`recorded`: a resumed run's own settings, used as they are."""
-    name = runs.check_run_name(spec.run_name) if spec.run_name else runs.new_run_name(project.gen_model, spec.algo)
+    name = runs.check_run_name(spec.run_name) if spec.run_name else f"new-{spec.algo}"  # until all else is checked
     notes: tuple[str, ...] = ()
     if recorded is not None:
         settings = recorded
@@ -79,6 +79,9 @@ def plan_run(
         notes = tuple(filter(None, [fit_tiny_budget(settings, inputs, set_args)]))
         settings.export = run_export_settings(settings.export, inputs.model_dir, spec.trains_on_cuda)
     workflow = render_plan_workflow(project, spec, settings, inputs, name)
+    if not spec.run_name:  # a valid plan: now take a name from the clock (it reserves the name in gen-model/)
+        name = runs.new_run_name(project.gen_model, spec.algo)
+        workflow = render_plan_workflow(project, spec, settings, inputs, name)
     record = runs.RunRecord(
         name=name,
         algo=spec.algo,
