@@ -171,6 +171,42 @@ def test_eval_says_when_the_dataset_changed_since_training(finished_run, tmp_pat
     assert measured["dataset_sha256"]["eval.jsonl"] != record.data_sha256["eval.jsonl"]
 
 
+def processes_running(*fragments: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds every fragment."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if all(fragment in cmdline for fragment in fragments) and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_the_base_build_dies_with_eval(finished_run, tmp_path, stop):
+    """eval builds the base model as int4 in a child process: killed eval, no build left running (minutes of
+    CPU and GBs for Phi-3-mini), and the next eval builds it whole."""
+    project, run_dir = finished_run
+    copy = Project(tmp_path / "copy")
+    shutil.copytree(project.root, copy.root, symlinks=True)
+    shutil.rmtree(copy.model_cache / ".onnx-int4", ignore_errors=True)
+    evaluating = start("eval", run_dir.name, "--samples", "0", "--max-rows", "2", project=copy, out=tmp_path / "eval.out")
+    building = ("phi3e2e.build.base_int4", str(copy.model_cache))
+    wait_for(lambda: processes_running(*building), evaluating, 120, "the base build")
+    evaluating.send_signal(stop)
+    evaluating.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while processes_running(*building) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_running(*building) == []
+    again = run_cli("eval", run_dir.name, "--samples", "0", "--max-rows", "2", project=copy)
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in (copy.model_cache / ".onnx-int4").iterdir() if p.name.endswith(".partial")] == []
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 600 KiB tmpfs: room for a run's record and log, not for its models (root only)."""
