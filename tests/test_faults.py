@@ -37,8 +37,8 @@ def wait_for(condition, process: subprocess.Popen, timeout: float, what: str) ->
         time.sleep(0.2)
 
 
-def olive_processes(config_dir: Path) -> list[int]:
-    """Live (not zombie) processes running Olive on a config in `config_dir`."""
+def processes_running(*fragments: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds every fragment."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
@@ -46,9 +46,14 @@ def olive_processes(config_dir: Path) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if "olive" in cmdline and str(config_dir) in cmdline and state != "Z":
+        if all(fragment in cmdline for fragment in fragments) and state != "Z":
             found.append(int(proc.name))
     return found
+
+
+def olive_processes(config_dir: Path) -> list[int]:
+    """Live (not zombie) processes running Olive on a config in `config_dir`."""
+    return processes_running("olive", str(config_dir))
 
 
 def no_olive_left(config_dir: Path, timeout: float = 15) -> bool:
@@ -169,20 +174,6 @@ def test_eval_says_when_the_dataset_changed_since_training(finished_run, tmp_pat
     measured = json.loads((copy.gen_model / run_dir.name / runs.EVAL_FILE).read_text())
     assert measured["dataset_since_training"].startswith("changed since training")
     assert measured["dataset_sha256"]["eval.jsonl"] != record.data_sha256["eval.jsonl"]
-
-
-def processes_running(*fragments: str) -> list[int]:
-    """Live (not zombie) processes whose command line holds every fragment."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if all(fragment in cmdline for fragment in fragments) and state != "Z":
-            found.append(int(proc.name))
-    return found
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
