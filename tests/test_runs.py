@@ -180,3 +180,33 @@ def test_a_killed_removal_is_finished_by_the_next_runs_command(runs_project):
     assert result.returncode == 0, result.stderr
     assert not (gen / "other").exists() and not (gen / ".checkpoints" / "other").exists()
     assert not [p.name for p in gen.iterdir() if ".removing-" in p.name]
+
+
+def test_a_run_argument_takes_latest_or_a_unique_prefix(runs_project):
+    """As `eval`, `serve` and `export` default to the newest run, every RUN also takes `latest` or a prefix."""
+    ambiguous = run_cli("runs", "show", "b", project=runs_project)
+    assert ambiguous.returncode == 2 and len(ambiguous.stderr.strip().splitlines()) == 1
+    assert "matches 2 runs" in ambiguous.stderr and "broken" in ambiguous.stderr and "building" in ambiguous.stderr
+    shutil.rmtree(runs_project.gen_model / "broken")
+    (runs_project.gen_model / ".building.partial").rmdir()
+    newest = list_runs(runs_project)[0].name
+    shown = run_cli("runs", "show", "latest", "--json", project=runs_project)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["record"]["name"] == newest
+    assert json.loads(run_cli("runs", "show", "e2", "--json", project=runs_project).stdout)["record"]["name"] == "e2e"
+    compared = run_cli("runs", "compare", "e2", "oth", project=runs_project)
+    assert compared.returncode == 0 and "lora.r" in compared.stdout
+
+
+def test_matching_a_run_name():
+    from phi3e2e.errors import UserError
+    from phi3e2e.runs import match_run
+
+    names = ["20261204-1010-lora", "20261204-0900-qlora", "20261203-2300-lora"]
+    assert match_run("latest", names) == names[0]
+    assert match_run("20261204-09", names) == "20261204-0900-qlora"
+    assert match_run("20261203-2300-lora", names) == "20261203-2300-lora"
+    assert match_run("nope", names) == "nope"  # the caller says it is missing
+    assert match_run("gen-model/x", names) == "gen-model/x"  # a path is not a prefix
+    with pytest.raises(UserError, match="matches 2 runs"):
+        match_run("20261204", names)

@@ -122,7 +122,8 @@ def chat(
             raise typer.Exit(2)
         return
     # Bytes that are not UTF-8 reach the question as lone surrogates, which the session refuses in one line.
-    sys.stdin.reconfigure(errors="surrogateescape")
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     if interactive:
         typer.echo(f"Chatting with {model_dir} ({session.form}, {device}); /exit or Ctrl-D leaves, Ctrl-C stops an answer", err=True)
     while True:

@@ -33,7 +33,7 @@ from phi3e2e.runs.layout import (
 )
 from phi3e2e.runs.lifecycle import fail_run, finish_run, last_checkpoint, reopen_run, start_run
 from phi3e2e.runs.locks import in_progress, new_run_name, process_alive, run_lock
-from phi3e2e.runs.lookup import find_finished_run, finished_runs, newest_onnx_model, run_folders
+from phi3e2e.runs.lookup import LATEST, find_finished_run, finished_runs, match_run, newest_onnx_model, run_folders
 from phi3e2e.runs.record import (
     SCHEMA_VERSION,
     AmlRecord,
@@ -54,7 +54,7 @@ __all__ = [
     "ADAPTER", "CONFIG_FILE", "EVAL_FILE", "EVAL_PLOT", "EVAL_REPORT", "FORMS", "LOSS_PLOT", "MERGED", "OLIVE_LOG",
     "ONNX_INT4", "REQUIRED_FILES", "RUN_FILE", "TRAIN_LOG", "check_run_name", "checkpoints_dir", "failed_dir",
     "missing_outputs", "new_run_name", "olive_cache_dir", "partial_dir", "fail_run", "finish_run", "last_checkpoint",
-    "reopen_run", "start_run", "in_progress", "process_alive", "run_lock", "find_finished_run", "finished_runs", "newest_onnx_model",
+    "reopen_run", "start_run", "in_progress", "process_alive", "run_lock", "LATEST", "find_finished_run", "finished_runs", "match_run", "newest_onnx_model",
     "run_folders", "SCHEMA_VERSION", "AmlRecord", "LossSummary", "ResumePoint", "RunRecord", "Status",
     "data_fingerprint", "elapsed", "file_sha256", "now", "read_record", "try_read_record", "write_record",
 ]  # fmt: skip

@@ -31,8 +31,10 @@ def finished_runs(gen_model: Path) -> list[Path]:
 
 def find_finished_run(project, run: str | None) -> Path:
     """A succeeded run by name under gen-model/ or by folder; the newest one when none is named."""
-    if not run:
-        finished = finished_runs(project.gen_model)
+    finished = finished_runs(project.gen_model)
+    if run:
+        run = match_run(run, [folder.name for folder in finished])
+    if not run or run == LATEST:
         if not finished:
             raise UserError(
                 f"no finished fine-tune in {project.relative(project.gen_model)}/; run `phi3e2e finetune` first"
@@ -52,3 +54,21 @@ def newest_onnx_model(gen_model: Path) -> Path:
         if (run / ONNX_INT4 / "genai_config.json").is_file():
             return run / ONNX_INT4
     raise UserError(f"no finished fine-tune in {gen_model}; run `phi3e2e finetune` first, or pass --model DIR")
+
+
+LATEST = "latest"
+
+
+def match_run(text: str, names_newest_first: list[str]) -> str:
+    """What a RUN argument names among `names`: `latest` (the newest), an exact name, or a unique prefix
+    (`2026`, `20261204-10`). Ambiguous: one line listing the matches. Unknown: `text` as it is, so the
+    caller's own message says what is missing."""
+    if text == LATEST and names_newest_first:
+        return names_newest_first[0]
+    if text in names_newest_first or "/" in text:
+        return text
+    found = [name for name in names_newest_first if name.startswith(text)]
+    if len(found) > 1:
+        shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise UserError(f"run {text!r} matches {len(found)} runs ({shown}): give more of the name")
+    return found[0] if found else text

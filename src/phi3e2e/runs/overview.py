@@ -133,8 +133,10 @@ def _mtime(folder: Path) -> str:
 
 
 def find_run_folder(project: Project, run: str) -> Path:
-    """A run by its name under gen-model/ (a failed or interrupted one also by the name it was started with)."""
+    """A run by its name under gen-model/ (a failed or interrupted one also by the name it was started with),
+    `latest`, or a unique prefix of its name."""
     gen_model = project.gen_model
+    run = runs.match_run(run, [row.name for row in list_runs(project)])
     for candidate in (gen_model / run, runs.failed_dir(gen_model, run), runs.partial_dir(gen_model, run)):
         if candidate.is_dir() and not run.startswith("."):
             return candidate

@@ -52,8 +52,10 @@ def job_name_of(run_dir: Path) -> Optional[str]:
 
 def find_run(project: Project, run: Optional[str]) -> Path:
     """A run folder by name (default: the newest Azure ML run)."""
-    if run is None:
-        found = aml_runs(project)
+    found = aml_runs(project)
+    if run is not None:
+        run = runs.match_run(run, [folder.name for folder in found])
+    if run is None or run == runs.LATEST:
         if not found:
             raise UserError(f"no Azure ML runs in {project.gen_model}; submit one with `phi3e2e finetune --target aml`")
         return found[0]
