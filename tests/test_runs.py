@@ -210,3 +210,13 @@ def test_matching_a_run_name():
     assert match_run("gen-model/x", names) == "gen-model/x"  # a path is not a prefix
     with pytest.raises(UserError, match="matches 2 runs"):
         match_run("20261204", names)
+
+
+def test_runs_rm_with_no_one_to_ask_says_to_pass_yes(runs_project):
+    import os
+
+    env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(runs_project.root))
+    result = subprocess.run([sys.executable, "-m", "phi3e2e", "runs", "rm", "e2e"], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert result.returncode == 2 and "pass --yes" in result.stderr.splitlines()[-1]
+    assert (runs_project.gen_model / "e2e" / "run.json").is_file()

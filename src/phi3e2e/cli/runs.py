@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from phi3e2e.cli.options import JsonOption, RequiredRunArgument, current_project, new_app, say
+from phi3e2e.errors import UserError
 
 app = new_app(
     "The fine-tunes in gen-model/: list, show, compare, remove.\n\n"
@@ -180,11 +181,18 @@ def rm(
     project = current_project()
     folder = find_run_folder(project, run)
     check_not_running(project, folder)  # before asking: a yes must not meet a refusal
-    if not yes and not typer.confirm(f"Delete {project.relative(folder)}/ and every model in it?", default=False):
+    if not yes and not _confirm(f"Delete {project.relative(folder)}/ and every model in it?"):
         say("Nothing deleted.")
         raise typer.Exit(1)
     remove_run(project, run)
     say(f"Deleted {project.relative(folder)}/")
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return typer.confirm(question, default=False)
+    except typer.Abort:  # no answer: input ended (</dev/null, a script) or Ctrl-C
+        raise UserError("no answer, nothing deleted: pass --yes to delete without asking (for scripts)") from None
 
 
 def _cells(row, now: datetime) -> list[str]:
