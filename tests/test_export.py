@@ -58,6 +58,10 @@ def test_export_for_cuda_builds_here_and_its_int4_model_still_runs_on_cpu(run_co
     assert "cuda" in genai_config["model"]["decoder"]["session_options"]["provider_options"][0]
     session = ChatSession(result.model_dir, GenerationOptions(max_new_tokens=8, min_new_tokens=8), device="cpu")
     assert session.ask("Do you ship?").tokens == 8
+    chat = run_cli("chat", "--model", str(result.model_dir), "--prompt", "Do you ship?", "--max-length", "4",
+                   project=project)
+    assert chat.returncode == 0, chat.stderr
+    assert "built for CUDA; it runs on the CPU here" in chat.stderr  # said, not silent
 
 
 @pytest.mark.parametrize(

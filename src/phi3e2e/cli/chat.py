@@ -81,6 +81,9 @@ def chat(
     if interactive:  # a 2 GB model takes seconds to load: say what is happening
         typer.echo(f"Loading {model_dir} ...", err=True)
     session = ChatSession(model_dir, options, system=system, device=device, base=base_dir, threads=threads)
+    if getattr(session.engine, "built_for", device) == "cuda" and device == "cpu":
+        typer.echo(f"note: {model_dir} was built for CUDA; it runs on the CPU here, slower than a CPU build "
+                   "(--device cuda on a GPU machine, or `phi3e2e export --device cpu` for a CPU build)", err=True)
 
     def stream(piece: str) -> None:
         if not as_json:

@@ -79,6 +79,7 @@ class GenaiEngine:
         self.model_dir = model_dir
         self.device = device
         settings = genai_config(model_dir)
+        self.built_for = built_for(settings)  # the device its build targets; it may run on another
         try:
             self.context_length = int(settings["model"]["context_length"])
             eos = settings["model"]["eos_token_id"]
