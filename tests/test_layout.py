@@ -188,6 +188,12 @@ def test_no_module_imports_another_modules_private_names():
     assert private_imports(graph()) == []
 
 
+def test_the_azure_ml_entry_script_imports_nothing_of_phi3e2e():
+    """It runs on the node without phi3e2e installed: that is why it keeps copies (pinned in test_aml_entry.py
+    and test_checkpoints.py)."""
+    assert graph()["phi3e2e.train.aml.compute_entry"] == []
+
+
 def test_no_relative_imports():
     found = [f"{name}:{line}" for name, path in all_modules().items() for line in relative_imports(path)]
     assert found == []
