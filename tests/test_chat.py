@@ -154,7 +154,7 @@ def test_a_question_that_is_not_utf8_is_a_clear_error(finished_run):
 def test_json_prints_one_object_per_answer(finished_run):
     project, _ = finished_run
     result = subprocess_chat(project, "--json", "--max-length", "20", "--min-length", "5",
-                             stdin="Where is your roastery?\n\nDo you ship?\n")
+                             stdin="Do you ship?\n\nDo you ship?\n")
     assert result.returncode == 0, result.stderr
     answers = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(answers) == 2  # the empty line is not a question
@@ -165,8 +165,12 @@ def test_json_prints_one_object_per_answer(finished_run):
         assert 0 < answer["first_token_seconds"] <= answer["seconds"]
         assert answer["prompt_tokens"] > 0 and answer["form"] == "onnx" and answer["stopped"] is False
         assert answer["finish_reason"] in ("stop", "length")
-    # The second question saw the first turn: its prompt is longer.
-    assert answers[1]["prompt_tokens"] > answers[0]["prompt_tokens"]
+    # Each line is answered on its own, as a batch script expects: the same question, the same prompt.
+    assert answers[1]["prompt_tokens"] == answers[0]["prompt_tokens"]
+    talked = subprocess_chat(project, "--json", "--conversation", "--max-length", "20", "--min-length", "5",
+                             stdin="Do you ship?\nDo you ship?\n")
+    turns = [json.loads(line) for line in talked.stdout.strip().splitlines()]
+    assert turns[1]["prompt_tokens"] > turns[0]["prompt_tokens"]  # --conversation: the second saw the first turn
 
 
 def test_json_reports_each_failed_question_as_an_object_and_exits_non_zero(finished_run):

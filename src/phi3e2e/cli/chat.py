@@ -49,8 +49,12 @@ def chat(
         typer.Option(
             "--json",
             help="Print one JSON object per answer (text, finish_reason: stop / length / interrupted, tokens, "
-            "tokens_per_second, ...) instead of streaming text; questions are read one per line from stdin.",
+            "tokens_per_second, ...) instead of streaming text; questions are read one per line from stdin, "
+            "each answered on its own.",
         ),
+    ] = False,
+    conversation: Annotated[
+        bool, typer.Option("--conversation", help="With --json: the stdin lines are one conversation's turns.")
     ] = False,
 ) -> None:
     """Chat with a fine-tuned model, in any of its forms.
@@ -67,6 +71,7 @@ def chat(
           --base model-cache/Phi-3-mini-4k-instruct
       phi3e2e chat --model gen-model/RUN/onnx-cuda-int4 --device cuda
       echo "Where is your roastery?" | phi3e2e chat --json
+      cat turns.txt | phi3e2e chat --json --conversation
     """
     from phi3e2e.infer.chat import ChatSession, GenerationOptions
     from phi3e2e.infer.forms import resolve_model_dir
@@ -74,77 +79,95 @@ def chat(
 
     if min_length > max_length:
         raise UserError(f"--min-length {min_length} is more than --max-length {max_length}")
+    if conversation and not as_json:
+        raise UserError("--conversation is for --json (questions from stdin); a chat at the prompt is one conversation")
     model_dir = resolve_model_dir(model.resolve()) if model else newest_onnx_model(current_project().gen_model)
     options = GenerationOptions(max_length, temperature, top_p, top_k, do_sample, min_new_tokens=min_length)
-    base_dir = base.resolve() if base else None
-    interactive = prompt is None and not as_json
-    if interactive:  # a 2 GB model takes seconds to load: say what is happening
+    if prompt is None and not as_json:  # a 2 GB model takes seconds to load: say what is happening
         typer.echo(f"Loading {model_dir} ...", err=True)
-    session = ChatSession(model_dir, options, system=system, device=device, base=base_dir, threads=threads)
+    session = ChatSession(model_dir, options, system=system, device=device, base=base.resolve() if base else None,
+                          threads=threads)  # fmt: skip
     if getattr(session.engine, "built_for", device) == "cuda" and device == "cpu":
         typer.echo(f"note: {model_dir} was built for CUDA; it runs on the CPU here, slower than a CPU build "
                    "(--device cuda on a GPU machine, or `phi3e2e export --device cpu` for a CPU build)", err=True)
-
-    def stream(piece: str) -> None:
-        if not as_json:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-
-    def notice(text: str) -> None:
-        typer.echo(text, err=True)
-
-    def answer(question: str) -> bool:
-        reply = session.ask(question, on_text=stream, notice=notice)
-        if as_json:
-            typer.echo(json.dumps(reply.as_json() | {"form": session.form}))
-        else:
-            sys.stdout.write(" [stopped]\n" if reply.stopped else "\n")
-            # Say why an answer ended only when it is not what a reader expects: cut short, or nothing at all
-            # (a tiny or barely trained model may end its turn at once, or say only blank tokens).
-            if reply.finish_reason == "length":
-                notice(CUT_ANSWER.format(tokens=reply.tokens, blank="" if reply.text else ", all blank"))
-            elif not reply.text and reply.finish_reason == "stop":
-                notice(EMPTY_ANSWER)
-        return reply.stopped
-
-    failed = False
-
-    def answer_or_say_why(question: str) -> None:
-        nonlocal failed
-        try:
-            answer(question)
-        except UserError as e:  # e.g. a prompt longer than the context: say so, keep the session
-            if not as_json:
-                raise
-            failed = True  # a script reading the JSON lines gets an object for every question, and the exit code
-            typer.echo(json.dumps({"error": {"message": " ".join(str(e).split())}, "form": session.form}))
-
-    if prompt is not None:
-        answer_or_say_why(prompt)
-        if failed:
-            raise typer.Exit(2)
-        return
-    # Bytes that are not UTF-8 reach the question as lone surrogates, which the session refuses in one line.
-    if hasattr(sys.stdin, "reconfigure"):
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach a question as lone surrogates, refused
         sys.stdin.reconfigure(errors="surrogateescape")
-    if interactive:
-        typer.echo(f"Chatting with {model_dir} ({session.form}, {device}); /exit or Ctrl-D leaves, Ctrl-C stops an answer", err=True)
-    while True:
-        try:
-            user = input("" if as_json else "you> ")
-        except (EOFError, KeyboardInterrupt):
-            if not as_json:
-                typer.echo("", err=True)
-            break
-        if user.strip() in ("/exit", "/quit"):
-            break
-        if not user.strip():
-            continue
-        if not as_json:
-            sys.stdout.write("phi3> ")
-        try:
-            answer_or_say_why(user)
-        except UserError as e:
-            typer.echo(f"error: {e}", err=True)
+    if as_json:
+        failed = json_answers(session, [prompt] if prompt is not None else _stdin_lines(), keep_turns=conversation)
+    elif prompt is not None:
+        print_answer(session, prompt)
+        failed = False
+    else:
+        typer.echo(f"Chatting with {model_dir} ({session.form}, {device}); /exit or Ctrl-D leaves, "
+                   "Ctrl-C stops an answer", err=True)
+        failed = talk(session)
     if failed:
         raise typer.Exit(2)
+
+
+def _notice(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def _stream(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def print_answer(session, question: str) -> None:
+    """Stream the answer; say why it ended only when a reader would not expect it: cut short, or nothing at all
+    (a tiny or barely trained model may end its turn at once, or say only blank tokens)."""
+    reply = session.ask(question, on_text=_stream, notice=_notice)
+    sys.stdout.write(" [stopped]\n" if reply.stopped else "\n")
+    if reply.finish_reason == "length":
+        _notice(CUT_ANSWER.format(tokens=reply.tokens, blank="" if reply.text else ", all blank"))
+    elif not reply.text and reply.finish_reason == "stop":
+        _notice(EMPTY_ANSWER)
+
+
+def talk(session) -> bool:
+    """The conversation at the prompt, until /exit or Ctrl-D; a refused question is said and the talk goes on."""
+    while True:
+        try:
+            user = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            typer.echo("", err=True)
+            return False
+        if user.strip() in ("/exit", "/quit"):
+            return False
+        if not user.strip():
+            continue
+        sys.stdout.write("phi3> ")
+        try:
+            print_answer(session, user)
+        except UserError as e:  # e.g. a prompt longer than the context
+            typer.echo(f"error: {e}", err=True)
+
+
+def json_answers(session, questions, keep_turns: bool) -> bool:
+    """One JSON object per question, an error object in place of a refused one; True when one was refused.
+
+    Each question is answered on its own, as a batch script expects, unless `keep_turns` (--conversation)."""
+    failed = False
+    for question in questions:
+        if not keep_turns:
+            session.new_conversation()
+        try:
+            reply = session.ask(question, notice=_notice)
+            typer.echo(json.dumps(reply.as_json() | {"form": session.form}))
+        except UserError as e:  # a question too long for the context, or not UTF-8
+            failed = True
+            typer.echo(json.dumps({"error": {"message": " ".join(str(e).split())}, "form": session.form}))
+    return failed
+
+
+def _stdin_lines():
+    while True:
+        try:
+            line = input("")
+        except (EOFError, KeyboardInterrupt):
+            return
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip():
+            yield line

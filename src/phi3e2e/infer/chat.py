@@ -52,6 +52,9 @@ class ChatSession:
     def form(self) -> str:
         return self.engine.form
 
+    def new_conversation(self) -> None:
+        self.turns.clear()
+
     def prompt_tokens(self, user: str, notice: Callable[[str], None] = lambda _: None) -> list[int]:
         """The prompt for `user`'s turn, dropping the oldest turns until it leaves room for an answer."""
         check_text(user, "the question")
