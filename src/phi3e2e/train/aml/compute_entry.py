@@ -30,7 +30,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-# Mirrors phi3e2e.build.olive_outputs.FORM_FROM_PASS (pinned by tests/test_aml_entry.py): the Olive pass types (as footprint.json spells them) per form.
+# Mirrors phi3e2e.build.olive_outputs.FORM_FROM_PASS (pinned by tests/test_aml_entry.py): the Olive pass
+# types (as footprint.json spells them) per form.
 FORM_FROM_PASS = {"adapter": ("lora", "qlora"), "merged": ("mergeadapterweights",), "onnx-int4": ("modelbuilder",)}
 REQUIRED_FILES = {
     "adapter": ["adapter_config.json", "adapter_model.safetensors"],
