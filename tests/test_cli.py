@@ -230,3 +230,11 @@ def test_runs_started_in_the_same_second_never_share_a_name(tiny_project):
     assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
     made = [p.name for p in tiny_project.gen_model.iterdir() if not p.name.startswith(".")]
     assert len(made) == 3
+
+
+def test_a_file_where_a_project_folder_belongs_is_one_line(tiny_project):
+    (tiny_project.gen_model).mkdir(exist_ok=True)
+    tiny_project.gen_model.rmdir()
+    tiny_project.gen_model.write_text("not a folder")
+    assert_one_line_error(run_cli("finetune", "--dry-run", project=tiny_project), "a file stands where a folder")
+

@@ -94,6 +94,7 @@ OS_ERRORS = {
     errno.EPERM: "operation not permitted: fix the folder's permissions",
     errno.ENOSPC: "no space left on the device: free some (gen-model/.olive-cache/ and old runs are safe to delete)",
     errno.EDQUOT: "disk quota exceeded: free some space (gen-model/.olive-cache/ and old runs are safe to delete)",
+    errno.ENOTDIR: "a file stands where a folder is expected (one of the folders in this path): move it away",
 }
 
 
