@@ -261,7 +261,7 @@ def main() -> None:
     threads = os.cpu_count() or 1
 
     log("Loading the int4 model ...")
-    options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
     session = ChatSession(onnx_dir, options, engine=GenaiEngine(onnx_dir, "cpu"))
     # GenaiEngine loads it as a bare user would, og.Model(folder); both loops share that one model, so
     # the comparison is of the code paths alone (two loaded copies differed by a few % on their own).

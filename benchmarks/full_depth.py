@@ -196,7 +196,7 @@ def phi3e2e_ttft(engine, prompt_ids: list[int]) -> float:
     from phi3e2e.infer.generation import GenerationOptions
 
     start = time.perf_counter()
-    next(engine.stream_tokens(prompt_ids, GenerationOptions(max_new_tokens=1, min_new_tokens=1, do_sample=False)))
+    next(engine.stream_tokens(prompt_ids, GenerationOptions(max_new_tokens=1, min_new_tokens=1)))
     return time.perf_counter() - start
 
 
@@ -250,7 +250,7 @@ engine = GenaiEngine(Path(sys.argv[1]), "cpu", huge_pages=sys.argv[2] == "1")
 if sys.argv[2] == "1" and len(sys.argv) > 4:  # the huge pages before the first answer, as `chat` did before
     engine.use_huge_pages().join()
 loaded = time.perf_counter()
-session = ChatSession(Path(sys.argv[1]), GenerationOptions(max_new_tokens=1, do_sample=False), engine=engine)
+session = ChatSession(Path(sys.argv[1]), GenerationOptions(max_new_tokens=1), engine=engine)
 answer = session.ask(sys.argv[3])
 done = time.perf_counter()
 print(json.dumps({"imports": imported - start, "load": loaded - imported, "first_token": done - loaded}))

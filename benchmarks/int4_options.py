@@ -234,7 +234,7 @@ def measure_speed(args, threads: int) -> dict:
         log("No .venv-peers (run `make bench-peers`): skipping llama.cpp")
 
     log("Loading every engine ...")
-    options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
     sessions = {c.name: ChatSession(folders[c.name], options,
                                     engine=GenaiEngine(folders[c.name], "cpu", huge_pages=c.huge_pages))
                 for c in candidates}

@@ -154,7 +154,7 @@ def single_stream_pairs(port: int, onnx_dir: Path, user_text: str, repeats: int,
     from phi3e2e.infer.chat import ChatSession
     from phi3e2e.infer.generation import GenerationOptions
 
-    options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    options = GenerationOptions(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
     session = ChatSession(onnx_dir, options)
     time_chat_path(session, user_text)  # warm-up
     rounds = []

@@ -141,7 +141,7 @@ def test_chat_moves_its_weights_after_the_first_answer_not_before(finished_run):
     _, run_dir = finished_run
     engine = GenaiEngine(run_dir / "onnx-int4", "cpu")
     assert engine.huge_pages_done is None  # nothing before the first answer
-    options = GenerationOptions(max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    options = GenerationOptions(max_new_tokens=2, min_new_tokens=2)
     assert len(list(engine.stream_tokens(engine.encode("Hi"), options))) == 2
     worker = engine.huge_pages_done
     assert worker is not None and worker.daemon

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from phi3e2e.cli.chat_prompt import LEAVE, LineReader, talk
 from phi3e2e.cli.options import DeviceOption, current_project
 from phi3e2e.errors import UserError
 
@@ -40,10 +41,19 @@ def chat(
         int,
         typer.Option("--min-length", min=0, help="Fewest tokens in one answer (the end of turn waits)."),
     ] = 0,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature.")] = 1.0,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Sample from the k likeliest tokens.")] = 50,
-    do_sample: Annotated[bool, typer.Option("--do-sample", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[
+        float, typer.Option("--temperature", min=0.0, help="0: greedy (the likeliest token each time); above 0 samples.")
+    ] = 0.0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (when sampling).")
+    ] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Sample from the k likeliest tokens (when sampling).")] = 50,
+    seed: Annotated[
+        Optional[int], typer.Option("--seed", min=0, help="Repeatable sampling: the same seed, the same answer.")
+    ] = None,
+    do_sample: Annotated[
+        bool, typer.Option("--do-sample", hidden=True, help="Deprecated: --temperature above 0 samples.")
+    ] = False,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -59,13 +69,16 @@ def chat(
 ) -> None:
     """Chat with a fine-tuned model, in any of its forms.
 
-    Multi-turn: /exit or Ctrl-D leaves, Ctrl-C stops an answer.
+    At the prompt: line editing and history (Up-arrow; kept per project), /help lists the commands (/clear,
+    /system, /set temperature 0.7, ...), /exit or Ctrl-D leaves, Ctrl-C stops an answer. --temperature 0 (the
+    default) answers greedily, the same every time; above 0 samples (--seed repeats a sampled answer).
 
     Examples:
 
     \b
       phi3e2e chat
       phi3e2e chat --prompt "How long does shipping take?"
+      phi3e2e chat --temperature 0.7 --top-p 0.9 --seed 7
       phi3e2e chat --model gen-model/RUN/merged --system "Answer in one sentence."
       phi3e2e chat --model gen-model/RUN/adapter \\
           --base model-cache/Phi-3-mini-4k-instruct
@@ -82,7 +95,11 @@ def chat(
     if conversation and not as_json:
         raise UserError("--conversation is for --json (questions from stdin); a chat at the prompt is one conversation")
     model_dir = resolve_model_dir(model.resolve()) if model else newest_onnx_model(current_project().gen_model)
-    options = GenerationOptions(max_length, temperature, top_p, top_k, do_sample, min_new_tokens=min_length)
+    if do_sample:  # before one meaning for temperature, --do-sample switched sampling on (at temperature 1)
+        temperature = temperature or 1.0
+        typer.echo(f"note: --do-sample is no longer needed: --temperature above 0 samples (sampling at {temperature}); "
+                   "--temperature 0 is greedy", err=True)
+    options = GenerationOptions(max_length, temperature, top_p, top_k, min_new_tokens=min_length, seed=seed)
     if prompt is None and not as_json:  # a 2 GB model takes seconds to load: say what is happening
         typer.echo(f"Loading {model_dir} ...", err=True)
     session = ChatSession(model_dir, options, system=system, device=device, base=base.resolve() if base else None,
@@ -98,9 +115,10 @@ def chat(
         print_answer(session, prompt)
         failed = False
     else:
-        typer.echo(f"Chatting with {model_dir} ({session.form}, {device}); /exit or Ctrl-D leaves, "
-                   "Ctrl-C stops an answer", err=True)
-        failed = talk(session)
+        typer.echo(f"Chatting with {model_dir} ({session.form}, {device}); /help lists the commands, "
+                   "/exit or Ctrl-D leaves, Ctrl-C stops an answer", err=True)
+        history = current_project().gen_model / ".chat-history"
+        failed = talk(session, lambda question: print_answer(session, question), LineReader(history))
     if failed:
         raise typer.Exit(2)
 
@@ -123,25 +141,6 @@ def print_answer(session, question: str) -> None:
         _notice(CUT_ANSWER.format(tokens=reply.tokens, blank="" if reply.text else ", all blank"))
     elif not reply.text and reply.finish_reason == "stop":
         _notice(EMPTY_ANSWER)
-
-
-def talk(session) -> bool:
-    """The conversation at the prompt, until /exit or Ctrl-D; a refused question is said and the talk goes on."""
-    while True:
-        try:
-            user = input("you> ")
-        except (EOFError, KeyboardInterrupt):
-            typer.echo("", err=True)
-            return False
-        if user.strip() in ("/exit", "/quit"):
-            return False
-        if not user.strip():
-            continue
-        sys.stdout.write("phi3> ")
-        try:
-            print_answer(session, user)
-        except UserError as e:  # e.g. a prompt longer than the context
-            typer.echo(f"error: {e}", err=True)
 
 
 def json_answers(session, questions, keep_turns: bool) -> bool:
@@ -167,7 +166,7 @@ def _stdin_lines():
             line = input("")
         except (EOFError, KeyboardInterrupt):
             return
-        if line.strip() in ("/exit", "/quit"):
+        if line.strip() in LEAVE:
             return
         if line.strip():
             yield line

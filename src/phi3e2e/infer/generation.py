@@ -12,13 +12,20 @@ FinishReason = Literal["stop", "length", "interrupted"]
 
 @dataclass(frozen=True)
 class GenerationOptions:
+    """One meaning everywhere (chat, serve, eval): temperature 0 is greedy decoding, above 0 samples with
+    top_p / top_k; `seed` makes sampling repeatable and greedy ignores it."""
+
     max_new_tokens: int = 256
-    temperature: float = 1.0
+    temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 50
-    do_sample: bool = False
     # Benchmarks force a fixed answer length; chat leaves it at 0 (stop at end of turn).
     min_new_tokens: int = 0
+    seed: Optional[int] = None
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
 
 
 @dataclass

@@ -45,7 +45,7 @@ async def chat_completion(body: ChatCompletionRequest, request: Request, registr
     try:
         job.prompt_tokens = loaded.engine.encode(loaded.chat_format.messages_prompt(body.turns()))
         job.options = _options(body, len(job.prompt_tokens), loaded.engine.context_length)
-        job.stops, job.seed = body.stops(), body.seed
+        job.stops = body.stops()
         job.kv_bytes = (len(job.prompt_tokens) + job.options.max_new_tokens) * loaded.kv_bytes_per_token
         scheduler.submit(job)
     except QueueFull as e:
@@ -98,8 +98,8 @@ def _options(body: ChatCompletionRequest, prompt_tokens: int, context_length: in
                        param="messages", code="context_length_exceeded")
     # As OpenAI: no max_tokens means up to the end of the context. top_k 0: no top-k cut, as OpenAI samples.
     max_new_tokens = limit or context_length - prompt_tokens
-    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=body.temperature or 1.0, top_p=body.top_p,
-                             top_k=0, do_sample=body.temperature > 0,
+    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=body.temperature, top_p=body.top_p,
+                             top_k=0, seed=body.seed,
                              min_new_tokens=min(body.min_tokens, max_new_tokens))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 from phi3e2e.infer.generation import GenerationOptions
 from phi3e2e.serve.stops import StopText
@@ -33,7 +33,6 @@ class Job:
     options: GenerationOptions
     emit: Callable[[tuple], None]
     stops: list[str] = field(default_factory=list)
-    seed: Optional[int] = None
     kv_bytes: int = 0  # the KV cache onnxruntime-genai allocates for prompt + max new tokens
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -93,7 +92,7 @@ class Scheduler:
                 break
             self._waiting.popleft()
             in_use += job.kv_bytes
-            self._running.append(_Running(job, job.engine.stream_tokens(job.prompt_tokens, job.options, job.seed),
+            self._running.append(_Running(job, job.engine.stream_tokens(job.prompt_tokens, job.options),
                                           StopText(job.stops)))
 
     def _loop(self) -> None:

@@ -141,21 +141,16 @@ class GenaiEngine:
         for token, text in self.stream_tokens(prompt_tokens, options):
             yield None if self.is_end(token) else text
 
-    def stream_tokens(
-        self, prompt_tokens: list[int], options: GenerationOptions, seed: Optional[int] = None
-    ) -> Iterator[tuple[int, str]]:
-        """(token id, its text) per generated token; an end-of-turn token comes last, with text "".
-
-        `seed` makes sampling repeatable (the server's `seed`); greedy decoding ignores it.
-        """
+    def stream_tokens(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[tuple[int, str]]:
+        """(token id, its text) per generated token; an end-of-turn token comes last, with text ""."""
         og = self._og
         params = og.GeneratorParams(self.model)
         max_length = min(self.context_length, len(prompt_tokens) + options.max_new_tokens)
         search = {"max_length": max_length, "min_length": min(max_length, len(prompt_tokens) + options.min_new_tokens)}
         if options.do_sample:
             search |= {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
-            if seed is not None:
-                search["random_seed"] = seed % 2**31  # genai takes a non-negative 32-bit seed; OpenAI's is 64-bit
+            if options.seed is not None:
+                search["random_seed"] = options.seed % 2**31  # genai takes a non-negative 32-bit seed; OpenAI's is 64-bit
         # Greedy gets no sampling options: setting them anyway cost ~5% decode speed (onnxruntime-genai 0.14.1).
         params.set_search_options(do_sample=options.do_sample, **search)
         generator = og.Generator(self.model, params)

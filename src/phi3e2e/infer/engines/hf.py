@@ -102,7 +102,7 @@ class HfEngine:
     def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[Optional[str]]:
         torch = self._torch
         room = min(options.max_new_tokens, self.context_length - len(prompt_tokens))
-        pick = _token_picker(options)
+        pick = _token_picker(options, self.device)
         text = _IncrementalText(self.tokenizer)
         input_ids = torch.tensor([prompt_tokens], device=self.device)
         cache = {self._cache_argument: self._new_cache()}  # filled in place, one step after another
@@ -133,12 +133,13 @@ def _end_token_ids(model_dir: Path, config) -> set[int]:
     return set(eos if isinstance(eos, list) else [eos])
 
 
-def _token_picker(options: GenerationOptions):
-    """Greedy, or sampling with temperature / top-k / top-p, as onnxruntime-genai applies them."""
+def _token_picker(options: GenerationOptions, device):
+    """Greedy, or sampling with temperature / top-k / top-p (repeatable with a seed), as onnxruntime-genai does."""
     import torch
 
-    if not options.do_sample or options.temperature == 0:
+    if not options.do_sample:
         return lambda logits: logits.argmax()
+    draws = torch.Generator(device=device).manual_seed(options.seed) if options.seed is not None else None
 
     def sample(logits):
         logits = logits / options.temperature
@@ -150,7 +151,7 @@ def _token_picker(options: GenerationOptions):
             cumulative = sorted_logits.softmax(-1).cumsum(-1)
             drop = cumulative - sorted_logits.softmax(-1) > options.top_p  # keep the token that crosses top_p
             logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-        return torch.multinomial(logits.softmax(-1), 1)[0]
+        return torch.multinomial(logits.softmax(-1), 1, generator=draws)[0]
 
     return sample
 
