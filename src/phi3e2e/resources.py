@@ -26,3 +26,13 @@ def sample_dataset() -> Path:
 def aml_conda_env() -> Path:
     """The Azure ML job's environment (setup/conda.yaml)."""
     return _shipped("aml/conda.yaml", "setup/conda.yaml")
+
+
+def requirements_file() -> Path:
+    """setup/requirements.txt, the pinned stack: in a source checkout only (a wheel does not carry it)."""
+    return _REPO_ROOT / "setup" / "requirements.txt"
+
+
+def azure_requirements_file() -> Path:
+    """setup/requirements-azure.txt (source checkout only), the pins for --target aml and `phi3e2e jobs`."""
+    return _REPO_ROOT / "setup" / "requirements-azure.txt"

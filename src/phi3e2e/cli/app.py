@@ -15,6 +15,7 @@ import typer
 
 from phi3e2e import __version__
 from phi3e2e.cli import chat, finetune, prepare
+from phi3e2e.cli import doctor as doctor_command
 from phi3e2e.cli import eval as eval_command
 from phi3e2e.cli import export as export_command
 from phi3e2e.cli import init as init_command
@@ -38,6 +39,7 @@ app.command()(chat.chat)
 app.command()(eval_command.eval)
 app.command()(export_command.export)
 app.command()(serve_command.serve)
+app.command()(doctor_command.doctor)
 app.add_typer(jobs_command.app, name="jobs")
 app.add_typer(runs_command.app, name="runs")
 
