@@ -75,6 +75,16 @@ def test_a_mistyped_command_line_is_one_error_line_too(args, command, fragments,
     assert_one_line_error(result, f"error: {command}: ", *fragments, f"(see {command} --help)")
 
 
+def test_choice_and_typo_errors_are_plain_words_and_suggest_only_what_is_close(tmp_path):
+    env = {"PHI3E2E_PROJECT_DIR": str(tmp_path)}
+    choice = run_cli("finetune", "--algo", "lroa", env=env).stderr
+    assert "'lroa' is not one of 'lora', 'qlora': did you mean 'lora'?" in choice and "Value error" not in choice
+    assert "did you mean" not in run_cli("chat", "--device", "gpu", env=env).stderr  # nothing close: no guess
+    typo = run_cli("finetune", "--alog", "lora", env=env).stderr
+    assert "No such option: --alog (did you mean --algo?)" in typo and "--image" not in typo
+    assert "did you mean" not in run_cli("finetune", "--xyzzy", env=env).stderr
+
+
 @pytest.mark.parametrize("args", [[], ["jobs"]])
 def test_a_group_alone_shows_its_help(args):
     result = run_cli(*args)

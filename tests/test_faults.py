@@ -96,7 +96,8 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_and_its_name_is_refused
     assert runs.read_record(staging).status == "running"  # the killed run still says what it was
     last = runs.last_checkpoint(gen_model, "r")
     step = int(last.name.removeprefix("checkpoint-"))
-    epoch_at_checkpoint = json.loads((last / "trainer_state.json").read_text())["epoch"]
+    state_at_checkpoint = json.loads((last / "trainer_state.json").read_text())
+    epoch_at_checkpoint = state_at_checkpoint["epoch"]
 
     resumed = run_cli("finetune", "--resume", "r", project=tiny_project)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -106,11 +107,19 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it_and_its_name_is_refused
     assert record.status == "succeeded" and not runs.missing_outputs(run_dir)
     assert record.resumed_from.step == step and record.resumed_from.previous_status == "running"
     assert record.settings.training.max_steps == 60
-    # Training went on from that step: the Trainer loaded the checkpoint, and its first logged
+    # Training went on from that step: the Trainer loaded the checkpoint, and this attempt's first logged
     # loss is past the checkpoint's epoch (a fresh start would log epoch ~0.4 first).
     assert f"Resuming training at {last}" in (run_dir / runs.OLIVE_LOG).read_text()
     history = [json.loads(line) for line in (run_dir / runs.TRAIN_LOG).read_text().splitlines()]
-    assert history[0]["epoch"] > epoch_at_checkpoint and history[0]["step"] > step  # train-log counts on from it
+    before = [entry for entry in history if entry["step"] <= step]
+    after = [entry for entry in history if entry["step"] > step]
+    assert after and after[0]["epoch"] > epoch_at_checkpoint  # train-log counts on from the checkpoint ...
+    # ... after the killed attempt's losses up to it: the run's totals are the whole run's, not the last part's.
+    assert before and before == state_at_checkpoint["log_history"][: len(before)]
+    loss_steps = [entry["step"] for entry in history if "loss" in entry]
+    assert loss_steps == sorted(set(loss_steps)) and loss_steps[0] == 5 and loss_steps[-1] == 60
+    assert record.train_loss.first == history[0]["loss"] and record.train_loss.logged == 12
+    assert record.resumed_from.earlier_s > 0 and record.duration_s > record.resumed_from.earlier_s
     # Scratch is gone once the run succeeded; the log of the killed attempt is kept beside the new one.
     assert not checkpoints.exists() and not (run_dir / "olive-output").exists()
     assert list(run_dir.glob("olive-before-resume-*.log"))

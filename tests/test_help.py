@@ -38,6 +38,8 @@ def test_help_reads_well_in_80_columns(command):
     help_text = result.stdout
     assert "<bool>" not in help_text  # on/off options shown as flags: `--tiny`, not `--tiny <bool>`
     assert [line for line in help_text.splitlines() if columns(line) > 80] == []
+    usage = help_text.split("\n\n", 1)[0]  # one style for arguments: RUN when needed, [RUN] when optional
+    assert "{" not in usage and "[[" not in usage, usage
     lines = examples(help_text)
     assert lines, f"no Examples block in:\n{help_text}"
     for previous, line in zip(["", *lines], lines):

@@ -93,3 +93,41 @@ def test_failure_reason_is_the_traceback_not_the_banner():
         reader.feed(line)
     assert reader.produced_nothing
     assert reader.last_error.startswith("safetensors._safetensors_rust.SafetensorError: Error while deserializing")
+
+
+def _losses(epochs):
+    return [f"{{'loss': '7.0', 'grad_norm': '0.5', 'learning_rate': '0.003', 'epoch': '{epoch}'}}" for epoch in epochs]
+
+
+def test_an_eval_that_falls_between_loss_logs_gets_its_own_step():
+    """Eval once an epoch of 14 steps, the loss logged every 5: the evals ran at steps 14 and 28, not at the
+    last loss log (10, 25) nor twice at one step."""
+    shown = []
+    reader = ProgressReader(shown.append, logging_steps=5, line=StageLine(shown.append, every_s=1e9))
+    lines = [TRAINING[0], "  0%|          | 0/30 [00:00<?, ?it/s]", *_losses(["0.3571", "0.7143"]),
+             "{'eval_loss': '6.8', 'eval_runtime': '0.02', 'epoch': '1'}", *_losses(["1.071", "1.429", "1.786"]),
+             "{'eval_loss': '6.4', 'eval_runtime': '0.02', 'epoch': '2'}"]  # fmt: skip
+    for line in lines:
+        reader.feed(line)
+    assert [e["step"] for e in reader.history if "eval_loss" in e] == [14, 28]
+    assert [e["step"] for e in reader.history if "loss" in e] == [5, 10, 15, 20, 25]
+    assert "  step 14/30  eval loss 6.8000" in shown and "  step 28/30  eval loss 6.4000" in shown
+
+
+def test_an_eval_before_the_first_loss_log_takes_the_training_bars_step():
+    shown = []
+    reader = ProgressReader(shown.append, logging_steps=10, line=StageLine(shown.append, every_s=1e9))
+    for line in (TRAINING[0], "  0%|          | 0/30 [00:00<?, ?it/s]", " 10%|█         | 3/30 [00:01<00:09,  3.0it/s]",
+                 "{'eval_loss': '7.1', 'eval_runtime': '0.02', 'epoch': '0.4286'}"):  # fmt: skip
+        reader.feed(line)
+    assert reader.history[-1]["step"] == 3 and "  step 3/30  eval loss 7.1000" in shown  # not step 0
+
+
+def test_a_resumed_training_counts_on_from_its_checkpoint():
+    shown = []
+    reader = ProgressReader(shown.append, logging_steps=5, line=StageLine(shown.append, every_s=1e9), start_step=22)
+    for line in (TRAINING[0], "  0%|          | 0/40 [00:00<?, ?it/s]", *_losses(["1.786", "2.143"]),
+                 "{'train_runtime': '3.0', 'train_loss': '6.0', 'epoch': '2.857'}"):  # fmt: skip
+        reader.feed(line)
+    assert [e["step"] for e in reader.history if "loss" in e] == [25, 30]  # the multiples of 5 after 22
+    assert "  trained 18 steps in 3.0s" in shown  # this attempt's: 22 -> 40

@@ -220,3 +220,26 @@ def test_runs_rm_with_no_one_to_ask_says_to_pass_yes(runs_project):
                             capture_output=True, text=True, env=env)  # fmt: skip
     assert result.returncode == 2 and "pass --yes" in result.stderr.splitlines()[-1]
     assert (runs_project.gen_model / "e2e" / "run.json").is_file()
+
+
+def test_dry_runs_are_hidden_unless_all_and_a_run_shows_only_its_algorithms_settings(runs_project):
+    dry = run_cli("finetune", "--dry-run", "--run-name", "tried", project=runs_project)
+    assert dry.returncode == 0, dry.stderr
+    listed = {row["name"] for row in json.loads(run_cli("runs", "--json", project=runs_project).stdout)}
+    every = {row["name"] for row in json.loads(run_cli("runs", "--json", "--all", project=runs_project).stdout)}
+    assert "tried" not in listed and every == listed | {"tried"}
+    table = run_cli("runs", project=runs_project).stdout
+    assert not any(line.startswith("tried ") for line in table.splitlines()) and "1 dry-run not shown (--all)" in table
+    assert any(line.startswith("tried ") for line in run_cli("runs", "--all", project=runs_project).stdout.splitlines())
+
+    shown = run_cli("runs", "show", "e2e", project=runs_project).stdout
+    assert "lora.r" in shown and "qlora." not in shown  # a LoRA run never read the quantization settings
+    quantized = runs_project.gen_model / "quantized"
+    shutil.copytree(runs_project.gen_model / "e2e", quantized)
+    record = read_record(quantized)
+    record.name, record.algo = "quantized", "qlora"
+    write_record(quantized, record)
+    assert "qlora.quant_type" in run_cli("runs", "show", "quantized", project=runs_project).stdout
+    compared = run_cli("runs", "compare", "e2e", "quantized", project=runs_project).stdout.splitlines()
+    quant_type = next(line for line in compared if line.startswith("qlora.quant_type"))
+    assert "(not used)" in quant_type and '"nf4"' in quant_type

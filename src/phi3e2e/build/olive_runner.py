@@ -84,11 +84,16 @@ class StageLine:
 class ProgressReader:
     """Turns Olive's output into a progress line per stage and a training-loss history."""
 
-    def __init__(self, say: Callable[[str], None], logging_steps: int, line: Optional[StageLine] = None):
+    def __init__(self, say: Callable[[str], None], logging_steps: int, line: Optional[StageLine] = None,
+                 start_step: int = 0):  # fmt: skip
+        """`start_step`: the checkpoint a resumed training goes on from (its logs count on from there)."""
         self.line = line or StageLine(say)
         self.say = lambda text: (self.line.clear(), say(text))  # a whole line never lands inside the live one
         self.logging_steps = logging_steps
-        self.step = 0
+        self.start_step = start_step
+        self.step = start_step
+        self.steps_per_epoch: Optional[float] = None
+        self.bar_done = 0  # the training bar's count, as last printed
         self.total_steps = 0
         self.in_finetune = False
         self.detail = ""
@@ -127,6 +132,7 @@ class ProgressReader:
         # The first unlabelled bar of the fine-tune pass is training (for its total); eval bars follow.
         self.total_steps = self.total_steps or total
         if total == self.total_steps:
+            self.bar_done = done
             self.line.update(done, total, self.detail)
 
     def _training_log(self, text: str) -> None:
@@ -135,20 +141,35 @@ class ProgressReader:
         except (ValueError, SyntaxError):
             return
         if "loss" in entry:
-            # The Trainer logs the loss every `logging_steps` optimizer steps; tqdm's text lags.
-            self.step += self.logging_steps
+            # The Trainer logs the loss at each step that is a multiple of `logging_steps`; tqdm's text lags.
+            self.step = (self.step // self.logging_steps + 1) * self.logging_steps
             self.step = min(self.step, self.total_steps) if self.total_steps else self.step
+            if entry.get("epoch", 0) > 0:  # the Trainer's epoch is step / steps per epoch
+                self.steps_per_epoch = self.step / entry["epoch"]
         elif "train_runtime" in entry:
             self.step = self.total_steps or self.step
         entry["step"] = self.step
+        if "eval_loss" in entry:
+            entry["step"] = self._eval_step(entry)
         self.history.append(entry)
         if "loss" in entry:
             self.detail = f"loss {entry['loss']:.4f}"
             self.line.update(self.step, self.total_steps, self.detail)
         elif "eval_loss" in entry:
-            self.say(f"  step {self.step}/{self.total_steps}  eval loss {entry['eval_loss']:.4f}")
+            self.say(f"  step {entry['step']}/{self.total_steps}  eval loss {entry['eval_loss']:.4f}")
         elif "train_runtime" in entry:
-            self.say(f"  trained {self.step} steps in {entry['train_runtime']:.1f}s")
+            self.say(f"  trained {self.step - self.start_step} steps in {entry['train_runtime']:.1f}s")
+
+    def _eval_step(self, entry: dict) -> int:
+        """The step an evaluation ran at. Its log line names only the epoch, and evaluations need not fall on a
+        loss log (eval each epoch, or more often than the loss is logged): the epoch times the steps per epoch
+        the loss logs show; before the first loss log, the training bar's count."""
+        epoch = entry.get("epoch")
+        if self.steps_per_epoch and isinstance(epoch, float):
+            step = round(epoch * self.steps_per_epoch)
+        else:
+            step = max(self.bar_done, self.start_step)
+        return min(step, self.total_steps) if self.total_steps else step
 
 
 def _clock(seconds: float) -> str:
@@ -193,14 +214,17 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 10) -> None:
         break
 
 
-def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False) -> list[dict]:
-    """Run Olive to completion; return the training-loss history. Raises UserError on failure."""
+def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False,
+              start_step: int = 0) -> list[dict]:  # fmt: skip
+    """Run Olive to completion; return the training-loss history (steps counted on from `start_step`, where a
+    resumed training goes on). Raises UserError on failure."""
     # `olive run`, with ModelBuilder's int4 step made lean enough for Phi-3-mini in 24 GB (build/lean_int4.py)
     command = [sys.executable, "-m", "phi3e2e.build.lean_int4", "run", "--config", str(config_file)]
     finetune_pass = json.loads(config_file.read_text())["passes"].get("finetune", {})
     # On a terminal the stage's line updates in place; with --verbose Olive's own output is the progress.
     live = sys.stdout if sys.stdout.isatty() and not verbose else None
-    reader = ProgressReader(say, finetune_pass.get("training_args", {}).get("logging_steps", 1), StageLine(say, live))
+    logging_steps = finetune_pass.get("training_args", {}).get("logging_steps", 1)
+    reader = ProgressReader(say, logging_steps, StageLine(say, live), start_step=start_step)
     with open(log_file, "w", encoding="utf-8") as log:
         # Its own process group, so stopping the run stops Olive's children too; and it dies with us
         # even when we are killed with SIGKILL (no cleanup runs then), never writing on unowned.

@@ -6,8 +6,10 @@ functions that need them, so `phi3e2e --help` starts fast.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
+import re
 import sys
 from typing import Annotated, Optional
 
@@ -75,7 +77,7 @@ def main() -> None:
         # an extra argument, a missing value.
         if e.exit_code == 2:
             command = _command_path(e, cli)
-            _fail(f"{command}: {e.format_message()} (see {command} --help)", e.exit_code)
+            _fail(f"{command}: {usage_message(e)} (see {command} --help)", e.exit_code)
         _fail(e.format_message(), e.exit_code)
     except typer.Abort:
         raise SystemExit(1) from None
@@ -108,6 +110,23 @@ def user_message(error: BaseException) -> Optional[tuple[str, int]]:
         where = f"{error.filename}: " if error.filename else ""
         return f"{where}{OS_ERRORS[error.errno]} (PHI3E2E_DEBUG=1 shows where)", 2
     return None
+
+
+# Click suggests any option a little alike ("--alog" -> "--algo, --image"): keep the close ones only.
+CLOSE = 0.75
+
+
+def usage_message(error: typer.TyperException) -> str:
+    """Click's usage error in plain words: no pydantic wording for a bad choice, and a typo's suggestions only
+    when they are close."""
+    text = error.format_message().replace("Value error, ", "")
+    if possibilities := getattr(error, "possibilities", None):  # an unknown option, and every option a bit alike
+        close = difflib.get_close_matches(error.option_name, possibilities, cutoff=CLOSE)
+        text = error.message + (f" (did you mean {' or '.join(close)}?)" if close else "")
+    if choice := re.search(r"'([^']*)' is not one of ((?:'[^']*'(?:, )?)+)", text):
+        close = difflib.get_close_matches(choice[1], re.findall(r"'([^']*)'", choice[2]), n=1, cutoff=CLOSE - 0.05)
+        text = text.rstrip(".") + (f": did you mean '{close[0]}'?" if close else "")
+    return text
 
 
 def _command_path(error: typer.TyperException, cli) -> str:

@@ -42,12 +42,15 @@ def chat(
         typer.Option("--min-length", min=0, help="Fewest tokens in one answer (the end of turn waits)."),
     ] = 0,
     temperature: Annotated[
-        float, typer.Option("--temperature", min=0.0, help="0: greedy (the likeliest token each time); above 0 samples.")
+        float,
+        typer.Option("--temperature", min=0.0, help="0: greedy (the likeliest token each time); above 0 samples."),
     ] = 0.0,
     top_p: Annotated[
         float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (when sampling).")
     ] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Sample from the k likeliest tokens (when sampling).")] = 50,
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=1, help="Sample from the k likeliest tokens (when sampling).")
+    ] = 50,
     seed: Annotated[
         Optional[int], typer.Option("--seed", min=0, help="Repeatable sampling: the same seed, the same answer.")
     ] = None,

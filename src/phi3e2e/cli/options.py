@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional
 
 import typer
+from typer.core import TyperCommand
 
 Device = Literal["cpu", "cuda"]
 
 RunArgument = Annotated[
     Optional[str],
-    typer.Argument(metavar="[RUN]", help="A run name under gen-model/ (as `phi3e2e runs` lists it); "
+    typer.Argument(metavar="RUN", help="A run name under gen-model/ (as `phi3e2e runs` lists it); "
                    "default: the newest run the command can use.", show_default=False),
 ]  # fmt: skip
 RequiredRunArgument = Annotated[
@@ -35,13 +36,28 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Stream Oli
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
+class Command(TyperCommand):
+    """Usage lines as man pages write them: `runs show RUN`, `serve [RUN]` (Typer writes `{RUN}` for a
+    required argument)."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in pieces]
+
+
+class App(typer.Typer):
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
 def new_app(help: str, group: bool = False) -> typer.Typer:
     """A Typer app with phi3e2e's plain help; `group`: a command group that shows its help when run alone.
 
     Click's plain help, not rich's: flags shown as flags (rich shows `--tiny <bool>`), paragraphs
     wrapped to the terminal, and `\\b` example blocks kept line for line.
     """
-    app = typer.Typer(help=help, rich_markup_mode=None, add_completion=False, pretty_exceptions_show_locals=False)
+    app = App(help=help, rich_markup_mode=None, add_completion=False, pretty_exceptions_show_locals=False)
     if group:
         app.callback(invoke_without_command=True)(help_when_alone)
     return app

@@ -24,19 +24,30 @@ app = new_app(
 
 
 @app.callback(invoke_without_command=True)
-def runs(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """A table of runs, newest first: status, algo, target, base model, dataset, steps, losses, duration, age."""
+def runs(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", "-a", help="Dry-runs too (--dry-run renders, trains nothing).")
+    ] = False,
+) -> None:
+    """A table of runs, newest first: status, algo, target, base model, dataset, steps, losses, duration, age.
+
+    Dry-runs are left out unless --all (with --json too)."""
     if ctx.invoked_subcommand is not None:
         return
     from phi3e2e.runs.overview import list_runs
 
     project = current_project()
-    rows = list_runs(project)
+    every = list_runs(project)
+    rows = every if show_all else [row for row in every if row.status != "dry-run"]
+    hidden = len(every) - len(rows)
     if as_json:
         typer.echo(json.dumps([row.as_json() for row in rows], indent=2))
         return
     if not rows:
-        say(f"No runs in {project.relative(project.gen_model)}/ yet: `phi3e2e finetune` makes one.")
+        dry_runs = f" ({hidden} dry-run{'s' * (hidden > 1)}: `phi3e2e runs --all`)" if hidden else ""
+        say(f"No runs in {project.relative(project.gen_model)}/ yet{dry_runs}: `phi3e2e finetune` makes one.")
         return
     from rich.table import Table
 
@@ -63,8 +74,9 @@ def runs(ctx: typer.Context, as_json: JsonOption = False) -> None:
     for row in rows:
         if row.problem:  # whole, below the table: the reason is the part worth reading
             say(f"{row.name}: {row.problem}")
+    hint = f"; {hidden} dry-run{'s' * (hidden > 1)} not shown (--all)" if hidden else ""
     say("held-out loss: base int4 -> fine-tuned int4 (`phi3e2e eval RUN`); time: how long it ran; "
-        "details: `phi3e2e runs show RUN`")
+        f"details: `phi3e2e runs show RUN`{hint}")
 
 
 @app.command()
@@ -144,7 +156,7 @@ def compare(first: RequiredRunArgument, second: RequiredRunArgument) -> None:
     """
     from rich.table import Table
 
-    from phi3e2e.runs.overview import compare_runs
+    from phi3e2e.runs.overview import NOT_USED, compare_runs
 
     comparison = compare_runs(current_project(), first, second)
     a, b = comparison.names
@@ -153,7 +165,7 @@ def compare(first: RequiredRunArgument, second: RequiredRunArgument) -> None:
         table.add_column(column)
     if comparison.differing:
         for key, value_a, value_b in comparison.differing:
-            table.add_row(key, json.dumps(value_a), json.dumps(value_b))
+            table.add_row(key, *(value if value == NOT_USED else json.dumps(value) for value in (value_a, value_b)))
     else:
         table.add_row("settings", "the same", "the same")
     table.add_section()

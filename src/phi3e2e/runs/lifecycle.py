@@ -33,8 +33,9 @@ def start_run(gen_model: Path, name: str) -> Path:
     return staging
 
 
-def reopen_run(gen_model: Path, name: str) -> tuple[Path, RunRecord]:
-    """An interrupted (.partial) or failed run back in staging for `--resume` (hold run_lock)."""
+def reopen_run(gen_model: Path, name: str) -> tuple[Path, RunRecord, float]:
+    """An interrupted (.partial) or failed run back in staging for `--resume` (hold run_lock), with its record
+    and the seconds its attempts so far ran."""
     staging, failed = partial_dir(gen_model, name), failed_dir(gen_model, name)
     if not staging.exists() and not failed.exists():
         if (gen_model / name).exists():
@@ -44,9 +45,25 @@ def reopen_run(gen_model: Path, name: str) -> tuple[Path, RunRecord]:
         failed.rename(staging)
     record = read_record(staging)
     log = staging / OLIVE_LOG
+    spent = (record.resumed_from.earlier_s if record.resumed_from else 0.0) + attempt_seconds(record, log)
     if log.exists():
         log.rename(staging / f"olive-before-resume-{datetime.now():%H%M%S}.log")
-    return staging, record
+    return staging, record, spent
+
+
+def attempt_seconds(record: RunRecord, log: Path) -> float:
+    """How long the attempt `record` describes ran: to its end, or, killed (no end written), to its log's last
+    write."""
+    if record.submitted_at is None:
+        return 0.0
+    started = datetime.fromisoformat(record.submitted_at).timestamp()
+    if record.finished_at is not None:
+        ended = datetime.fromisoformat(record.finished_at).timestamp()
+    elif log.exists():
+        ended = log.stat().st_mtime
+    else:
+        return 0.0
+    return round(max(0.0, ended - started), 1)
 
 
 def last_checkpoint(gen_model: Path, name: str) -> Optional[Path]:

@@ -169,8 +169,14 @@ def _size(path: Path) -> int:
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
 
+# The settings sections an algorithm does not read: a LoRA run never quantizes (qlora.*).
+UNUSED_SECTIONS = {"lora": ("qlora",), "qlora": ()}
+NOT_USED = "(not used)"  # a setting the other run's algorithm does not read, in `runs compare`
+
+
 def flat_settings(record: runs.RunRecord) -> dict[str, object]:
-    """What the run was asked to do, as `--set`-style keys (plus the run's own choices)."""
+    """What the run was asked to do, as `--set`-style keys (plus the run's own choices); only the sections its
+    algorithm reads."""
     flat: dict[str, object] = {
         "algo": record.algo,
         "target": record.target,
@@ -179,6 +185,8 @@ def flat_settings(record: runs.RunRecord) -> dict[str, object]:
         "dataset": record.dataset,
     }
     for section, values in record.settings.model_dump(mode="json").items():
+        if section in UNUSED_SECTIONS.get(record.algo, ()):
+            continue
         for key, value in values.items():
             flat[f"{section}.{key}"] = value
     return flat
@@ -195,9 +203,9 @@ def compare_runs(project: Project, first: str, second: str) -> Comparison:
     a, b = run_details(project, first), run_details(project, second)
     settings_a, settings_b = flat_settings(a.record), flat_settings(b.record)
     differing = [
-        (key, settings_a.get(key), settings_b.get(key))
+        (key, settings_a.get(key, NOT_USED), settings_b.get(key, NOT_USED))
         for key in dict.fromkeys([*settings_a, *settings_b])
-        if settings_a.get(key) != settings_b.get(key)
+        if settings_a.get(key, NOT_USED) != settings_b.get(key, NOT_USED)
     ]
     measures = [
         (label, getattr(a.row, attr), getattr(b.row, attr))

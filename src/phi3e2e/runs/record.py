@@ -43,6 +43,7 @@ class ResumePoint(BaseModel):
     checkpoint: Optional[str] = None
     previous_status: Optional[str] = None
     at: str
+    earlier_s: float = 0.0  # the seconds the attempts before this one ran (duration_s counts them in)
 
 
 class RunRecord(BaseModel):

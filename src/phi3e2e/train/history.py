@@ -18,6 +18,16 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
         plot_training_loss(losses, run_dir / LOSS_PLOT)
 
 
+def history_until(checkpoint: Path) -> list[dict]:
+    """The training and eval losses logged up to `checkpoint` (its trainer_state.json), as train-log.jsonl has
+    them: what a resumed run keeps of the attempt before."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [entry for entry in state.get("log_history", []) if "loss" in entry or "eval_loss" in entry]
+
+
 def loss_summary(history: list[dict]) -> Optional[LossSummary]:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     return LossSummary(first=losses[0], last=losses[-1], logged=len(losses)) if losses else None

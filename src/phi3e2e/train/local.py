@@ -127,14 +127,14 @@ def run_locally(
 def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], verbose: bool, resume: bool):
     gen_model, record = project.gen_model, plan.record
     if resume:
-        staging, previous = runs.reopen_run(gen_model, plan.name)
+        staging, previous, earlier_s = runs.reopen_run(gen_model, plan.name)
         for scratch in SCRATCH:  # a killed run's half-written outputs
             shutil.rmtree(staging / scratch, ignore_errors=True)
         checkpoint = runs.last_checkpoint(gen_model, plan.name)
         step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
         record.resumed_from = runs.ResumePoint(
             step=step, checkpoint=project.relative(checkpoint) if checkpoint else None,
-            previous_status=previous.status, at=runs.now(),
+            previous_status=previous.status, at=runs.now(), earlier_s=earlier_s,
         )  # fmt: skip
         say(f"Resuming {plan.name} from " + (f"step {step} ({project.relative(checkpoint)})" if checkpoint
             else "the start (no checkpoint was saved; Olive's cache reuses finished steps)"))  # fmt: skip
@@ -147,14 +147,14 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         config_file = stage_config(project, plan, staging, say)
         from phi3e2e.build.olive_outputs import collect_forms
         from phi3e2e.build.olive_runner import run_olive
-        from phi3e2e.train.history import loss_summary, write_history
+        from phi3e2e.train.history import history_until, loss_summary, write_history
 
         log_file = staging / runs.OLIVE_LOG
-        history = run_olive(config_file, log_file, say, verbose=verbose)
-        if record.resumed_from and history:  # the progress reader counts from 0; training went on from the checkpoint
-            last = max(entry["step"] for entry in history)  # the end of training: total steps
-            for entry in history:
-                entry["step"] = min(entry["step"] + record.resumed_from.step, last)
+        # A resumed run's history is the whole run's: the checkpoint's log up to it, then this attempt's.
+        resumed = record.resumed_from
+        earlier = history_until(project.resolve(resumed.checkpoint)) if resumed and resumed.checkpoint else []
+        history = earlier + run_olive(config_file, log_file, say, verbose=verbose,
+                                      start_step=resumed.step if resumed else 0)  # fmt: skip
         write_history(staging, history)
         collect_forms(staging / OLIVE_OUTPUT, staging, log_file)
         if missing := runs.missing_outputs(staging):
@@ -163,7 +163,7 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
             record.cpu_int4 = tune_for_cpu(staging / runs.ONNX_INT4, plan.settings.export)
         for scratch in (OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS):
             shutil.rmtree(staging / scratch, ignore_errors=True)
-        record.duration_s = runs.elapsed(start)
+        record.duration_s = round(runs.elapsed(start) + (resumed.earlier_s if resumed else 0), 1)  # all attempts
         record.train_loss = loss_summary(history)
         run_dir = runs.finish_run(staging, record)
     except KeyboardInterrupt:
