@@ -10,11 +10,14 @@ DEMO_PROMPT ?= How long does shipping take?
 install: $(STAMP)
 
 $(STAMP): setup/requirements.txt setup/requirements-azure.txt pyproject.toml
+	@echo "Installing phi3e2e into $(VENV)/ with its pinned stack (setup/requirements*.txt: torch CPU, Olive,"
+	@echo "onnxruntime-genai, transformers, azure-ai-ml, ...): about 2 minutes on a fresh machine, once."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r setup/requirements.txt -r setup/requirements-azure.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+	@echo "Installed. To type phi3e2e yourself: source $(VENV)/bin/activate (README.md: phi3e2e on your PATH)"
 
 # The main job on the built-in tiny model and the sample data, offline, whatever the user has
 # prepared: the tiny model and the sample live in their own project folder, $(DEMO)/, and the run

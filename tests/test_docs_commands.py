@@ -192,3 +192,34 @@ def test_project_is_found_by_walking_up_and_the_environment_wins(tmp_path, monke
     monkeypatch.setenv("PHI3E2E_PROJECT_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.chdir(project / "a")
     assert Project.current().root == (tmp_path / "elsewhere").resolve()
+
+
+def path_instructions() -> list[str]:
+    """The shell lines README.md gives for putting `phi3e2e` on PATH (its ```shell block)."""
+    block = re.search(r"```shell\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.DOTALL)
+    assert block, "README.md has no ```shell block with the PATH instructions"
+    return [_strip_comment(line) for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_the_readme_puts_phi3e2e_on_path(tmp_path):
+    """Each README line, run in a bare shell from the checkout (a new HOME, a PATH without the venv), makes
+    `phi3e2e` a command that runs from any folder. The venv is the one running these tests (make test's
+    .venv/)."""
+    venv = Path(sys.prefix)
+    if (REPO / ".venv").resolve() != venv.resolve():  # pytest run from another environment: point at it
+        (tmp_path / "checkout").mkdir()
+        (tmp_path / "checkout" / ".venv").symlink_to(venv)
+        checkout = tmp_path / "checkout"
+    else:
+        checkout = REPO
+    activate, link = path_instructions()
+    assert activate.startswith("source .venv/bin/activate") and "ln -s" in link
+    bare = {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    (tmp_path / "home").mkdir()
+    for line, then in ((activate, "cd /; phi3e2e --version"),
+                       (link, 'cd /; PATH="$HOME/.local/bin:$PATH" phi3e2e --version')):  # fmt: skip
+        result = subprocess.run(["bash", "-c", f"{line} && {then}"], cwd=checkout, env=bare, capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 0 and result.stdout.startswith("phi3e2e "), f"{line}: {result.stderr}"
+    assert (tmp_path / "home" / ".local" / "bin" / "phi3e2e").is_symlink()
+    assert subprocess.run(["bash", "-c", "command -v phi3e2e"], env=bare).returncode != 0  # not on PATH before

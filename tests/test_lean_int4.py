@@ -52,3 +52,35 @@ def test_the_lean_build_is_the_stock_build_byte_for_byte(tiny_project, tmp_path,
     assert tensors(lean) == tensors(stock)
     assert {o.domain: o.version for o in lean.opset_import} == {o.domain: o.version for o in stock.opset_import}
     assert lean.ir_version == stock.ir_version
+
+
+TELEMETRY_PROBE = """
+import os, sys
+from phi3e2e.build.lean_int4 import silence_telemetry
+if sys.argv[1] == "silenced":
+    silence_telemetry()
+from olive.telemetry.telemetry import Telemetry
+telemetry = Telemetry()
+telemetry.shutdown(timeout_millis=100, callback_timeout_millis=100)
+print(telemetry._logger is None)
+"""
+
+
+@pytest.mark.parametrize("mode", ["silenced", "stock"])
+def test_olive_runs_phi3e2e_starts_send_and_store_no_telemetry(tmp_path, mode):
+    """Olive 0.13 makes a device id and queues a heartbeat even with OLIVE_DISABLE_TELEMETRY=1 (the stock case
+    shows it, so a fixed Olive is noticed); the wrapper phi3e2e runs Olive through makes no telemetry logger,
+    so nothing is written under the user's cache or sent (offline, the send retried for ~12 s at exit)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OLIVE_DISABLE_TELEMETRY="1", XDG_CACHE_HOME=str(tmp_path), HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE, mode], env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = sorted(path.name for path in (tmp_path / "Microsoft").rglob("*") if path.is_file())
+    if mode == "silenced":
+        assert result.stdout.strip() == "True" and written == []
+    else:
+        assert result.stdout.strip() == "False" and "deviceid" in written

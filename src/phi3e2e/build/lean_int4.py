@@ -17,6 +17,7 @@ goes through ModelBuilder's own `to_int4` unchanged.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 _STOCK = "_phi3e2e_stock_to_int4"
@@ -119,9 +120,26 @@ def _quantize_node(graph, node, node_quantizer, builder_values: dict) -> None:
         builder_values.pop(weight.name, None)
 
 
+def silence_telemetry() -> None:
+    """No usage telemetry unless the user opts in (PHI3E2E_OLIVE_TELEMETRY=1, see olive_runner.olive_env).
+
+    OLIVE_DISABLE_TELEMETRY=1 is not enough in Olive 0.13: Telemetry.__init__ (olive/telemetry/telemetry.py,
+    lines 466-482) writes a device id and logs its heartbeat event before it reads the variable, and at exit
+    the exporter retries sending it for ~12 s when there is no network (measured: every `olive run` ended
+    12 s after its last line). With no heartbeat and no logger (the state Olive falls back to when it cannot
+    make one) nothing is written, queued or sent."""
+    if os.environ.get("OLIVE_DISABLE_TELEMETRY") != "1":
+        return
+    from olive.telemetry import telemetry
+
+    telemetry.Telemetry._create_logger = lambda self: None
+    telemetry.Telemetry._log_heartbeat = lambda self, metadata=None: None
+
+
 def main() -> None:
-    """`olive <args>` with ModelBuilder's int4 step made lean."""
+    """`olive <args>` with ModelBuilder's int4 step made lean and its telemetry off."""
     install()
+    silence_telemetry()
     from olive.cli.launcher import main as olive_main
 
     olive_main(sys.argv[1:], called_as_console_script=False)

@@ -38,6 +38,8 @@ def olive_env() -> dict:
         env["OLIVE_DISABLE_TELEMETRY"] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if env.get("TRANSFORMERS_VERBOSITY") == "error":  # quiet in phi3e2e's own output (cli/app.py), not in the log
+        env["TRANSFORMERS_VERBOSITY"] = "warning"
     return env
 
 

@@ -66,7 +66,14 @@ def _root(
 DEBUG_SWITCH = "PHI3E2E_DEBUG"  # =1: the full traceback of any error, user mistakes included
 
 
+# Notices of the libraries below (transformers' advice on config fields, ...) are not the user's to act on;
+# a user who wants them sets the variable. Olive's full log keeps them (build/olive_runner.olive_env).
+QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error"}
+
+
 def main() -> None:
+    for variable, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(variable, value)
     cli = typer.main.get_command(app)
     try:
         # Not standalone: usage errors come back here instead of Typer's own error panel.

@@ -67,6 +67,9 @@ def write_tiny_model(
         return write_twin(out_dir, corpus, member, seed)
     import torch
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar for a 3 MB file is noise
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Chat markup is part of the corpus so the tokenizer learns "\n" merges around it.

@@ -246,6 +246,16 @@ def collect_forms(olive_output: Path, models_out: Path) -> None:
         sys.exit(f"phi3e2e_job: incomplete models, missing {', '.join(missing)}")
 
 
+# `olive` with no telemetry: Olive 0.13 writes a device id and queues a heartbeat before it reads
+# OLIVE_DISABLE_TELEMETRY (olive/telemetry/telemetry.py, lines 466-482). The same as
+# phi3e2e.build.lean_int4.silence_telemetry, which this script cannot import.
+OLIVE_WITHOUT_TELEMETRY = (
+    "import sys; from olive.telemetry import telemetry; telemetry.Telemetry._create_logger = lambda self: None; "
+    "telemetry.Telemetry._log_heartbeat = lambda self, metadata=None: None; "
+    "from olive.cli.launcher import main; main(sys.argv[1:], called_as_console_script=False)"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="olive-config.json", help="the staged Olive workflow")
@@ -278,9 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.hf_token_secret:
         env["HF_TOKEN"] = read_hf_token(args.hf_token_secret)  # lives only in this process's environment
     print(f"phi3e2e_job: olive run --config {work / 'olive-config.json'}", flush=True)
-    returncode = subprocess.call(
-        [sys.executable, "-m", "olive", "run", "--config", "olive-config.json"], cwd=work, env=env
-    )
+    olive = ["-c", OLIVE_WITHOUT_TELEMETRY] if env["OLIVE_DISABLE_TELEMETRY"] == "1" else ["-m", "olive"]
+    returncode = subprocess.call([sys.executable, *olive, "run", "--config", "olive-config.json"], cwd=work, env=env)
     if returncode != 0:
         return returncode
     models_out = Path(args.models_out)
