@@ -90,9 +90,10 @@ def build(base_model: Path, output_dir: Path, execution_provider: str, extra: di
         pass
     from onnxruntime_genai.models.builder import create_model
 
-    from phi3e2e.build.lean_int4 import install
+    from phi3e2e.build import lean_int4, lm_head_fix
 
-    install()  # the int4 step weight by weight, as the fine-tune's Olive run gets it
+    lean_int4.install()  # the int4 step weight by weight, as the fine-tune's Olive run gets it
+    lm_head_fix.install()  # and the LM head it gets
 
     extra = {key: tuple(value) if isinstance(value, list) else value for key, value in extra.items()}  # op types
     create_model(

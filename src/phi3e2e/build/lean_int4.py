@@ -137,8 +137,11 @@ def silence_telemetry() -> None:
 
 
 def main() -> None:
-    """`olive <args>` with ModelBuilder's int4 step made lean and its telemetry off."""
+    """`olive <args>` with ModelBuilder's int4 step made lean, its LM head read right, and telemetry off."""
+    from phi3e2e.build import lm_head_fix
+
     install()
+    lm_head_fix.install()
     silence_telemetry()
     from olive.cli.launcher import main as olive_main
 
