@@ -70,9 +70,15 @@ def _build_cached(target: Path, base_model: Path, options: dict, say: Callable[[
     return target
 
 
+# Bumped when phi3e2e changes how ModelBuilder builds (2: the LM head fix, build/lm_head_fix.py), so a base
+# built the old way is built again rather than compared with fine-tunes built the new way.
+BUILDER_REVISION = 2
+
+
 def _fingerprint(base_model: Path, options: dict) -> str:
-    """Changes when the base model's files or the options change, so a stale build is never used."""
-    parts = [str(base_model.resolve()), json.dumps(options, sort_keys=True)]
+    """Changes when the base model's files, the options or phi3e2e's builder patches change, so a stale build is
+    never used."""
+    parts = [str(base_model.resolve()), json.dumps(options, sort_keys=True), f"builder:{BUILDER_REVISION}"]
     for path in sorted(base_model.glob("*")):
         if path.is_file():
             stat = path.stat()
