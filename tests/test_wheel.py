@@ -32,6 +32,11 @@ def test_wheel_carries_templates_and_sample_data(tmp_path):
         "phi3e2e/templates/lora.json.j2", "phi3e2e/templates/model-builder.json.j2", "phi3e2e/templates/qlora.json.j2"]
     assert "phi3e2e/sample_data/sample-qa.jsonl" in names
     assert "phi3e2e/aml/conda.yaml" in names  # the Azure ML job's environment
+    # Every module of the source tree (a too-wide .gitignore pattern once left src/phi3e2e/build/ out).
+    package = REPO / "src" / "phi3e2e"
+    sources = {f"phi3e2e/{path.relative_to(package).as_posix()}" for path in package.rglob("*.py")
+               if "__pycache__" not in path.parts}  # fmt: skip
+    assert sources - set(names) == set()
 
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)

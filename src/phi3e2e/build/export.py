@@ -23,7 +23,6 @@ from phi3e2e.errors import UserError
 from phi3e2e.prepare.models import check_model_folder
 from phi3e2e.project import Project
 from phi3e2e.storage import publish, staging_name
-from phi3e2e.build.options import Device
 from phi3e2e.workflow.render import render_model_builder
 
 Precision = Literal["int4", "fp16", "fp32"]
