@@ -39,6 +39,7 @@ def test_truthfulqa_csv_imports_with_no_options(tiny_project):
     assert summary["rows_kept"] + sum(summary["rows_dropped"].values()) == 817
     assert summary["train_rows"] + summary["eval_rows"] == summary["rows_kept"]
     assert summary["eval_rows"] == round(summary["rows_kept"] * 0.1)
+    assert "too few" not in result.stdout  # 80+ eval rows are enough to judge a fine-tune by
     assert summary["text_template"] == RECIPE_TEXT_TEMPLATE
     rows = all_rows(dataset_dir)
     assert len(rows) == summary["rows_kept"] and set(rows[0]) == {"Question", "Best Answer"}
@@ -316,3 +317,20 @@ def test_replacing_a_dataset_that_runs_were_trained_on_needs_force(tiny_project,
     assert result.returncode == 0, result.stderr
     assert len(all_rows(tiny_project.datasets / "sample")) == 12
     assert sorted(p.name for p in tiny_project.datasets.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_split_too_small_to_judge_by_says_so_and_how_to_hold_out_more(tiny_project, tmp_path):
+    source = tmp_path / "small.jsonl"
+    source.write_text("".join(json.dumps({"question": f"Question {i}?", "answer": f"Answer {i}."}) + "\n"
+                              for i in range(60)))  # fmt: skip
+    result = run_cli("prepare", "--data", str(source), "--name", "small", project=tiny_project)
+    assert result.returncode == 0, result.stderr
+    assert ("note: 6 eval rows are too few to tell a loss change from chance (eval says so under 20); "
+            "--eval-split 0.34 holds out 20 of the 60 rows") not in result.stdout  # above 0.3: more data instead
+    assert "note: 6 eval rows are too few" in result.stdout and "more data helps most" in result.stdout
+    bigger = tmp_path / "bigger.jsonl"
+    bigger.write_text("".join(json.dumps({"question": f"Question {i}?", "answer": f"Answer {i}."}) + "\n"
+                              for i in range(120)))  # fmt: skip
+    result = run_cli("prepare", "--data", str(bigger), "--name", "bigger", project=tiny_project)
+    assert "note: 12 eval rows are too few" in result.stdout and "--eval-split 0.17 holds out 20 of the 120 rows" in (
+        result.stdout)

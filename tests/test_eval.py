@@ -56,7 +56,59 @@ def test_eval_shows_the_fine_tuned_int4_model_beats_the_base(evaluated_project):
     assert f"{int4['base']['loss']:.4f}" in report and f"{int4['fine_tuned']['loss']:.4f}" in report
     assert "![training and held-out loss](eval-loss.png)" in report and eval_questions[0] in report
     assert (run_dir / "eval-loss.png").read_bytes()[:8] == PNG
-    assert "held-out loss" in result.stdout and "better" in result.stdout and "eval-report.md" in result.stdout
+    assert "held-out loss" in result.stdout and "eval-report.md" in result.stdout
+    # How sure: rows, a bootstrap interval around the change, and no verdict on 12 rows.
+    low, high = int4["change_interval_95"]
+    assert int4["rows"] == 12 and low <= int4["change"] <= high < 0
+    assert int4["verdict"] == "too few eval rows to tell (12 < 20)"
+    assert "95% interval" in result.stdout and "too few eval rows to tell (12 < 20)" in result.stdout
+    assert f"{low:+.4f} to {high:+.4f}" in report
+
+
+def test_the_int4_build_keeps_the_merged_models_gain(evaluated_project):
+    """The quality rule on the default tiny fine-tune (the Phi-3-mini twin): the int4 build keeps at least 80% of
+    the merged model's held-out gain over the base (issue 20; the other twins: test_family.py, measured by
+    `finetune`'s closing eval)."""
+    result = run_cli("eval", "--forms", "int4,merged", "--samples", "0", project=evaluated_project)
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((evaluated_project.gen_model / "e2e" / "eval.json").read_text())
+    keeps = evaluation["int4_keeps"]
+    assert keeps["rows"] == 12 and keeps["merged_change"] < -1.0 and keeps["share"] >= 0.8 and keeps["enough"]
+    assert "warning" not in result.stdout
+
+
+def test_a_build_that_loses_the_gain_is_one_warning_line(evaluated_project):
+    """An int4 folder that is the base model's build (what a broken build amounts to) beside a merged model
+    that learned: `eval` says so in one line, with the command to chat with the merged form."""
+    run_dir = evaluated_project.gen_model / "e2e"
+    record = read_record(run_dir)
+    base_int4 = cached_base_int4(evaluated_project.model_cache, evaluated_project.resolve(record.base_model),
+                                 recorded_int4_options(record), say=quiet)  # fmt: skip
+    shutil.rmtree(run_dir / "onnx-int4")
+    shutil.copytree(base_int4, run_dir / "onnx-int4")
+    result = run_cli("eval", "--forms", "int4,merged", "--samples", "0", project=evaluated_project)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "the int4 build keeps 0% of the merged model's held-out gain" in warnings[0]
+    assert warnings[0].endswith("phi3e2e chat --model gen-model/e2e/merged")
+    keeps = json.loads((run_dir / "eval.json").read_text())["int4_keeps"]
+    assert keeps["share"] == 0 and not keeps["enough"]
+
+
+def test_the_verdict_needs_enough_rows_and_an_interval_on_one_side_of_zero():
+    from phi3e2e.evaluate.uncertainty import change_interval, kept_share, verdict
+
+    tokens = [10] * 30
+    base = [30.0 + i % 3 for i in range(30)]
+    better = [value - 5 for value in base]
+    low, high = change_interval(base, better, tokens)
+    assert low == high == -0.5 and verdict(-0.5, [low, high], 30) == "better"
+    noisy = [value + (3 if i % 2 else -3) for i, value in enumerate(base)]  # as often worse as better
+    interval = change_interval(base, noisy, tokens)
+    assert interval[0] < 0 < interval[1] and verdict(0.0, interval, 30).startswith("no clear change")
+    assert verdict(-0.5, [-0.6, -0.4], 12) == "too few eval rows to tell (12 < 20)"
+    assert verdict(0.5, [0.4, 0.6], 20) == "worse"
+    assert kept_share(-0.9, -1.0) == 0.9 and kept_share(-0.5, 0.1) is None
 
 
 def test_loss_matches_the_trainers_own_eval_loss(evaluated_project):

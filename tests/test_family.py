@@ -127,9 +127,13 @@ def test_twin_runs_the_whole_pipeline(twin_template, tmp_path, name):
     config = json.loads((project.model_cache / f"tiny-{name}" / "config.json").read_text())
     assert genai["type"] == "phi3" and genai["decoder"]["head_size"] == member.head_size
     assert genai["decoder"]["num_key_value_heads"] == config["num_key_value_heads"]
-    # finetune ends with eval: held-out losses of the base and the fine-tuned int4 model.
+    # finetune ends with eval: held-out losses of base and fine-tuned, int4 and merged; the int4 build keeps at
+    # least 80% of the merged model's gain (issue 20: measured ~100% on every twin after the LM head fix).
     evaluation = json.loads((run_dir / "eval.json").read_text())
-    assert evaluation and "loss" in json.dumps(evaluation)
+    assert set(evaluation["losses"]) == {"int4", "merged"}
+    keeps = evaluation["int4_keeps"]
+    assert keeps["merged_change"] < -0.5 and keeps["share"] >= 0.8, keeps
+    assert "warning" not in result.stdout
 
     answered = run_cli("chat", "--prompt", "Where is your roastery?", "--max-length", "8", "--min-length", "2",
                        "--json", project=project)  # fmt: skip

@@ -28,7 +28,7 @@ LAYERS = [
     ("runs",),
     ("workflow",),
     ("project", "chat_format", "resources"),
-    ("storage",),
+    ("storage", "machine"),
     ("errors",),
 ]
 # Rules inside a package: (package, subpackage, the modules of the package allowed to import the subpackage).

@@ -39,11 +39,12 @@ def finetune_and_evaluate(project: Project, spec: RunSpec, say: Callable[[str], 
 
 def closing_eval(project: Project, result: FinetuneResult, say: Callable[[str], None]) -> None:
     """Evidence right away: held-out loss, base vs fine-tuned int4 (full comparison: `phi3e2e eval`)."""
-    from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run, summary_lines
+    from phi3e2e.evaluate.evaluation import build_warning, closing_eval_options, evaluate_run, summary_lines
     from phi3e2e.runs import EVAL_REPORT
 
     try:
-        evaluation = evaluate_run(project, result.run_dir, EvalOptions(samples=2, max_rows=200), say=say)
+        options, note = closing_eval_options(result.run_dir, samples=2, max_rows=200)
+        evaluation = evaluate_run(project, result.run_dir, options, say=say)
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as e:  # the run itself is complete and verified
         # No eval split: the reason already says how to import one; `phi3e2e eval` would fail the same way.
         eval_file = project.resolve(result.record.dataset) / "eval.jsonl"
@@ -53,4 +54,7 @@ def closing_eval(project: Project, result: FinetuneResult, say: Callable[[str], 
     say(f"Held-out loss on {evaluation['eval_rows']} eval rows (lower is better):")
     for line in summary_lines(evaluation):
         say(line)
+    for line in (note, build_warning(evaluation, result.run_dir, project)):
+        if line:
+            say(line)
     say(f"Report:  {project.relative(result.run_dir / EVAL_REPORT)}")

@@ -33,7 +33,7 @@ def eval(  # the command is called `eval`
       phi3e2e eval 20250101-120000-lora --samples 5
       phi3e2e eval --forms int4,merged,adapter
     """
-    from phi3e2e.evaluate.evaluation import EvalOptions, evaluate_run, summary_lines
+    from phi3e2e.evaluate.evaluation import EvalOptions, build_warning, evaluate_run, summary_lines
     from phi3e2e.runs import EVAL_REPORT, find_finished_run
 
     project = current_project()
@@ -48,6 +48,8 @@ def eval(  # the command is called `eval`
     say(f"Held-out loss on {result['eval_rows']} eval rows (lower is better):")
     for line in summary_lines(result):
         say(line)
+    if warning := build_warning(result, run_dir, project):
+        say(warning)
     for i, sample in enumerate(result["samples"], 1):
         say(f"Sample {i}: {_one_line(sample['question'])}")
         say(f"  base:       {_one_line(sample['base'])}")

@@ -18,7 +18,8 @@ from typing import Callable, Optional
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.evaluate.eval_data import load_eval_rows
-from phi3e2e.evaluate.losses import onnx_loss, perplexity, torch_loss
+from phi3e2e.evaluate.losses import mean_loss, onnx_row_nll, perplexity, torch_row_nll
+from phi3e2e.evaluate.uncertainty import change_interval, kept_share, verdict
 from phi3e2e.project import Project
 from phi3e2e.storage import atomic_write
 
@@ -32,6 +33,11 @@ class EvalOptions:
     samples: int = 3
     max_new_tokens: int = 64
     max_rows: Optional[int] = None  # None: every eval row
+    merged_max_rows: Optional[int] = None  # the PyTorch forms on the first N rows only (a full-size model is slow)
+
+
+# The int4 build should keep at least this share of the merged model's held-out gain (issue 20).
+KEEP_AT_LEAST = 0.8
 
 
 def evaluate_run(
@@ -58,22 +64,29 @@ def evaluate_run(
 
     losses: dict[str, dict] = {}
     models: dict[str, dict] = {}
+    row_nll: dict[str, dict[str, list[float]]] = {}
     for form in options.forms:
+        rows = data.token_ids
         if form == "int4":
             base_int4 = cached_base_int4(project.model_cache, base_model, recorded_int4_options(record), say)
             models[form] = {"base": base_int4, "fine_tuned": run_dir / EVAL_FORMS[form]}
-            measure = onnx_loss
+            measure = onnx_row_nll
         else:
             models[form] = {"base": base_model, "fine_tuned": run_dir / EVAL_FORMS[form]}
-            measure = torch_loss
-        losses[form] = {}
+            measure = torch_row_nll
+            rows = rows[: options.merged_max_rows] if options.merged_max_rows else rows
+        losses[form], row_nll[form] = {"rows": len(rows)}, {}
         for which, model_dir in models[form].items():
             label = f"{form} {which.replace('_', '-')}"
-            loss = measure(model_dir, data.token_ids, base_model, progress=_progress(say, label, len(data.rows)))
+            row_nll[form][which] = measure(model_dir, rows, base_model, progress=_progress(say, label, len(rows)))
+            loss = mean_loss(row_nll[form][which], rows)
             # Project-relative like run.json's paths, so a copied project's eval.json stays true.
             losses[form][which] = {"loss": round(loss, 4), "perplexity": perplexity(loss), "model": project.relative(model_dir)}
-            say(f"  {label:<18} loss {loss:.4f}")
-        losses[form]["change"] = round(losses[form]["fine_tuned"]["loss"] - losses[form]["base"]["loss"], 4)
+            say(f"  {label:<18} loss {loss:.4f}" + (f"  ({len(rows)} rows)" if len(rows) < len(data.rows) else ""))
+        change = round(losses[form]["fine_tuned"]["loss"] - losses[form]["base"]["loss"], 4)
+        interval = change_interval(row_nll[form]["base"], row_nll[form]["fine_tuned"], [len(ids) - 1 for ids in rows])
+        losses[form] |= {"change": change, "change_interval_95": interval, "verdict": verdict(change, interval, len(rows))}
+    int4_keeps = _int4_keeps(losses, row_nll, data.token_ids)
 
     samples = []
     if options.samples and "int4" in models:
@@ -104,6 +117,7 @@ def evaluate_run(
         "eval_tokens": n_tokens,
         "max_length": record.settings.data.max_length,
         "losses": losses,
+        "int4_keeps": int4_keeps,
         "samples": samples,
         "seconds": runs.elapsed(start),
     }
@@ -111,6 +125,66 @@ def evaluate_run(
     atomic_write(run_dir / runs.EVAL_FILE, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     write_report(run_dir, result)
     return result
+
+
+def _int4_keeps(losses: dict, row_nll: dict, token_ids: list[list[int]]) -> Optional[dict]:
+    """The share of the merged model's gain the int4 build keeps, on the rows both were measured on."""
+    if "int4" not in losses or "merged" not in losses:
+        return None
+    rows = losses["merged"]["rows"]
+    int4 = {which: mean_loss(row_nll["int4"][which][:rows], token_ids[:rows]) for which in ("base", "fine_tuned")}
+    int4_change = int4["fine_tuned"] - int4["base"]
+    share = kept_share(int4_change, losses["merged"]["change"])
+    return {"share": share, "rows": rows, "int4_change": round(int4_change, 4), "merged_change": losses["merged"]["change"],
+            "enough": share is None or share >= KEEP_AT_LEAST}  # fmt: skip
+
+
+# The closing eval measures the merged model beside the int4 one when the machine can: all rows for a small
+# model, the first CAPPED_ROWS for a large one (Phi-3-mini in fp32: 15.3 GB of RAM, minutes), none when its fp32
+# weights would not fit in the memory available (a laptop evaluating an Azure ML run of Phi-3-mini).
+SMALL_MODEL_BYTES = 10**9
+CAPPED_ROWS = 32
+
+
+def closing_eval_options(run_dir: Path, samples: int, max_rows: int) -> tuple[EvalOptions, Optional[str]]:
+    """The forms the closing eval measures on this machine, and a note when the merged form is left out."""
+    from phi3e2e.machine import available_memory_bytes
+
+    fp32_bytes = _fp32_bytes(run_dir / runs.MERGED)
+    int4_only = EvalOptions(samples=samples, max_rows=max_rows)
+    if fp32_bytes is None:
+        return int4_only, None
+    if fp32_bytes <= SMALL_MODEL_BYTES:
+        return EvalOptions(("int4", "merged"), samples, max_rows=max_rows), None
+    available = available_memory_bytes()
+    if available is not None and available < 1.5 * fp32_bytes + SMALL_MODEL_BYTES:
+        return int4_only, (f"merged model not measured: its fp32 weights take {fp32_bytes / 1e9:.1f} GB, "
+                           f"{available / 1e9:.1f} GB of memory is free (on a bigger machine: "
+                           f"phi3e2e eval {run_dir.name} --forms int4,merged)")  # fmt: skip
+    return EvalOptions(("int4", "merged"), samples, max_rows=max_rows, merged_max_rows=CAPPED_ROWS), None
+
+
+def _fp32_bytes(model_dir: Path) -> Optional[int]:
+    """The weights' size in fp32 (as losses.py loads them); None: no such model."""
+    stored = sum(path.stat().st_size for path in model_dir.glob("*.safetensors"))
+    if not stored:
+        return None
+    try:
+        dtype = json.loads((model_dir / "config.json").read_text()).get("torch_dtype") or "float32"
+    except (OSError, ValueError):
+        dtype = "float32"
+    return stored * (2 if dtype in ("bfloat16", "float16") else 1)
+
+
+def build_warning(result: dict, run_dir: Path, project: Project) -> Optional[str]:
+    """One line when the int4 build keeps less than KEEP_AT_LEAST of the merged model's gain."""
+    keeps = result.get("int4_keeps")
+    if not keeps or keeps["enough"]:
+        return None
+    merged = project.relative(run_dir / runs.MERGED)
+    return (f"warning: the int4 build keeps {keeps['share']:.0%} of the merged model's held-out gain (int4 "
+            f"{keeps['int4_change']:+.3f}, merged {keeps['merged_change']:+.3f} on {keeps['rows']} rows): "
+            f"chat with the merged form instead: phi3e2e chat --model {merged}")
 
 
 def check_options(options: EvalOptions) -> None:
@@ -172,13 +246,17 @@ def _progress(say: Callable[[str], None], label: str, total: int):
 
 
 def summary_lines(result: dict) -> list[str]:
-    """The few lines `eval` and `finetune` print."""
+    """The few lines `eval` and `finetune` print (an eval.json of an older phi3e2e has no interval)."""
     lines = []
     for form, numbers in result["losses"].items():
         base, tuned = numbers["base"], numbers["fine_tuned"]
-        verdict = "better" if numbers["change"] < 0 else "not better"
+        if "change_interval_95" in numbers:
+            low, high = numbers["change_interval_95"]
+            how_sure = f"95% interval {low:+.3f} to {high:+.3f}: {numbers['verdict']}"
+        else:
+            how_sure = "better" if numbers["change"] < 0 else "not better"
         lines.append(
-            f"  {form:<7} held-out loss {base['loss']:.3f} -> {tuned['loss']:.3f} ({numbers['change']:+.3f}, {verdict}); "
-            f"perplexity {base['perplexity']:g} -> {tuned['perplexity']:g}"
+            f"  {form:<7} held-out loss {base['loss']:.3f} -> {tuned['loss']:.3f} ({numbers['change']:+.3f}, "
+            f"{how_sure}); perplexity {base['perplexity']:g} -> {tuned['perplexity']:g}"
         )
     return lines

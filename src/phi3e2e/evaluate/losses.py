@@ -1,7 +1,8 @@
 """Held-out loss of one model: mean next-token negative log-likelihood over the eval rows.
 
 Loss = total next-token negative log-likelihood / number of predicted tokens, over all eval
-rows; perplexity = exp(loss). The int4 ONNX model is measured with onnxruntime on its decoder
+rows; perplexity = exp(loss). The *_row_nll functions give each row's total, for the loss of any
+subset of rows and the bootstrap interval (uncertainty.py). The int4 ONNX model is measured with onnxruntime on its decoder
 graph; the PyTorch forms (merged, adapter) with transformers.
 """
 
@@ -13,8 +14,21 @@ from pathlib import Path
 from phi3e2e.errors import UserError
 
 
+def mean_loss(row_nll: list[float], token_ids: list[list[int]]) -> float:
+    """Total NLL / predicted tokens over the rows (each row predicts all its tokens but the first)."""
+    return sum(row_nll) / sum(len(ids) - 1 for ids in token_ids)
+
+
 def onnx_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> float:
-    """Full-sequence logits from the decoder ONNX graph, fed an empty KV cache."""
+    return mean_loss(onnx_row_nll(model_dir, token_ids, base_model, progress), token_ids)
+
+
+def torch_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> float:
+    return mean_loss(torch_row_nll(model_dir, token_ids, base_model, progress), token_ids)
+
+
+def onnx_row_nll(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> list[float]:
+    """Each row's NLL, from the decoder ONNX graph's full-sequence logits (fed an empty KV cache)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -36,7 +50,7 @@ def onnx_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, pro
         "tensor(int64)": np.int64,
         "tensor(int32)": np.int32,
     }
-    total_nll, total_tokens = 0.0, 0
+    row_nll = []
     for i, ids in enumerate(token_ids):
         length = len(ids)
         feed = {}
@@ -54,14 +68,13 @@ def onnx_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, pro
         targets = np.array(ids[1:])
         peak = logits.max(axis=-1)
         log_norm = np.log(np.exp(logits - peak[:, None]).sum(axis=-1)) + peak
-        total_nll += float((log_norm - logits[np.arange(length - 1), targets]).sum())
-        total_tokens += length - 1
+        row_nll.append(float((log_norm - logits[np.arange(length - 1), targets]).sum()))
         progress(i + 1)
-    return total_nll / total_tokens
+    return row_nll
 
 
-def torch_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> float:
-    """The same loss on a PyTorch form: a model folder, or an adapter folder on top of the base."""
+def torch_row_nll(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> list[float]:
+    """The same on a PyTorch form: a model folder, or an adapter folder on top of the base."""
     import warnings
 
     import torch
@@ -80,15 +93,13 @@ def torch_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, pr
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    row_nll = []
     with torch.no_grad():
         for i, ids in enumerate(token_ids):
             input_ids = torch.tensor([ids])
-            mean_nll = model(input_ids=input_ids, labels=input_ids).loss.item()
-            total_nll += mean_nll * (len(ids) - 1)
-            total_tokens += len(ids) - 1
+            row_nll.append(model(input_ids=input_ids, labels=input_ids).loss.item() * (len(ids) - 1))
             progress(i + 1)
-    return total_nll / total_tokens
+    return row_nll
 
 
 def perplexity(loss: float) -> float:

@@ -18,15 +18,24 @@ def write_report(run_dir: Path, result: dict) -> Path:
         f"({result['eval_tokens']} predicted tokens, rows cut at {result['max_length']} tokens as in training). "
         "Loss is the mean next-token negative log-likelihood; lower is better. Perplexity = exp(loss).",
         "",
-        "| model form | base loss | fine-tuned loss | change | base perplexity | fine-tuned perplexity |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model form | rows | base loss | fine-tuned loss | change | 95% interval of the change | verdict "
+        "| base perplexity | fine-tuned perplexity |",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for form, numbers in result["losses"].items():
         base, tuned = numbers["base"], numbers["fine_tuned"]
+        low, high = numbers["change_interval_95"]
         lines.append(
-            f"| {form} | {base['loss']:.4f} | {tuned['loss']:.4f} | {numbers['change']:+.4f} "
-            f"| {base['perplexity']:g} | {tuned['perplexity']:g} |"
+            f"| {form} | {numbers['rows']} | {base['loss']:.4f} | {tuned['loss']:.4f} | {numbers['change']:+.4f} "
+            f"| {low:+.4f} to {high:+.4f} | {numbers['verdict']} | {base['perplexity']:g} | {tuned['perplexity']:g} |"
         )
+    lines += ["", "The interval: a paired bootstrap over the eval rows (2,000 resamples); a verdict needs at least "
+              "20 rows and an interval on one side of 0."]  # fmt: skip
+    if keeps := result.get("int4_keeps"):
+        share = "no gain to keep" if keeps["share"] is None else f"{keeps['share']:.0%}"
+        lines += ["", f"int4 build vs merged model, on the first {keeps['rows']} rows: int4 change "
+                  f"{keeps['int4_change']:+.4f}, merged change {keeps['merged_change']:+.4f}; the int4 build keeps "
+                  f"{share} of the gain" + ("." if keeps["enough"] else " (under 80%: chat with merged/ instead).")]
     lines += ["", "## Loss during training", ""]
     if plot:
         lines.append(f"![training and held-out loss]({plot.name})")

@@ -338,6 +338,21 @@ def check_name(name: str) -> str:
     return name
 
 
+# Fewer eval rows than this are too few to tell a loss change from which rows happened to be held out:
+# `prepare` says so, and eval's verdict (evaluate/uncertainty.py) calls no winner.
+MIN_EVAL_ROWS = 20
+
+
+def few_eval_rows(eval_rows: int, rows: int) -> str:
+    """What a split too small to judge a fine-tune by means, and the --eval-split that gives enough rows."""
+    text = (f"  note: {eval_rows} eval rows are too few to tell a loss change from chance (eval says so under "
+            f"{MIN_EVAL_ROWS});")  # fmt: skip
+    split = math.ceil(100 * MIN_EVAL_ROWS / rows) / 100
+    if split <= 0.3:
+        return f"{text} --eval-split {split:g} holds out {round(rows * split)} of the {rows} rows"
+    return f"{text} {rows} rows are few for both training and evaluation: more data helps most"
+
+
 def describe(summary: dict) -> list[str]:
     """The import summary as the lines `prepare` prints."""
     lines = [
@@ -347,6 +362,8 @@ def describe(summary: dict) -> list[str]:
     if not summary["eval_rows"]:  # said now, not when `eval` or the end of `finetune` finds out
         lines.append("  no eval rows: `phi3e2e eval` needs some to measure the fine-tune; "
                      "import with --eval-split 0.1 (and at least 2 rows) to hold some out")  # fmt: skip
+    elif summary["eval_rows"] < MIN_EVAL_ROWS:
+        lines.append(few_eval_rows(summary["eval_rows"], summary["rows_kept"]))
     for reason, count in summary["rows_dropped"].items():
         where = ", ".join(summary["dropped_where"][reason])
         lines.append(f"  dropped {count} {reason} ({where}{', ...' if count > 5 else ''})")

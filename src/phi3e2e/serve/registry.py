@@ -141,10 +141,7 @@ def _folder_bytes(folder: Path) -> int:
 
 def default_budget_bytes() -> int:
     """60% of the memory available now: room for the OS, the page cache and the server itself."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(int(line.split()[1]) * 1024 * 0.6)
-    except (OSError, ValueError):
-        pass
-    return 8 * GIB
+    from phi3e2e.machine import available_memory_bytes
+
+    available = available_memory_bytes()
+    return int(available * 0.6) if available is not None else 8 * GIB
