@@ -221,3 +221,15 @@ def test_a_node_whose_driver_or_cuda_is_unusable_ends_in_one_line(tmp_path, smi_
     )  # fmt: skip
     assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1, ran.stderr
     assert ran.stderr.startswith(f"phi3e2e_job: error: {message}")
+
+
+@pytest.mark.parametrize("name, capability, refused", [
+    ("Tesla V100-PCIE-16GB", (7, 0), None), ("NVIDIA H100 80GB HBM3", (9, 0), None),
+    ("Tesla M60", (5, 2), "older than Volta"), ("NVIDIA GB200", (10, 0), "newer than the job's CUDA 12.6 torch"),
+    ("NVIDIA RTX PRO 6000 Blackwell", (12, 0), "(sm_120) is newer"),
+])  # fmt: skip
+def test_the_node_refuses_a_gpu_its_torch_build_has_no_kernels_for(name, capability, refused):
+    from phi3e2e.train.aml.compute_entry import capability_problem
+
+    problem = capability_problem(name, capability)
+    assert (problem is None) if refused is None else (refused in problem and "\n" not in problem)

@@ -153,6 +153,9 @@ def test_hub_model_is_downloaded_on_the_compute(tiny_project, offline):
         ({"compute": "gpu-a100", "low_priority": True}, None, "--low-priority is for serverless jobs"),
         ({"compute": None, "instance_type": "NC24 A100"}, None, "expected an Azure VM size"),
         ({"compute": "gpu-a100", "timeout_h": 0}, None, "--timeout 0: hours"),
+        ({"compute": "gpu-a100", "timeout_h": 505}, None, "at most 504 .Azure ML ends a job on a dedicated node after 21"),
+        ({"compute": None, "instance_type": "Standard_NC24ads_A100_v4", "low_priority": True, "timeout_h": 169},
+         None, "at most 168 .Azure ML ends a job on a low priority node after 7 days"),
         ({"compute": "gpu-a100", "register": "my model"}, None, "an Azure ML asset name"),
     ],
 )

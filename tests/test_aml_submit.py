@@ -26,7 +26,7 @@ from azure.ai.ml.operations import (
     ModelOperations,
 )
 from azure.core.credentials import AccessToken
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.identity import CredentialUnavailableError
 
 from phi3e2e.errors import UserError
@@ -43,6 +43,7 @@ COMPUTES = {
     "gpu-a100": AmlCompute(name="gpu-a100", size="Standard_NC24ads_A100_v4"),
     "cpu-box": ComputeInstance(name="cpu-box", size="Standard_DS3_v2"),
     "amd-box": AmlCompute(name="amd-box", size="Standard_NV32as_v4"),
+    "gpu-gb200": AmlCompute(name="gpu-gb200", size="Standard_ND128isr_NDR_GB200_v6"),
 }
 # The region's VM sizes as Azure ML reports them (list_sizes), GPU count and family included.
 VM_SIZES = [
@@ -72,6 +73,7 @@ class FakeAzureML:
         self.submitted = []  # (job entity, files the SDK would upload)
         self.data_assets = {}  # (name, version) -> the Data entity the SDK would upload and create
         self.models = []  # Model entities the SDK would upload and register
+        self.downloaded = []  # what each download asked for: "logs", an output name, or "all"
         self.job_status = job_status
 
     def install(self, monkeypatch):
@@ -121,23 +123,32 @@ class FakeAzureML:
         context = SimpleNamespace(created_at=start, last_modified_at=start + timedelta(minutes=42))
         return SimpleNamespace(name=name, status=self.job_status, studio_url=STUDIO_URL, creation_context=context)
 
-    def download(self, download_path, all=False, **_):
-        models = download_path / "named-outputs" / "models"
-        for form, files in {
-            "adapter": ["adapter_config.json", "adapter_model.safetensors"],
-            "merged": ["config.json", "model.safetensors", "tokenizer.json"],
-            "onnx-int4": ["genai_config.json", "model.onnx", "tokenizer.json"],
-        }.items():
-            (models / form).mkdir(parents=True)
-            for name in files:
-                (models / form / name).write_text("{}")
-        logs = download_path / "artifacts" / "user_logs"
-        logs.mkdir(parents=True)
-        (logs / "std_log.txt").write_text(
-            f"mounting /subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/x/workspaces/ws\n"
-            "{'loss': 2.5, 'grad_norm': 1.0, 'learning_rate': 0.0001, 'epoch': 0.1}\n"
-            "{'loss': 1.25, 'grad_norm': 1.0, 'learning_rate': 0.0001, 'epoch': 0.2}\n"
-        )
+    def download(self, download_path, output_name=None, all=False, **_):
+        """As JobOperations.download lays files out: a named output under named-outputs/, the logs (no output
+        named, not all) under artifacts/."""
+        self.downloaded.append("all" if all else output_name or "logs")
+        if all or output_name == "models":
+            models = download_path / "named-outputs" / "models"
+            for form, files in {
+                "adapter": ["adapter_config.json", "adapter_model.safetensors"],
+                "merged": ["config.json", "model.safetensors", "tokenizer.json"],
+                "onnx-int4": ["genai_config.json", "model.onnx", "tokenizer.json"],
+            }.items():
+                (models / form).mkdir(parents=True)
+                for name in files:
+                    (models / form / name).write_text("{}")
+        if all or output_name == "checkpoints":
+            state = download_path / "named-outputs" / "checkpoints" / "checkpoint-20"
+            state.mkdir(parents=True)
+            (state / "trainer_state.json").write_text('{"global_step": 20}')
+        if all or output_name is None:
+            logs = download_path / "artifacts" / "user_logs"
+            logs.mkdir(parents=True)
+            (logs / "std_log.txt").write_text(
+                f"mounting /subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/x/workspaces/ws\n"
+                "{'loss': 2.5, 'grad_norm': 1.0, 'learning_rate': 0.0001, 'epoch': 0.1}\n"
+                "{'loss': 1.25, 'grad_norm': 1.0, 'learning_rate': 0.0001, 'epoch': 0.2}\n"
+            )
 
 
 @pytest.fixture
@@ -248,6 +259,7 @@ def test_jobs_commands_come_back_to_a_submitted_run(tiny_project, azure):
         (None, {"compute": "gpu-h100"}, "compute 'gpu-h100' not found in the workspace; it has: amd-box, cpu-box"),
         (None, {"compute": "cpu-box"}, "compute 'cpu-box' is Standard_DS3_v2, a VM with no GPU"),
         (None, {"compute": "amd-box"}, "is Standard_NV32as_v4 (AMD Radeon Instinct MI25 (no CUDA))"),
+        (None, {"compute": "gpu-gb200"}, "(NVIDIA Blackwell (sm_100): the job's CUDA 12.6 torch has no kernels"),
         (None, {"compute": None, "instance_type": "Standard_NP10s"}, "--instance-type Standard_NP10s is Standard_NP10s, a VM with no GPU"),
         (None, {"data": "azureml://datastores/otherstore/paths/x.jsonl"}, "data path not found"),
         (None, {"data": "missing-folder"}, "data path not found"),
@@ -340,3 +352,58 @@ def test_jobs_list_with_no_runs_needs_no_workspace(tiny_project, monkeypatch):
     result = run_cli("jobs", "list", project=tiny_project, env={"AZURE_CONFIG_DIR": str(tiny_project.root / "no-az")})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("No Azure ML runs in gen-model/")
+
+
+def forbidden(*_args, **_kwargs):
+    """What the SDK raises for the region's VM size list to a role scoped to the workspace (AzureML Data
+    Scientist): the list is a subscription-scope read (Microsoft.Compute/locations/vmSizes)."""
+    error = HttpResponseError(message="(AuthorizationFailed) The client does not have authorization to perform "
+                              "action 'Microsoft.MachineLearningServices/locations/vmSizes/read'")  # fmt: skip
+    error.status_code = 403
+    raise error
+
+
+def test_a_role_that_cannot_list_vm_sizes_gets_one_warning_and_the_job_is_submitted(tiny_project, azure, monkeypatch):
+    monkeypatch.setattr(ComputeOperations, "list_sizes", forbidden)
+    lines = []
+    submit(tiny_project, lines=lines)
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert warnings == ["warning: compute 'gpu-a100': your role may not list the region's VM sizes (a "
+                        "subscription-scope read, 403); Standard_NC24ads_A100_v4 checked by its name: NVIDIA A100"]
+    assert len(azure.submitted) == 1
+    with pytest.raises(UserError) as error:  # a size whose name says it has no GPU is still refused
+        submit(tiny_project, compute="cpu-box")
+    assert "Standard_DS3_v2, a VM with no GPU" in str(error.value) and len(azure.submitted) == 1
+
+
+@pytest.mark.parametrize("size, gpu", [
+    ("Standard_NC24ads_A100_v4", "NVIDIA A100"), ("Standard_ND96amsr_A100_v4", "NVIDIA A100"),
+    ("Standard_NC40ads_H100_v5", "NVIDIA H100/H200"), ("Standard_NV36ads_A10_v5", "NVIDIA A10"),
+    ("Standard_NC4as_T4_v3", "NVIDIA T4"), ("Standard_NC6s_v3", "NVIDIA V100"), ("Standard_NC24rs_v3", "NVIDIA V100"),
+    ("Standard_D4s_v5", None), ("Standard_E8_v5", None), ("Standard_NX99_v9", "unknown"),
+])  # fmt: skip
+def test_the_gpu_a_vm_size_name_promises(size, gpu):
+    from phi3e2e.train.aml.submit import check_size_by_name
+
+    said = []
+    if gpu is None:
+        with pytest.raises(UserError):
+            check_size_by_name(size, "compute 'x'", said.append)
+        return
+    check_size_by_name(size, "compute 'x'", said.append)
+    assert len(said) == 1 and (f"checked by its name: {gpu}" in said[0] if gpu != "unknown" else
+                               "its GPU is not checked" in said[0])  # fmt: skip
+
+
+def test_download_fetches_the_models_and_log_and_the_checkpoints_only_when_asked(tiny_project, azure):
+    from phi3e2e.train.aml.jobs import download_models
+    from phi3e2e.train.aml.workspace import WorkspaceRef, connect
+
+    submit(tiny_project)
+    client = connect(WorkspaceRef(), (tiny_project.root,))
+    run_dir = download_models(tiny_project, client, "job1", say=lambda _: None)
+    assert sorted(azure.downloaded) == ["logs", "models"] and not (run_dir / "checkpoints").exists()
+    assert read_record(run_dir).train_loss.first == 2.5  # the log came too
+    download_models(tiny_project, client, "job1", say=lambda _: None, checkpoints=True)
+    assert azure.downloaded[-1] == "checkpoints"
+    assert (run_dir / "checkpoints" / "checkpoint-20" / "trainer_state.json").is_file()

@@ -20,17 +20,12 @@ import gc
 import os
 import sys
 
-_STOCK = "_phi3e2e_stock_to_int4"
+from phi3e2e.build.builder_patch import patch, stock
 
 
 def install() -> None:
     """Make ModelBuilder quantize weight by weight (idempotent)."""
-    import onnxruntime_genai.models.builder as builder  # puts its builders/ folder on sys.path
-
-    model_class = builder.Model
-    if not hasattr(model_class, _STOCK):
-        setattr(model_class, _STOCK, model_class.to_int4)
-        model_class.to_int4 = lean_to_int4
+    patch("to_int4", lean_to_int4)
 
 
 def lean_to_int4(self):
@@ -45,7 +40,7 @@ def lean_to_int4(self):
     has_subgraphs = any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
                         for node in graph for attr in node.attributes.values())
     if int4["algo_config"] is not None or self.quant_attrs["use_qdq"] or has_subgraphs:
-        return getattr(type(self), _STOCK)(self)
+        return stock(self, "to_int4")()
 
     empty = onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], []))
     quantizer = MatMulNBitsQuantizer(

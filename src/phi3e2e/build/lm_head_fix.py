@@ -13,17 +13,12 @@ With the patch, a Hugging Face model's own `get_output_embeddings()` is the LM h
 
 from __future__ import annotations
 
-_STOCK = "_phi3e2e_stock_has_lm_head"
+from phi3e2e.build.builder_patch import patch, stock
 
 
 def install() -> None:
     """Patch ModelBuilder in this process (idempotent)."""
-    import onnxruntime_genai.models.builder as builder  # puts its builders/ folder on sys.path
-
-    model_class = builder.Model
-    if not hasattr(model_class, _STOCK):
-        setattr(model_class, _STOCK, model_class.has_lm_head)
-        model_class.has_lm_head = has_lm_head
+    patch("has_lm_head", has_lm_head)
 
 
 def has_lm_head(self, module) -> bool:
@@ -32,4 +27,4 @@ def has_lm_head(self, module) -> bool:
     head = self.weights.get_output_embeddings() if hasattr(self.weights, "get_output_embeddings") else None
     if isinstance(head, torch.nn.Linear):
         return module is head
-    return getattr(type(self), _STOCK)(self, module)
+    return stock(self, "has_lm_head")(module)

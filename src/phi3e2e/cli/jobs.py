@@ -106,11 +106,14 @@ def download(
     run: RunArgument = None,
     register: RegisterOption = None,
     register_merged: RegisterMergedOption = False,
+    checkpoints: Annotated[
+        bool, typer.Option("--checkpoints", help="Also the trainer's checkpoints (GBs), into RUN/checkpoints/.")
+    ] = False,
     subscription: SubscriptionOption = None,
     resource_group: ResourceGroupOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Download a finished job's adapter/, merged/ and onnx-int4/ into its run folder.
+    """Download a finished job's adapter/, merged/ and onnx-int4/ (and its log) into its run folder.
 
     Examples:
 
@@ -123,7 +126,7 @@ def download(
     from phi3e2e.train.aml.jobs import download_models
 
     project, client = _client(subscription, resource_group, workspace)
-    run_dir = download_models(project, client, run, say)
+    run_dir = download_models(project, client, run, say, checkpoints=checkpoints)
     say(f"Done: {project.relative(run_dir)}/ holds adapter/, merged/, onnx-int4/")
     if register:
         from phi3e2e.train.aml.registry import register_models

@@ -44,6 +44,7 @@ WORK_DIR = "phi3e2e-work"
 # runs it on drivers from 525.60.13 on; its kernels start at Volta (sm_70); bf16 is native from Ampere.
 DRIVER_FLOOR = (525, 60, 13)
 MIN_CAPABILITY = (7, 0)
+MAX_CAPABILITY = (9, 0)  # the job's CUDA 12.6 torch: Volta sm_70 to Hopper sm_90 (Blackwell needs CUDA 12.8)
 BF16_CAPABILITY = (8, 0)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -95,13 +96,24 @@ def check_gpu(config: dict, allow_cpu: bool) -> dict:
              f"built for CUDA {torch.version.cuda}): pick another compute or image")  # fmt: skip
     name, capability = torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
     sm = f"sm_{capability[0]}{capability[1]}"
-    if capability < MIN_CAPABILITY:
-        fail(f"{name} ({sm}) is older than Volta (sm_70), which the job's torch build needs")
+    if problem := capability_problem(name, tuple(capability)):
+        fail(problem)
     print(f"phi3e2e_job: {torch.cuda.device_count()} x {name} ({sm}), driver {driver[0] if driver else '?'}, "
           f"torch {torch.__version__} (CUDA {torch.version.cuda})", flush=True)  # fmt: skip
     if capability < BF16_CAPABILITY:
         config = use_fp16(config, f"{name} ({sm}) has no native bfloat16")
     return config
+
+
+def capability_problem(name: str, capability: tuple[int, int]) -> str | None:
+    """Why the job's torch build cannot train on this GPU (None: it can), before a CUDA kernel fails mid-run."""
+    sm = f"sm_{capability[0]}{capability[1]}"
+    if capability < MIN_CAPABILITY:
+        return f"{name} ({sm}) is older than Volta (sm_70), which the job's torch build needs"
+    if capability > MAX_CAPABILITY:
+        return (f"{name} ({sm}) is newer than the job's CUDA 12.6 torch build has kernels for (sm_70 to sm_90): "
+                "pick a compute with an A100, H100, A10, T4 or V100")
+    return None
 
 
 def use_fp16(config: dict, reason: str) -> dict:

@@ -30,6 +30,10 @@ DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:20260
 # A job's wall-clock limit: a Phi-3-mini QLoRA epoch takes hours, a node that cannot train
 # should not bill for days. --timeout changes it.
 DEFAULT_TIMEOUT_H = 48
+# Azure ML's job lifetime limits ("Manage and increase quotas", Azure Machine Learning compute: a job runs at
+# most 21 days on a dedicated node, 7 on a low-priority one; Azure may change them). A longer --timeout would be
+# cut there anyway: refused, so the user splits the run (`finetune --resume` goes on from the checkpoints).
+MAX_TIMEOUT_H = {"dedicated": 21 * 24, "low priority": 7 * 24}
 EXPERIMENT = "phi3e2e"
 OUTPUT = "models"
 _COMPUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")
@@ -73,8 +77,10 @@ def check_options(options: AmlOptions) -> None:
         # queue_settings.job_tier applies to serverless jobs; a cluster's priority is the cluster's own.
         raise UserError("--low-priority is for serverless jobs (--instance-type); for --compute, create the cluster "
                         "with low-priority VMs: its preempted jobs are requeued and resume the same way")  # fmt: skip
-    if not 0 < options.timeout_h <= 24 * 30:
-        raise UserError(f"--timeout {options.timeout_h:g}: hours, more than 0 and at most 720")
+    priority = "low priority" if options.low_priority else "dedicated"
+    if not 0 < options.timeout_h <= MAX_TIMEOUT_H[priority]:
+        raise UserError(f"--timeout {options.timeout_h:g}: hours, more than 0 and at most {MAX_TIMEOUT_H[priority]} "
+                        f"(Azure ML ends a job on a {priority} node after {MAX_TIMEOUT_H[priority] // 24} days)")
     if options.register and not _ASSET_NAME.match(options.register):
         raise UserError(f"--register {options.register!r}: an Azure ML asset name (letters, digits, '-', '_', '.')")
     if options.compute and not _COMPUTE_NAME.match(options.compute):

@@ -39,7 +39,8 @@ def follow_logs(project: Project, ml_client, run: Optional[str], say: Callable[[
     return stream_log(ml_client, job_name_of(find_run(project, run)), say)
 
 
-def download_models(project: Project, ml_client, run: Optional[str], say: Callable[[str], None]) -> Path:
+def download_models(project: Project, ml_client, run: Optional[str], say: Callable[[str], None],
+                    checkpoints: bool = False) -> Path:  # fmt: skip
     run_dir = find_run(project, run)
-    download_run(ml_client, project, run_dir, say)
+    download_run(ml_client, project, run_dir, say, checkpoints=checkpoints)
     return run_dir

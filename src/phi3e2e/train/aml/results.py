@@ -15,6 +15,8 @@ from typing import Callable, Optional
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
+from phi3e2e.train.aml.job import OUTPUT as MODELS_OUTPUT
+from phi3e2e.train.aml.staging import CHECKPOINTS_OUTPUT  # gigabytes: only with `jobs download --checkpoints`
 
 DOWNLOAD_DIR = ".download"
 JOB_LOG = "job-log.txt"
@@ -99,14 +101,18 @@ def stream_log(ml_client, job_name: str, say: Callable[[str], None]) -> str:
     return get_job(ml_client, job_name).status
 
 
-def download_run(ml_client, project: Project, run_dir: Path, say: Callable[[str], None]) -> runs.RunRecord:
-    """Download a finished job's models into its run folder, verify them, and mark the run succeeded."""
+def download_run(ml_client, project: Project, run_dir: Path, say: Callable[[str], None],
+                 checkpoints: bool = False) -> runs.RunRecord:  # fmt: skip
+    """Download a finished job's models (and its log; its checkpoints when asked) into its run folder, verify
+    them, and mark the run succeeded."""
     from phi3e2e.train.history import loss_summary, write_history
 
     record = runs.read_record(run_dir)
     job_name = record.aml.job_name
     if record.status == "succeeded" and not runs.missing_outputs(run_dir):
         say(f"{project.relative(run_dir)} already holds the downloaded models")
+        if checkpoints:
+            _download_checkpoints(ml_client, project, run_dir, job_name, say)
         return record
     job = get_job(ml_client, job_name)
     status = job.status
@@ -122,8 +128,9 @@ def download_run(ml_client, project: Project, run_dir: Path, say: Callable[[str]
     download = run_dir / DOWNLOAD_DIR
     shutil.rmtree(download, ignore_errors=True)
     say(f"Downloading the models of {job_name} into {project.relative(run_dir)}/ ...")
-    ml_client.jobs.download(job_name, download_path=download, all=True)
-    models = download / "named-outputs" / "models"
+    ml_client.jobs.download(job_name, download_path=download)  # the job's logs
+    ml_client.jobs.download(job_name, download_path=download, output_name=MODELS_OUTPUT)
+    models = download / "named-outputs" / MODELS_OUTPUT
     if missing := runs.missing_outputs(models):
         raise UserError(f"job {job_name} left incomplete models, missing {', '.join(missing)} (kept in {download})")
     for form in runs.FORMS:
@@ -137,7 +144,21 @@ def download_run(ml_client, project: Project, run_dir: Path, say: Callable[[str]
     record.status, record.finished_at = "succeeded", runs.now()
     record.duration_s = job_duration(job) or 0.0
     runs.write_record(run_dir, record)  # last: from here on the run counts as finished
+    if checkpoints:
+        _download_checkpoints(ml_client, project, run_dir, job_name, say)
     return record
+
+
+def _download_checkpoints(ml_client, project: Project, run_dir: Path, job_name: str, say: Callable[[str], None]):
+    """The job's checkpoints output into RUN/checkpoints/ (whole, or not there)."""
+    target = run_dir / CHECKPOINTS_OUTPUT
+    staging = run_dir / (DOWNLOAD_DIR + "-checkpoints")
+    shutil.rmtree(staging, ignore_errors=True)
+    say(f"Downloading the checkpoints of {job_name} into {project.relative(target)}/ ...")
+    ml_client.jobs.download(job_name, download_path=staging, output_name=CHECKPOINTS_OUTPUT)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.move(str(staging / "named-outputs" / CHECKPOINTS_OUTPUT), target)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _keep_log(download: Path, run_dir: Path, record: runs.RunRecord) -> list[dict]:

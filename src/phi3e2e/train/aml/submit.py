@@ -8,6 +8,7 @@ workspace, credentials, compute and remote data are checked before anything is u
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -86,9 +87,37 @@ UNSUPPORTED_GPU_FAMILIES = {
 }
 
 
+# GPUs the job's CUDA 12.6 torch has no kernels for, by the VM size's name (Azure names its Blackwell sizes
+# after the GPU: Standard_ND128isr_NDR_GB200_v6, ..._GB300_v6, ..._B200_v6): sm_100 needs a CUDA 12.8 build.
+BLACKWELL = re.compile(r"_(?:NDR_)?G?B[23]00_", re.IGNORECASE)
+NO_BLACKWELL = ("NVIDIA Blackwell (sm_100): the job's CUDA 12.6 torch has no kernels for it; "
+                "pick an NC/ND size with an A100, H100, A10, T4 or V100")  # fmt: skip
+# What a VM size's name says of its GPU, for when the region's size list cannot be read (a workspace-scoped
+# role: the list is a subscription-scope read). First match wins.
+GPU_BY_NAME = [
+    (re.compile(r"^Standard_[ABDEFGHLM]", re.IGNORECASE), None),  # general purpose, compute, memory, storage
+    (re.compile(r"_A100_|^Standard_ND96a?m?sr_v4$", re.IGNORECASE), "NVIDIA A100"),
+    (re.compile(r"_H100_|_H200_", re.IGNORECASE), "NVIDIA H100/H200"),
+    (re.compile(r"_A10_v5$", re.IGNORECASE), "NVIDIA A10"),
+    (re.compile(r"_T4_v3$", re.IGNORECASE), "NVIDIA T4"),
+    (re.compile(r"^Standard_NC\d+r?s_v3$|^Standard_ND40rs_v2$", re.IGNORECASE), "NVIDIA V100"),
+]
+
+
 def check_vm_size(ml_client, size: str, what: str, say: Callable[[str], None]) -> None:
-    """The VM size's GPU count and family, from the workspace region's own VM size list."""
-    sizes = {item.name.lower(): item for item in ml_client.compute.list_sizes() if item.name}
+    """The VM size's GPU count and family, from the workspace region's own VM size list (by its name when the
+    user's role may not read that list)."""
+    from azure.core.exceptions import HttpResponseError
+
+    if BLACKWELL.search(size):
+        raise UserError(f"{what} is {size} ({NO_BLACKWELL})")
+    try:
+        sizes = {item.name.lower(): item for item in ml_client.compute.list_sizes() if item.name}
+    except HttpResponseError as e:
+        if e.status_code not in (401, 403):
+            raise
+        check_size_by_name(size, what, say)
+        return
     info = sizes.get(size.lower())
     if info is None:
         say(f"warning: {what}: {size} is not in the workspace region's VM size list; its GPU is not checked")
@@ -100,6 +129,17 @@ def check_vm_size(ml_client, size: str, what: str, say: Callable[[str], None]) -
     if family in UNSUPPORTED_GPU_FAMILIES:
         raise UserError(f"{what} is {size} ({UNSUPPORTED_GPU_FAMILIES[family]}): the job's CUDA 12 torch cannot "
                         "train there; pick an NC/ND size with an A100, H100, A10, T4 or V100")  # fmt: skip
+
+
+def check_size_by_name(size: str, what: str, say: Callable[[str], None]) -> None:
+    """The GPU a VM size's name promises, when the region's size list is out of the user's role (one warning)."""
+    gpu = next((gpu for pattern, gpu in GPU_BY_NAME if pattern.search(size)), "unknown")
+    if gpu is None:
+        raise UserError(f"{what} is {size}, a VM with no GPU: the job trains on an NVIDIA GPU "
+                        "(e.g. Standard_NC24ads_A100_v4; docs/azure.md lists the supported sizes)")  # fmt: skip
+    said = f"checked by its name: {gpu}" if gpu != "unknown" else "its GPU is not checked (checked on the node)"
+    say(f"warning: {what}: your role may not list the region's VM sizes (a subscription-scope read, 403); "
+        f"{size} {said}")
 
 
 def check_compute(ml_client, name: str, say: Callable[[str], None]) -> None:
