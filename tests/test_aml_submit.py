@@ -297,10 +297,12 @@ def test_downloaded_models_are_registered_with_their_facts_as_tags(tiny_project,
 
     assert registered == ["phi3-faq:1", "phi3-faq-merged:1"]
     int4, merged = azure.models
-    assert (int4.path, merged.path) == (str(result.run_dir / "onnx-int4"), str(result.run_dir / "merged"))
+    # The job's own output (no upload; the asset's lineage leads to job olive-job-1), not the downloaded copy.
+    assert (int4.path, merged.path) == ("azureml://jobs/olive-job-1/outputs/models/paths/onnx-int4/",
+                                        "azureml://jobs/olive-job-1/outputs/models/paths/merged/")  # fmt: skip
     record = read_raw(result.run_dir)
     rest = int4._to_rest_object().as_dict()["properties"]  # what Azure ML receives for the asset
-    assert rest["modelType"] == "custom_model"
+    assert rest["modelType"] == "custom_model" and rest["modelUri"] == int4.path
     assert rest["tags"] == {
         "phi3e2e.run": "job1", "algo": "qlora", "base_model": record["base_model"], "form": "onnx-int4",
         "dataset_sha256": ",".join(f"{k}={v[:16]}" for k, v in sorted(record["data_sha256"].items())),

@@ -16,6 +16,7 @@ from typing import Callable
 
 from phi3e2e import runs
 from phi3e2e.errors import UserError
+from phi3e2e.train.aml.job import OUTPUT as MODELS_OUTPUT
 from phi3e2e.train.aml.sources import DataSource, JobInput
 
 
@@ -48,9 +49,12 @@ def register_models(
     if merged:
         forms.append(("merged", f"{name}-merged", "base model with the LoRA adapter merged (Hugging Face)"))
     registered = []
+    job_name = record.aml.job_name if record.aml else None
     for form, asset_name, what in forms:
+        # The job's own output when there is one: no upload, and the asset's lineage leads to the job.
+        path = f"azureml://jobs/{job_name}/outputs/{MODELS_OUTPUT}/paths/{form}/" if job_name else str(run_dir / form)
         model = Model(
-            name=asset_name, path=str(run_dir / form), type=AssetTypes.CUSTOM_MODEL, tags={**tags, "form": form},
+            name=asset_name, path=path, type=AssetTypes.CUSTOM_MODEL, tags={**tags, "form": form},
             description=f"phi3e2e {record.algo} fine-tune of {record.base_model}: {what}",
         )  # fmt: skip
         say(f"Registering {form}/ as model {asset_name} ...")
