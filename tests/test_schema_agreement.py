@@ -42,7 +42,8 @@ STRICTER = {
 BOTH_ACCEPT = [
     "lora.r=16", "lora.alpha=0.5", "lora.dropout=0", "lora.target_modules=[qkv_proj]",
     "training.torch_dtype=float16", "training.max_steps=5", "training.eval_strategy=steps",
-    "training.lr_scheduler_type=cosine", "training.save_steps=7", "qlora.quant_type=fp4",
+    "training.lr_scheduler_type=cosine", "training.save_steps=7", "training.eval_steps=3", "training.eval_max_rows=5",
+    "qlora.quant_type=fp4",
     "qlora.compute_dtype=float16", "export.int4_block_size=16", "export.int4_accuracy_level=1",
     "export.int4_accuracy_level=4", "export.int4_is_symmetric=false", "export.int4_op_types_to_quantize=[MatMul,Gather]",
 ]  # fmt: skip
@@ -165,3 +166,13 @@ def test_dry_run_refuses_accuracy_level_0(tiny_project):
         finetune(tiny_project, algo="qlora", target="aml", dry_run=True, set_args=["export.int4_accuracy_level=0"],
                  aml_options=AmlOptions(compute="gpu-a100"), say=lambda _: None)  # fmt: skip
     assert not any(tiny_project.gen_model.iterdir()) if tiny_project.gen_model.exists() else True
+
+
+def test_evaluation_every_n_steps_on_a_capped_split_is_valid_for_olive(paths):
+    settings = build_settings("tiny", {"training.eval_strategy": "steps", "training.eval_steps": 3,
+                                       "training.eval_max_rows": 5})  # fmt: skip
+    config = render_workflow("lora", False, settings, paths).config
+    args = config["passes"]["finetune"]["training_args"]
+    assert (args["eval_strategy"], args["eval_steps"]) == ("steps", 3)
+    assert [data["pre_process_data_config"].get("max_samples") for data in config["data_configs"]] == [None, 5]
+    assert olive_refusal(config) is None

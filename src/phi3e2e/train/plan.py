@@ -77,6 +77,8 @@ def plan_run(
         set_args = list(spec.set_args)
         settings = choose_settings(inputs, set_args)
         notes = tuple(filter(None, [fit_tiny_budget(settings, inputs, set_args)]))
+        if settings.training.eval_strategy != "epoch" and settings.training.eval_steps is None:
+            settings.training.eval_steps = affordable_eval_steps(settings, inputs)
         settings.export = run_export_settings(settings.export, inputs.model_dir, spec.trains_on_cuda)
     workflow = render_plan_workflow(project, spec, settings, inputs, name)
     if not spec.run_name:  # a valid plan: now take a name from the clock (it reserves the name in gen-model/)
@@ -158,6 +160,29 @@ def fit_tiny_budget(settings: FinetuneSettings, inputs: RunInputs, set_args: lis
     training.max_steps = TINY_MAX_STEPS
     return (f"  tiny profile: {rows} training rows x {training.num_train_epochs:g} epochs would be {steps:.0f} steps; "
             f"training stops at {TINY_MAX_STEPS} to fit about a minute (--set training.max_steps=N to choose)")  # fmt: skip
+
+
+# Evaluation during training should cost at most this share of the training compute. A training step is
+# about 3 forward passes per row (forward and backward), an evaluation 1 per eval row; with Olive's own
+# default (every logging step, the whole split) a 10k-row dataset spent 8x its training compute evaluating.
+EVAL_SHARE = 0.1
+
+
+def affordable_eval_steps(settings: FinetuneSettings, inputs: RunInputs) -> int:
+    """Evaluate at checkpoints (a multiple of save_steps), rarely enough that evaluation stays under EVAL_SHARE
+    of training: every N steps with N x rows per step x 3 x EVAL_SHARE >= the rows one evaluation reads."""
+    training = settings.training
+    rows = training.eval_max_rows or math.inf
+    if inputs.dataset_dir and (summary := inputs.dataset_dir / "summary.json").is_file():
+        try:
+            rows = min(rows, json.loads(summary.read_text())["eval_rows"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    if rows == math.inf:  # every row, unknown how many (an Azure ML data asset): at checkpoints
+        return training.save_steps
+    per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
+    needed = math.ceil(rows / (3 * per_step * EVAL_SHARE))
+    return max(1, math.ceil(needed / training.save_steps)) * training.save_steps
 
 
 def check_template_columns(text_template: str, train_file: Path) -> None:

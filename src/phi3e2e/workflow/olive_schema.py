@@ -47,6 +47,7 @@ class PreProcessDataConfig(_Strict):
     text_template: str
     max_seq_len: PositiveInt
     strategy: Literal["line-by-line", "line-by-line-random", "join", "join-random"]
+    max_samples: Optional[PositiveInt] = None  # the eval split during training: its first N rows
     pad_to_max_len: bool
 
     @model_validator(mode="after")
@@ -78,6 +79,7 @@ class TrainingArgs(_Strict):
     warmup_ratio: float = Field(ge=0, lt=1)
     logging_steps: PositiveInt
     eval_strategy: Optional[Literal["steps", "epoch"]] = None
+    eval_steps: Optional[PositiveInt] = None
     gradient_checkpointing: bool
     seed: int
     data_seed: int

@@ -53,7 +53,13 @@ class TrainingSettings(_Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     logging_steps: PositiveInt = 10
     save_steps: PositiveInt = Field(100, description="a checkpoint every N steps; `finetune --resume` starts there")
-    eval_strategy: Optional[Literal["steps", "epoch"]] = Field(None, description="None: Olive's choice (steps)")
+    eval_strategy: Optional[Literal["steps", "epoch"]] = Field(None, description="None: steps (eval_steps)")
+    eval_steps: Optional[PositiveInt] = Field(
+        None, description="evaluate every N steps; None: at checkpoints, often enough to stay under ~10% of training"
+    )
+    eval_max_rows: Optional[PositiveInt] = Field(
+        200, description="evaluation during training on at most N eval rows (the closing eval measures them all)"
+    )
     gradient_checkpointing: bool = True
     seed: int = 0
     data_seed: int = 42
