@@ -233,3 +233,28 @@ def test_the_node_refuses_a_gpu_its_torch_build_has_no_kernels_for(name, capabil
 
     problem = capability_problem(name, capability)
     assert (problem is None) if refused is None else (refused in problem and "\n" not in problem)
+
+
+def test_the_node_runs_olive_through_the_staged_lean_int4_and_lm_head_fix(tmp_path):
+    """The job carries the modules through which phi3e2e runs Olive, and they stand alone: they import with no
+    site-packages at all (no phi3e2e installed, as on the node), from the staged folder, and the entry's Olive
+    command uses them."""
+    from phi3e2e.train.aml.compute_entry import olive_command
+
+    staged = stage_job_files(tmp_path / "run", {"input_model": {"model_path": "${{inputs.model}}"}})
+    probe = ("import phi3e2e.build.lean_int4 as lean, phi3e2e.build.lm_head_fix as fix; "
+             "print(lean.__file__); print(fix.__file__)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-S", "-c", probe], env={"PYTHONPATH": str(staged.code_dir)},
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert all(line.startswith(str(staged.code_dir / "phi3e2e" / "build")) for line in result.stdout.splitlines())
+    env = {"PYTHONPATH": "/elsewhere"}
+    node_entry = staged.code_dir / ENTRY_SCRIPT
+    command = subprocess.run([sys.executable, "-c", "import json, sys, phi3e2e_job as entry; env = {'PYTHONPATH': "
+                              "'/elsewhere'}; print(json.dumps([entry.olive_command(env), env]))"],
+                             cwd=staged.code_dir, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert command.returncode == 0, command.stderr
+    argv, node_env = json.loads(command.stdout)
+    assert argv[1:4] == ["-m", "phi3e2e.build.lean_int4", "run"]
+    assert node_env["PYTHONPATH"].split(os.pathsep) == [str(node_entry.parent.resolve()), "/elsewhere"]
+    assert olive_command(env)[1:3] == ["-m", "phi3e2e.build.lean_int4"]  # the same function, imported here

@@ -258,14 +258,13 @@ def collect_forms(olive_output: Path, models_out: Path) -> None:
         sys.exit(f"phi3e2e_job: incomplete models, missing {', '.join(missing)}")
 
 
-# `olive` with no telemetry: Olive 0.13 writes a device id and queues a heartbeat before it reads
-# OLIVE_DISABLE_TELEMETRY (olive/telemetry/telemetry.py, lines 466-482). The same as
-# phi3e2e.build.lean_int4.silence_telemetry, which this script cannot import.
-OLIVE_WITHOUT_TELEMETRY = (
-    "import sys; from olive.telemetry import telemetry; telemetry.Telemetry._create_logger = lambda self: None; "
-    "telemetry.Telemetry._log_heartbeat = lambda self, metadata=None: None; "
-    "from olive.cli.launcher import main; main(sys.argv[1:], called_as_console_script=False)"
-)
+def olive_command(env: dict) -> list[str]:
+    """`olive run` as local runs run it: through phi3e2e.build.lean_int4, staged beside this script (the lean
+    int4 step, the LM head fix, and no telemetry unless OLIVE_DISABLE_TELEMETRY is 0). `env` gets the
+    staged modules on its path; Olive runs in WORK_DIR, away from them."""
+    here = str(Path(__file__).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "phi3e2e.build.lean_int4", "run", "--config", "olive-config.json"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.hf_token_secret:
         env["HF_TOKEN"] = read_hf_token(args.hf_token_secret)  # lives only in this process's environment
     print(f"phi3e2e_job: olive run --config {work / 'olive-config.json'}", flush=True)
-    olive = ["-c", OLIVE_WITHOUT_TELEMETRY] if env["OLIVE_DISABLE_TELEMETRY"] == "1" else ["-m", "olive"]
-    returncode = subprocess.call([sys.executable, *olive, "run", "--config", "olive-config.json"], cwd=work, env=env)
+    returncode = subprocess.call(olive_command(env), cwd=work, env=env)
     if returncode != 0:
         return returncode
     models_out = Path(args.models_out)
