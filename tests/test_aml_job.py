@@ -19,6 +19,7 @@ from helpers import run_cli
 from phi3e2e.errors import UserError
 from phi3e2e.train.aml import workspace
 from phi3e2e.train.aml.job import DEFAULT_IMAGE, JOB_FILE, AmlOptions
+from phi3e2e.train.aml.staging import STAGED_MODULES
 from phi3e2e.train.finetune import finetune
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"  # made up, shaped like a real one
@@ -125,9 +126,10 @@ def test_job_serializes_without_ids_or_secrets(workspace_ids, offline):
         assert SUBSCRIPTION not in text and HF_TOKEN not in text
         assert "rg-secret-team" not in text and "ws-secret" not in text
         assert not GUID.search(text)
-    # The staged code folder is small: the config and the entry script, nothing else.
-    staged = sorted(path.name for path in (result.run_dir / "aml-code").iterdir())
-    assert staged == ["olive-config.json", "phi3e2e_job.py"]
+    # The staged code folder is small: the config, the entry script and the modules Olive runs through.
+    code = result.run_dir / "aml-code"
+    staged = sorted(str(path.relative_to(code)) for path in code.rglob("*") if path.is_file())
+    assert staged == ["olive-config.json", *sorted(f"phi3e2e/{module}" for module in STAGED_MODULES), "phi3e2e_job.py"]
 
 
 def test_hub_model_is_downloaded_on_the_compute(tiny_project, offline):

@@ -35,6 +35,7 @@ from phi3e2e.runs import RUN_FILE, read_record
 from phi3e2e.train.aml import workspace
 from phi3e2e.train.aml.job import AmlOptions, local_uploads
 from phi3e2e.train.aml.registry import file_version
+from phi3e2e.train.aml.staging import STAGED_MODULES
 from phi3e2e.train.finetune import finetune
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
@@ -189,10 +190,11 @@ def test_no_wait_submits_the_staged_job_and_records_its_name(tiny_project, azure
     assert job.command.startswith("python phi3e2e_job.py --config olive-config.json")
     root = tiny_project.root.resolve()
     relative = sorted(str(path.relative_to(root)) for path in uploads)
-    # What travels with the job: the two staged files and the tiny model folder; no repo, no run outputs.
+    # What travels with the job: the staged files and the tiny model folder; no repo, no run outputs.
+    code = "gen-model/.job1.partial/aml-code/"
     assert [p for p in relative if p.startswith("gen-model")] == [
-        "gen-model/.job1.partial/aml-code/olive-config.json",
-        "gen-model/.job1.partial/aml-code/phi3e2e_job.py",
+        f"{code}olive-config.json", *sorted(f"{code}phi3e2e/{module}" for module in STAGED_MODULES),
+        f"{code}phi3e2e_job.py",
     ]
     assert all(p.startswith(("gen-model/", "model-cache/tiny-phi3/")) for p in relative)
     # The two data splits became versioned data assets (version: their content hash), which the job reads.
