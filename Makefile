@@ -35,7 +35,7 @@ test: install
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
-# The daily lane: everything that neither trains, builds nor starts a browser (under 2 minutes).
+# The daily lane: everything that neither trains, builds nor starts a browser (about 2 minutes on 2 cores).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e and not browser"
 
