@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Literal, Mapping, Optional
 
 from phi3e2e.infer.threads import physical_cores
+from phi3e2e.machine import MEMINFO, meminfo
 from phi3e2e.project import Project
 from phi3e2e.resources import azure_requirements_file, requirements_file
 from phi3e2e.train.aml.workspace import ENV_VARS, find_config_file
@@ -180,21 +181,7 @@ DISK_WHY = "7.6 GB download, 7.6 GB merged model, 2 GB int4 build, checkpoints a
 DISK_FIX = "free some space: gen-model/.olive-cache/ and old runs (`phi3e2e runs rm RUN`) are safe to delete"
 
 
-def meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:
-    """/proc/meminfo in bytes ({} where there is none)."""
-    values = {}
-    try:
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                values[key.strip()] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    except OSError:
-        pass
-    return values
-
-
-def check_ram(need: int = RAM_NEED, path: Path = Path("/proc/meminfo")) -> Check:
+def check_ram(need: int = RAM_NEED, path: Path = MEMINFO) -> Check:
     memory = meminfo(path)
     total, available = memory.get("MemTotal"), memory.get("MemAvailable")
     why = f"a Phi-3-mini run needs ~{need / GB:.0f} GB: {RAM_WHY}"
