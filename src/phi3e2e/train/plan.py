@@ -118,12 +118,10 @@ def choose_settings(inputs: RunInputs, set_args: list[str]) -> FinetuneSettings:
     from phi3e2e.workflow.model_family import model_overrides
 
     overrides: dict[str, object] = model_overrides(inputs.model_dir, inputs.profile) if inputs.model_dir else {}
-    summary_file = inputs.dataset_dir / "summary.json" if inputs.dataset_dir else None
-    if summary_file and summary_file.is_file():
-        template = json.loads(summary_file.read_text()).get("text_template")
-        # Q&A rows take the model's own chat format (above); a chat dataset's rendered "{text}" stays.
-        if template and not ("data.text_template" in overrides and QA_COLUMNS <= template_columns(template)):
-            overrides["data.text_template"] = template
+    template = dataset_summary(inputs).get("text_template")
+    # Q&A rows take the model's own chat format (above); a chat dataset's rendered "{text}" stays.
+    if template and not ("data.text_template" in overrides and QA_COLUMNS <= template_columns(template)):
+        overrides["data.text_template"] = template
     overrides.update(parse_override(arg) for arg in set_args)
     settings = build_settings(inputs.profile, overrides)
     if inputs.local_train_file:
@@ -137,6 +135,12 @@ def choose_settings(inputs: RunInputs, set_args: list[str]) -> FinetuneSettings:
 
 
 QA_COLUMNS = {"Question", "Best Answer"}
+
+
+def dataset_summary(inputs: RunInputs) -> dict:
+    """The prepared dataset's summary.json ({} for a dataset phi3e2e did not prepare)."""
+    summary = inputs.dataset_dir / "summary.json" if inputs.dataset_dir else None
+    return json.loads(summary.read_text()) if summary and summary.is_file() else {}
 
 
 def template_columns(text_template: str) -> set[str]:
@@ -173,11 +177,12 @@ def affordable_eval_steps(settings: FinetuneSettings, inputs: RunInputs) -> int:
     of training: every N steps with N x rows per step x 3 x EVAL_SHARE >= the rows one evaluation reads."""
     training = settings.training
     rows = training.eval_max_rows or math.inf
-    if inputs.dataset_dir and (summary := inputs.dataset_dir / "summary.json").is_file():
-        try:
-            rows = min(rows, json.loads(summary.read_text())["eval_rows"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    try:
+        eval_rows = dataset_summary(inputs).get("eval_rows")
+    except (OSError, ValueError):
+        eval_rows = None
+    if isinstance(eval_rows, int):
+        rows = min(rows, eval_rows)
     if rows == math.inf:  # every row, unknown how many (an Azure ML data asset): at checkpoints
         return training.save_steps
     per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
