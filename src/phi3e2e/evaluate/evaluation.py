@@ -246,17 +246,14 @@ def _progress(say: Callable[[str], None], label: str, total: int):
 
 
 def summary_lines(result: dict) -> list[str]:
-    """The few lines `eval` and `finetune` print (an eval.json of an older phi3e2e has no interval)."""
+    """The few lines `eval` and `finetune` print after measuring."""
     lines = []
     for form, numbers in result["losses"].items():
         base, tuned = numbers["base"], numbers["fine_tuned"]
-        if "change_interval_95" in numbers:
-            low, high = numbers["change_interval_95"]
-            how_sure = f"95% interval {low:+.3f} to {high:+.3f}: {numbers['verdict']}"
-        else:
-            how_sure = "better" if numbers["change"] < 0 else "not better"
+        low, high = numbers["change_interval_95"]
         lines.append(
-            f"  {form:<7} held-out loss {base['loss']:.3f} -> {tuned['loss']:.3f} ({numbers['change']:+.3f}, "
-            f"{how_sure}); perplexity {base['perplexity']:g} -> {tuned['perplexity']:g}"
+            f"  {form:<7} held-out loss {base['loss']:.3f} -> {tuned['loss']:.3f} ({numbers['change']:+.3f}, 95% "
+            f"interval {low:+.3f} to {high:+.3f}: {numbers['verdict']}); perplexity {base['perplexity']:g} -> "
+            f"{tuned['perplexity']:g}"
         )
     return lines
