@@ -106,7 +106,9 @@ def restarted_job(tiny_template, tmp_path_factory):
     """The staged entry run twice over the same outputs, killed (SIGKILL, as a reclaimed node) after
     its first checkpoint, the node's local disk wiped in between; MLflow tracking to a local folder."""
     tmp = tmp_path_factory.mktemp("restarted-job")
-    settings = build_settings("tiny", {})
+    # 60 steps, not the tiny profile's 140: a checkpoint every 20, so the restart still resumes, trains on,
+    # evaluates each epoch and saves again (the suite stays under 15 minutes).
+    settings = build_settings("tiny", {"training.max_steps": 60})
     paths = WorkflowPaths(
         model="${{inputs.model}}", train_file="${{inputs.train_file}}", eval_file="${{inputs.eval_file}}",
         output=OLIVE_OUTPUT, cache=OLIVE_CACHE, checkpoints=CHECKPOINTS,
