@@ -260,3 +260,25 @@ def test_the_node_runs_olive_through_the_staged_lean_int4_and_lm_head_fix(tmp_pa
     assert argv[1:4] == ["-m", "phi3e2e.build.lean_int4", "run"]
     assert node_env["PYTHONPATH"].split(os.pathsep) == [str(node_entry.parent.resolve()), "/elsewhere"]
     assert olive_command(env)[1:3] == ["-m", "phi3e2e.build.lean_int4"]  # the same function, imported here
+
+
+def test_resume_carries_the_earlier_jobs_newest_intact_checkpoint_over(tmp_path, capsys):
+    from phi3e2e.train.aml.compute_entry import carry_over
+
+    def checkpoint(folder, step, intact=True):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        if intact:
+            (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+    earlier, own = tmp_path / "earlier", tmp_path / "own"
+    checkpoint(earlier, 20)
+    checkpoint(earlier, 40, intact=False)  # the stopped job was cut off while saving
+    own.mkdir()
+    (own / "checkpoint-20.copying").mkdir()  # a node reclaimed while carrying over
+    carry_over(earlier, own)
+    assert sorted(p.name for p in own.iterdir()) == ["checkpoint-20"]
+    assert sorted(p.name for p in earlier.iterdir()) == ["checkpoint-20", "checkpoint-40"]  # read-only: untouched
+    checkpoint(own, 60)  # this job went on and was restarted itself: its own checkpoints win
+    carry_over(earlier, own)
+    assert sorted(p.name for p in own.iterdir()) == ["checkpoint-20", "checkpoint-60"]
+    assert capsys.readouterr().out.count("carried checkpoint-20 over") == 1

@@ -45,6 +45,7 @@ COMPUTES = {
     "cpu-box": ComputeInstance(name="cpu-box", size="Standard_DS3_v2"),
     "amd-box": AmlCompute(name="amd-box", size="Standard_NV32as_v4"),
     "gpu-gb200": AmlCompute(name="gpu-gb200", size="Standard_ND128isr_NDR_GB200_v6"),
+    "gpu-t4": AmlCompute(name="gpu-t4", size="Standard_NC4as_T4_v3"),
 }
 # The region's VM sizes as Azure ML reports them (list_sizes), GPU count and family included.
 VM_SIZES = [
@@ -52,6 +53,7 @@ VM_SIZES = [
     VmSize(name="Standard_DS3_v2", family="standardDSv2Family", gpus=0, v_cp_us=4),
     VmSize(name="Standard_NV32as_v4", family="standardNVSv4Family", gpus=1, v_cp_us=32),
     VmSize(name="Standard_NP10s", family="standardNPSFamily", gpus=0, v_cp_us=10),
+    VmSize(name="Standard_NC4as_T4_v3", family="standardNCASv3_T4Family", gpus=1, v_cp_us=4),
 ]
 
 
@@ -86,6 +88,7 @@ class FakeAzureML:
         monkeypatch.setattr(DataOperations, "create_or_update", lambda self, data, **kw: fake.create_data(data))
         monkeypatch.setattr(ModelOperations, "create_or_update", lambda self, model, **kw: fake.register(model))
         monkeypatch.setattr(DatastoreOperations, "get", lambda self, name, **kw: fake.datastore(name))
+        monkeypatch.setattr(DatastoreOperations, "get_default", lambda self, **kw: fake.datastore("workspaceblobstore"))
         monkeypatch.setattr(JobOperations, "create_or_update", lambda self, job, **kw: fake.create(job))
         monkeypatch.setattr(JobOperations, "get", lambda self, name: fake.job(name))
         monkeypatch.setattr(JobOperations, "stream", lambda self, name: print(f"RunId: {name}\nExecution Summary"))
@@ -117,12 +120,13 @@ class FakeAzureML:
 
     def create(self, job):
         self.submitted.append((job, local_uploads(job)))
-        return SimpleNamespace(name="olive-job-1", studio_url=STUDIO_URL, status="Starting")
+        return SimpleNamespace(name=f"olive-job-{len(self.submitted)}", studio_url=STUDIO_URL, status="Starting")
 
     def job(self, name):
         start = datetime(2025, 1, 1, tzinfo=timezone.utc)
         context = SimpleNamespace(created_at=start, last_modified_at=start + timedelta(minutes=42))
-        return SimpleNamespace(name=name, status=self.job_status, studio_url=STUDIO_URL, creation_context=context)
+        return SimpleNamespace(name=name, status=self.job_status, studio_url=STUDIO_URL, creation_context=context,
+                               outputs={})  # fmt: skip
 
     def download(self, download_path, output_name=None, all=False, **_):
         """As JobOperations.download lays files out: a named output under named-outputs/, the logs (no output
@@ -382,7 +386,8 @@ def test_a_role_that_cannot_list_vm_sizes_gets_one_warning_and_the_job_is_submit
 
 @pytest.mark.parametrize("size, gpu", [
     ("Standard_NC24ads_A100_v4", "NVIDIA A100"), ("Standard_ND96amsr_A100_v4", "NVIDIA A100"),
-    ("Standard_NC40ads_H100_v5", "NVIDIA H100/H200"), ("Standard_NV36ads_A10_v5", "NVIDIA A10"),
+    ("Standard_NC40ads_H100_v5", "NVIDIA H100 NVL"), ("Standard_ND96isr_H200_v5", "NVIDIA H200"),
+    ("Standard_NV36ads_A10_v5", "NVIDIA A10"), ("Standard_NV6ads_A10_v5", "NVIDIA A10 (4 GiB share)"),
     ("Standard_NC4as_T4_v3", "NVIDIA T4"), ("Standard_NC6s_v3", "NVIDIA V100"), ("Standard_NC24rs_v3", "NVIDIA V100"),
     ("Standard_D4s_v5", None), ("Standard_E8_v5", None), ("Standard_NX99_v9", "unknown"),
 ])  # fmt: skip
@@ -399,6 +404,22 @@ def test_the_gpu_a_vm_size_name_promises(size, gpu):
                                "its GPU is not checked" in said[0])  # fmt: skip
 
 
+def test_a_compute_too_small_for_the_plan_is_refused_before_any_upload(tiny_project, azure):
+    def on_t4(algo):
+        lines = []
+        finetune(tiny_project, algo=algo, target="aml", model="microsoft/Phi-3-mini-4k-instruct", run_name=algo,
+                 aml_options=AmlOptions(compute="gpu-t4", wait=False), say=lines.append)  # fmt: skip
+        return lines
+
+    with pytest.raises(UserError) as error:
+        on_t4("lora")
+    assert str(error.value).startswith("compute 'gpu-t4' is Standard_NC4as_T4_v3 (NVIDIA T4, 16 GiB): lora on ")
+    assert azure.submitted == [] and not (tiny_project.gen_model / "lora").exists()
+    lines = on_t4("qlora")
+    assert len(azure.submitted) == 1 and any("GiB of GPU memory on an Ampere" in line for line in lines)
+    assert any(line.startswith("memory plan: qlora") and "on NVIDIA T4" in line for line in lines)
+
+
 def test_download_fetches_the_models_and_log_and_the_checkpoints_only_when_asked(tiny_project, azure):
     from phi3e2e.train.aml.jobs import download_models
     from phi3e2e.train.aml.workspace import WorkspaceRef, connect
@@ -411,3 +432,50 @@ def test_download_fetches_the_models_and_log_and_the_checkpoints_only_when_asked
     download_models(tiny_project, client, "job1", say=lambda _: None, checkpoints=True)
     assert azure.downloaded[-1] == "checkpoints"
     assert (run_dir / "checkpoints" / "checkpoint-20" / "trainer_state.json").is_file()
+
+
+def resume(project, lines=None, **options):
+    return finetune(project, resume="job1", aml_options=AmlOptions(wait=False, **options),
+                    say=(lines if lines is not None else []).append)  # fmt: skip
+
+
+def test_resume_of_a_stopped_job_submits_a_new_job_reading_the_earlier_checkpoints(tiny_project, azure):
+    submit(tiny_project)
+    azure.job_status = "Failed"  # e.g. it reached its time limit
+    lines = []
+    result = resume(tiny_project, lines)
+
+    (first, _), (job, uploads) = azure.submitted
+    earlier = job.inputs["previous_checkpoints"]
+    assert (earlier.type, earlier.mode) == ("uri_folder", "ro_mount")
+    assert earlier.path == "azureml://datastores/workspaceblobstore/paths/azureml/olive-job-1/checkpoints/"
+    assert job.command == first.command + " --resume-from ${{inputs.previous_checkpoints}}"
+    assert (job.compute, job.environment.image, dict(job.limits._to_rest_object().as_dict())) == (
+        first.compute, first.environment.image, dict(first.limits._to_rest_object().as_dict()))
+    assert {k: v.path for k, v in first.inputs.items()} == {k: v.path for k, v in job.inputs.items()
+                                                            if k != "previous_checkpoints"}  # fmt: skip
+    job._to_job()._to_rest_object()  # what Azure ML receives: serializes offline
+    assert azure.downloaded == []  # the checkpoints stay in Azure: an input, not a download
+    record = read_raw(result.run_dir)
+    assert record["status"] == "submitted" and record["aml"]["job_name"] == "olive-job-2"
+    assert record["aml"]["earlier_jobs"] == ["olive-job-1"]
+    assert (result.run_dir / "aml-job.first.yml").is_file()
+    assert any("going on from olive-job-1's checkpoints" in line for line in lines)
+
+    resume(tiny_project)  # the second job stopped too: the third reads the second's checkpoints
+    _, _, (third, _) = azure.submitted
+    assert third.inputs["previous_checkpoints"].path.endswith("/azureml/olive-job-2/checkpoints/")
+    assert third.command.count("--resume-from") == 1
+    assert read_raw(result.run_dir)["aml"]["earlier_jobs"] == ["olive-job-1", "olive-job-2"]
+
+
+@pytest.mark.parametrize("status, message", [
+    ("Running", "job olive-job-1 is Running; a preempted job resumes by itself"),
+    ("Completed", "job olive-job-1 finished; fetch its models with `phi3e2e jobs download job1`"),
+])  # fmt: skip
+def test_resume_of_a_job_that_is_not_stopped_is_refused(tiny_project, azure, status, message):
+    submit(tiny_project)
+    azure.job_status = status
+    with pytest.raises(UserError) as error:
+        resume(tiny_project)
+    assert message in str(error.value) and len(azure.submitted) == 1

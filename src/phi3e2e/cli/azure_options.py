@@ -39,6 +39,10 @@ RegisterOption = Annotated[
 RegisterMergedOption = Annotated[
     bool, typer.Option("--register-merged", help="With --register: also the merged model, as NAME-merged.")
 ]
+IgnoreMemoryPlanOption = Annotated[
+    bool, typer.Option("--ignore-memory-plan", help="--target aml: submit even if the GPU memory estimate "
+                       "says the job will not fit.")
+]  # fmt: skip
 SubscriptionOption = Annotated[
     Optional[str], typer.Option("--subscription", help="Azure subscription ID (default: config.json / env).")
 ]

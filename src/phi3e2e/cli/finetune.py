@@ -9,6 +9,7 @@ import typer
 from phi3e2e.cli.azure_options import (
     ComputeOption,
     HfTokenSecretOption,
+    IgnoreMemoryPlanOption,
     ImageOption,
     InstanceTypeOption,
     LowPriorityOption,
@@ -52,6 +53,7 @@ def finetune(
     timeout: TimeoutOption = 48.0,
     low_priority: LowPriorityOption = False,
     register: RegisterOption = None,
+    ignore_memory_plan: IgnoreMemoryPlanOption = False,
     wait: WaitOption = True,
     hf_token_secret: HfTokenSecretOption = None,
     subscription: SubscriptionOption = None,
@@ -86,6 +88,7 @@ def finetune(
     azure = aml_options(
         compute, image, wait, hf_token_secret, subscription, resource_group, workspace,
         instance_type=instance_type, timeout_h=timeout, low_priority=low_priority, register=register,
+        memory_check=not ignore_memory_plan,
     )  # fmt: skip
     spec = RunSpec.of(algo=algo, target=target, model=model, data=data, run_name=run_name,
                       set_args=tuple(set_values or ()), dry_run=dry_run, verbose=verbose, resume=resume,

@@ -34,6 +34,7 @@ class AmlRecord(BaseModel):
     job_file: Optional[str] = None
     job_name: Optional[str] = None
     registered: Optional[list[str]] = None  # model assets "name:version" (--register)
+    earlier_jobs: Optional[list[str]] = None  # jobs this run's job went on from (`finetune --resume`), oldest first
 
 
 class ResumePoint(BaseModel):

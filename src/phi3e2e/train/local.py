@@ -52,6 +52,9 @@ class LocalTarget:
     def check(self, spec: RunSpec) -> None:
         pass  # nothing beyond the spec's own rules
 
+    def check_plan(self, plan: RunPlan, say: Callable[[str], None]) -> None:
+        pass  # this machine's memory is the user's own to see; the tiny model fits anywhere
+
     def inputs(self, project: Project, spec: RunSpec) -> RunInputs:
         return local_inputs(project, spec.model, spec.data)
 
@@ -63,8 +66,8 @@ class LocalTarget:
     def run(self, project: Project, plan: RunPlan, say: Callable[[str], None], verbose: bool) -> FinetuneResult:
         return run_locally(project, plan, say, verbose)
 
-    def resume(self, project: Project, run_name: str, say: Callable[[str], None], verbose: bool) -> FinetuneResult:
-        return run_locally(project, resume_plan(project, run_name), say, verbose, resume=True)
+    def resume(self, project: Project, spec: RunSpec, say: Callable[[str], None]) -> FinetuneResult:
+        return run_locally(project, resume_plan(project, spec.resume), say, spec.verbose, resume=True)
 
     def after_eval(self, project: Project, run_dir: Path, spec: RunSpec, say: Callable[[str], None]) -> None:
         pass  # the run folder is the result

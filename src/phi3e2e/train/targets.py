@@ -38,6 +38,9 @@ class Target(Protocol):
     def check(self, spec: "RunSpec") -> None:
         """What can be refused before anything is read (its options)."""
 
+    def check_plan(self, plan: "RunPlan", say: Callable[[str], None]) -> None:
+        """What can be refused once the plan is known, before anything is written (Azure ML: the memory plan)."""
+
     def inputs(self, project: "Project", spec: "RunSpec") -> "RunInputs":
         """The base model and dataset, named as the machine that runs Olive sees them."""
 
@@ -48,9 +51,8 @@ class Target(Protocol):
     def run(self, project: "Project", plan: "RunPlan", say: Callable[[str], None], verbose: bool) -> "FinetuneResult":
         """Run (or submit) the plan."""
 
-    def resume(self, project: "Project", run_name: str, say: Callable[[str], None],
-               verbose: bool) -> "FinetuneResult":
-        """Continue a failed or interrupted run of this target."""
+    def resume(self, project: "Project", spec: "RunSpec", say: Callable[[str], None]) -> "FinetuneResult":
+        """Continue the failed or interrupted run `spec.resume` of this target."""
 
     def after_eval(self, project: "Project", run_dir: Path, spec: "RunSpec", say: Callable[[str], None]) -> None:
         """What follows the closing eval (Azure ML: register the model asset)."""

@@ -135,7 +135,7 @@ def training_args(config: dict) -> dict:
     return finetune_pass(config).get("training_args") or {}
 
 
-def last_checkpoint(folder: Path) -> Path | None:
+def last_checkpoint(folder: Path, remove_broken: bool = True) -> Path | None:
     """The newest intact checkpoint. A node reclaimed mid-save leaves a newer folder without trainer_state.json
     (written last) or with a truncated file: such a folder is removed, or the trainer, which takes the
     highest-numbered one, would fail on it at every restart."""
@@ -143,10 +143,23 @@ def last_checkpoint(folder: Path) -> Path | None:
     for path in folder.glob("checkpoint-*"):
         if (m := CHECKPOINT.match(path.name)) and (problem := checkpoint_problem(path)) is None:
             found.append((int(m[1]), path))
-        else:
+        elif remove_broken:
             print(f"phi3e2e_job: removing {path.name}: {problem if m else 'not a checkpoint'}", flush=True)
             shutil.rmtree(path, ignore_errors=True)
     return max(found)[1] if found else None
+
+
+def carry_over(previous: Path, checkpoints: Path) -> None:
+    """`finetune --resume` of a stopped job: the newest intact checkpoint of the earlier job's output (a read-only
+    input) into this job's own output, unless this job already has one (it was itself restarted). Copied under a
+    temporary name and renamed, so a node reclaimed mid-copy leaves a folder the next start removes."""
+    if last_checkpoint(checkpoints) or not (source := last_checkpoint(previous, remove_broken=False)):
+        return
+    copying = checkpoints / f"{source.name}.copying"  # not a checkpoint name: removed by last_checkpoint
+    shutil.rmtree(copying, ignore_errors=True)
+    shutil.copytree(source, copying)
+    copying.rename(checkpoints / source.name)
+    print(f"phi3e2e_job: carried {source.name} over from the earlier job's checkpoints", flush=True)
 
 
 # A copy of phi3e2e.runs.lifecycle.checkpoint_problem (this script runs without phi3e2e; a test pins the two).
@@ -273,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", action="append", default=[], metavar="NAME=PATH", help="e.g. inputs.model=/mnt/x")
     parser.add_argument("--models-out", required=True, help="the job's `models` output folder")
     parser.add_argument("--hf-token-secret", help="workspace Key Vault secret holding a Hugging Face token")
+    parser.add_argument("--resume-from", metavar="DIR", help="an earlier job's checkpoints (finetune --resume)")
     parser.add_argument("--allow-cpu", action="store_true", help="emulation in tests only: train without a GPU")
     args = parser.parse_args(argv)
 
@@ -284,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     report_to_mlflow(config)
     if (checkpoints := training_args(config).get("output_dir")) and Path(checkpoints).is_absolute():
         Path(checkpoints).mkdir(parents=True, exist_ok=True)
+        if args.resume_from:
+            carry_over(Path(args.resume_from), Path(checkpoints))
         if resume := last_checkpoint(Path(checkpoints)):
             # Azure ML restarted the job (a preempted low-priority node): the trainer resumes from this one,
             # named explicitly (Olive would otherwise take the highest-numbered folder itself).

@@ -18,6 +18,7 @@ import yaml
 
 from phi3e2e.errors import UserError
 from phi3e2e.runs import AmlRecord
+from phi3e2e.storage import atomic_write
 from phi3e2e.train.aml.sources import DataSource, ModelSource
 from phi3e2e.train.aml.staging import CHECKPOINTS_OUTPUT, CONFIG_FILE, ENTRY_SCRIPT, StagedFiles, stage_job_files
 from phi3e2e.train.aml.workspace import WorkspaceRef
@@ -55,6 +56,7 @@ class AmlOptions:
     timeout_h: float = DEFAULT_TIMEOUT_H
     low_priority: bool = False
     register: Optional[str] = None  # model asset name for the downloaded int4 (and merged) model
+    memory_check: bool = True  # False (--ignore-memory-plan): a plan that seems not to fit is only a warning
 
 
 def options_of(spec) -> AmlOptions:
@@ -165,7 +167,7 @@ def write_job_file(run_dir: Path, spec: dict) -> Path:
         "# Azure ML command job written by phi3e2e. Submit by hand with:\n"
         f"#   az ml job create -f {JOB_FILE} --resource-group RG --workspace-name WS\n"
     )
-    job_file.write_text(header + yaml.safe_dump(spec, sort_keys=False, width=1000))
+    atomic_write(job_file, header + yaml.safe_dump(spec, sort_keys=False, width=1000))
     return job_file
 
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
 from phi3e2e.storage import publish
 from phi3e2e.train.aml.job import JOB_FILE, load_job_file, local_uploads, options_of
+from phi3e2e.train.aml.memory_plan import check_fit
 from phi3e2e.train.aml.registry import register_local_data
 from phi3e2e.train.aml.results import download_run, stream_log
 from phi3e2e.train.aml.sources import DataSource, JobInput, ModelSource, asset_of, datastore_of, refuse_tabular
+from phi3e2e.train.aml.vm_sizes import UNKNOWN, gpu_of
 from phi3e2e.train.aml.workspace import connect
 from phi3e2e.train.plan import FinetuneResult, RunPlan, render_plan_workflow, stage_plan
 
@@ -29,7 +31,8 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
     model_src, data_src = plan.inputs.job_sources
     ml_client = connect(options.workspace, (project.root, Path.cwd()), credential)
     if options.compute:
-        check_compute(ml_client, options.compute, say)
+        if size := check_compute(ml_client, options.compute, say):
+            check_fit(plan, size, f"compute {options.compute!r} is {size}", say, refuse=options.memory_check)
     else:
         check_vm_size(ml_client, options.instance_type, f"--instance-type {options.instance_type}", say)
     checked = register_local_data(ml_client, check_remote_sources(ml_client, model_src, data_src), say)
@@ -92,18 +95,6 @@ UNSUPPORTED_GPU_FAMILIES = {
 BLACKWELL = re.compile(r"_(?:NDR_)?G?B[23]00_", re.IGNORECASE)
 NO_BLACKWELL = ("NVIDIA Blackwell (sm_100): the job's CUDA 12.6 torch has no kernels for it; "
                 "pick an NC/ND size with an A100, H100, A10, T4 or V100")  # fmt: skip
-# What a VM size's name says of its GPU, for when the region's size list cannot be read (a workspace-scoped
-# role: the list is a subscription-scope read). First match wins.
-GPU_BY_NAME = [
-    (re.compile(r"^Standard_[ABDEFGHLM]", re.IGNORECASE), None),  # general purpose, compute, memory, storage
-    (re.compile(r"_A100_|^Standard_ND96a?m?sr_v4$", re.IGNORECASE), "NVIDIA A100"),
-    (re.compile(r"_H100_|_H200_", re.IGNORECASE), "NVIDIA H100/H200"),
-    (re.compile(r"_A10_v5$", re.IGNORECASE), "NVIDIA A10"),
-    (re.compile(r"_T4_v3$", re.IGNORECASE), "NVIDIA T4"),
-    (re.compile(r"^Standard_NC\d+r?s_v3$|^Standard_ND40rs_v2$", re.IGNORECASE), "NVIDIA V100"),
-]
-
-
 def check_vm_size(ml_client, size: str, what: str, say: Callable[[str], None]) -> None:
     """The VM size's GPU count and family, from the workspace region's own VM size list (by its name when the
     user's role may not read that list)."""
@@ -133,16 +124,17 @@ def check_vm_size(ml_client, size: str, what: str, say: Callable[[str], None]) -
 
 def check_size_by_name(size: str, what: str, say: Callable[[str], None]) -> None:
     """The GPU a VM size's name promises, when the region's size list is out of the user's role (one warning)."""
-    gpu = next((gpu for pattern, gpu in GPU_BY_NAME if pattern.search(size)), "unknown")
+    gpu = gpu_of(size)
     if gpu is None:
         raise UserError(f"{what} is {size}, a VM with no GPU: the job trains on an NVIDIA GPU "
                         "(e.g. Standard_NC24ads_A100_v4; docs/azure.md lists the supported sizes)")  # fmt: skip
-    said = f"checked by its name: {gpu}" if gpu != "unknown" else "its GPU is not checked (checked on the node)"
+    said = f"checked by its name: {gpu.name}" if gpu is not UNKNOWN else "its GPU is not checked (checked on the node)"
     say(f"warning: {what}: your role may not list the region's VM sizes (a subscription-scope read, 403); "
         f"{size} {said}")
 
 
-def check_compute(ml_client, name: str, say: Callable[[str], None]) -> None:
+def check_compute(ml_client, name: str, say: Callable[[str], None]) -> Optional[str]:
+    """The compute's VM size (None when it reports none), checked for a usable GPU."""
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
@@ -157,6 +149,7 @@ def check_compute(ml_client, name: str, say: Callable[[str], None]) -> None:
         check_vm_size(ml_client, size, f"compute {name!r}", say)
     else:  # e.g. an attached Kubernetes compute: its nodes are not described here
         say(f"warning: compute {name} reports no VM size; its GPU is only checked when the job starts")
+    return size
 
 
 def check_remote_sources(ml_client, model_src: ModelSource, data_src: DataSource) -> DataSource:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from phi3e2e.errors import UserError
 from phi3e2e.project import Project
 from phi3e2e.train.inputs import RunInputs
 from phi3e2e.train.plan import CHECKPOINTS, OLIVE_CACHE, FinetuneResult, RunPlan
@@ -23,6 +22,17 @@ class AzureMLTarget:
 
         check_options(options_of(spec))
 
+    def check_plan(self, plan: RunPlan, say: Callable[[str], None]) -> None:
+        from phi3e2e.train.aml.job import options_of
+        from phi3e2e.train.aml.memory_plan import check_fit
+
+        options = options_of(plan.spec)
+        if options.instance_type:
+            check_fit(plan, options.instance_type, f"--instance-type {options.instance_type}", say,
+                      refuse=options.memory_check)
+        else:  # a compute's VM size is the workspace's to tell: checked again at submit (submit.py)
+            check_fit(plan, None, f"compute {options.compute}", say)
+
     def inputs(self, project: Project, spec: RunSpec) -> RunInputs:
         from phi3e2e.train.aml.sources import job_inputs
 
@@ -38,9 +48,10 @@ class AzureMLTarget:
 
         return submit_run(project, plan, say)
 
-    def resume(self, project: Project, run_name: str, say: Callable[[str], None], verbose: bool) -> FinetuneResult:
-        raise UserError(f"{project.relative(project.gen_model / run_name)}: an Azure ML run; --resume continues local "
-                        "runs (a preempted Azure ML job resumes from its checkpoints by itself)")
+    def resume(self, project: Project, spec: RunSpec, say: Callable[[str], None]) -> FinetuneResult:
+        from phi3e2e.train.aml.resume import resume_job
+
+        return resume_job(project, spec, say)
 
     def after_eval(self, project: Project, run_dir: Path, spec: RunSpec, say: Callable[[str], None]) -> None:
         from phi3e2e.train.aml.job import options_of
