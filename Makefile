@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PROMPT ?= How long does shipping take?
 
-.PHONY: install demo test test-fast lint clean-demo
+.PHONY: install demo test test-fast test-chaos lint clean-demo
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ test: install
 # The daily lane: everything that neither trains, builds nor starts a browser (about 2 minutes on 2 cores).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e and not browser"
+
+# The Azure ML node emulated on CPU, killed at 10 moments (steps, checkpoint saves, merge, int4 build) and
+# restarted over the same outputs each time (`make test` kills it at 3); PHI3E2E_CHAOS_SEED varies the moments.
+test-chaos: install
+	PHI3E2E_CHAOS_KILLS=10 $(BIN)/python -m pytest -q tests/test_aml_entry.py -k "killed or mlflow"
 
 # Only what `make demo` made: its project folder and its runs (gen-model/demo-*, with their
 # checkpoints and locks). The user's models, data, choices and runs stay. (The base int4 build
