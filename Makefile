@@ -33,11 +33,11 @@ demo: install
 # The playground's browser test drives Debian's chromium (CI runs as root on a fresh machine).
 test: install
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The daily lane: everything that neither trains, builds nor starts a browser (about 2 minutes on 2 cores).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e and not browser"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not e2e and not browser"
 
 # The Azure ML node emulated on CPU, killed at 10 moments (steps, checkpoint saves, merge, int4 build) and
 # restarted over the same outputs each time (`make test` kills it at 3); PHI3E2E_CHAOS_SEED varies the moments.

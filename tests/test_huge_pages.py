@@ -91,7 +91,9 @@ def _collapse_refused() -> str:
 def test_a_filled_new_mapping_ends_up_on_huge_pages_and_an_empty_one_stays_empty():
     with _weights_and_a_stack() as (before, filled, empty):
         collapsed = collapse_new(before, anonymous_regions())
-        assert 14 * MB <= collapsed <= 16 * MB  # the filled window's whole huge pages, not the empty one
+        # At least the filled window's whole huge pages (more when another thread of this process, e.g. a test
+        # runner's, filled memory meanwhile); that the empty window stayed empty is checked below.
+        assert collapsed >= 14 * MB
         _check_only_the_filled_window_collapsed(filled, empty)
 
 
