@@ -238,7 +238,8 @@ def _sweep_table(name: str, as_json: bool) -> None:
         say(f"Plot:    {project.relative(view.plot)} (held-out loss against each dimension)")
     best = next((row for row in view.ranked if row.best), None)
     if best:
-        say(f'Next:    phi3e2e chat {best.trial.run} --prompt "..."  |  phi3e2e runs compare RUN RUN')
+        model = project.relative(project.gen_model / best.trial.run)
+        say(f'Next:    phi3e2e chat --model {model} --prompt "..."  |  phi3e2e runs compare RUN RUN')
 
 
 def _confirm(question: str) -> bool:

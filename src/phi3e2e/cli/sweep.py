@@ -74,10 +74,12 @@ def sweep(
     Examples:
 
     \b
-      phi3e2e sweep --set lora.r=8,16,64 --set training.learning_rate=1e-4,3e-4 --name r-lr
+      phi3e2e sweep --set lora.r=8,16,64 \\
+          --set training.learning_rate=1e-4,3e-4 --name r-lr
       phi3e2e runs --sweep r-lr
       phi3e2e sweep --resume r-lr
-      phi3e2e sweep --set training.learning_rate=1e-5..1e-3 --set lora.r=8..64 --search tpe --trials 12
+      phi3e2e sweep --set training.learning_rate=1e-5..1e-3 \\
+          --set lora.r=8..64 --search tpe --trials 12
       phi3e2e sweep --set lora.r=8,16 --target aml --compute gpu-a100 --dry-run
     """
     from phi3e2e.errors import UserError

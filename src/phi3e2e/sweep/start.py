@@ -89,5 +89,5 @@ def finish(project: Project, record: SweepRecord, say: Callable[[str], None]) ->
         say(f"  best: trial {best.number} ({best.run}), int4 held-out loss {best.objective:.4f}")
     say(f"Ranking: phi3e2e runs --sweep {record.name}")
     if best:
-        say(f'Next:    phi3e2e chat {best.run} --prompt "..."')
+        say(f'Next:    phi3e2e chat --model {project.relative(project.gen_model / best.run)} --prompt "..."')
     return record
