@@ -278,3 +278,21 @@ def test_each_trial_chats(swept):
     result = run_cli("chat", "--model", str(project.gen_model / "s-t4"), "--prompt", "Where is your roastery?",
                      "--max-length", "16", "--min-length", "4", project=project)  # fmt: skip
     assert result.returncode == 0 and result.stdout.strip(), result.stderr
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored KeyboardInterrupt
+def test_a_ctrl_c_python_swallows_is_still_noted():
+    """A KeyboardInterrupt raised in a finalizer (or an at-fork hook, as when a trial forks Olive) is ignored by
+    Python; the sweep still sees that Ctrl-C was pressed and stops before its next trial."""
+    from phi3e2e.sweep.local import noting_ctrl_c
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes: here, inside the finalizer
+                pass
+
+    with noting_ctrl_c() as pressed:
+        Finalized()  # dropped at once: its finalizer runs, and the KeyboardInterrupt raised there is ignored
+        assert pressed == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -9,6 +9,9 @@ runs the trials not started. A trial killed outright (SIGKILL, power loss) is re
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -27,13 +30,15 @@ EVAL_MAX_ROWS = 200
 def run_sweep(project: Project, record: SweepRecord, say: Callable[[str], None], verbose: bool = False) -> SweepRecord:
     """Run every trial of `record` not ended yet; the record, finished."""
     gen_model = project.gen_model
-    with runs.run_lock(gen_model, f"{record.name}.sweep"):
+    with runs.run_lock(gen_model, f"{record.name}.sweep"), noting_ctrl_c() as ctrl_c:
         record.status = "running"
         write_sweep(gen_model, record)
         for number in range(1, record.space.trials + 1):
             trial = record.trial(number) or add_trial(record, number)
             if trial.status in ENDED:
                 continue
+            if ctrl_c:  # pressed, but its KeyboardInterrupt was swallowed (see noting_ctrl_c): stop before the next
+                _interrupted(gen_model, record, trial, status="pending")
             say(f"Trial {number}/{record.space.trials} ({trial.run}): "
                 + "  ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
                             for key, value in trial.values.items()))  # fmt: skip
@@ -119,9 +124,30 @@ def _run_reason(gen_model: Path, run: str) -> Optional[str]:
     return failed.reason if failed else None
 
 
-def _interrupted(gen_model: Path, record: SweepRecord, trial: TrialRecord) -> None:
-    trial.status, trial.reason = "interrupted", "interrupted"
+def _interrupted(gen_model: Path, record: SweepRecord, trial: TrialRecord, status: str = "interrupted") -> None:
+    trial.status, trial.reason = status, "interrupted" if status == "interrupted" else None
     record.status = "interrupted"
     write_sweep(gen_model, record)
     raise UserError(f"interrupted in trial {trial.number} ({trial.run}); the sweep is kept: go on with "
                     f"`phi3e2e sweep --resume {record.name}`")  # fmt: skip
+
+
+@contextlib.contextmanager
+def noting_ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt as always, and is also noted (the list it yields becomes non-empty): Python
+    ignores an exception raised while it runs an at-fork hook or a finalizer, so a Ctrl-C that lands as the trial
+    forks Olive would otherwise be lost; the sweep then stops before its next trial."""
+    pressed: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+
+    def note(signum, frame):
+        pressed.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
