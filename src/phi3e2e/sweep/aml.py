@@ -15,7 +15,6 @@ measured on the node: `phi3e2e eval` measures it on a downloaded trial. docs/azu
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import yaml
@@ -149,7 +148,3 @@ def _at(config: Any, path: str) -> Any:
     for part in path.split("."):
         config = config[int(part)] if isinstance(config, list) else config[part]
     return config
-
-
-def sweep_job_file(gen_model: Path, name: str) -> Path:
-    return gen_model / name / SWEEP_JOB_FILE

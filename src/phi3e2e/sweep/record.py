@@ -86,7 +86,7 @@ def read_sweep(gen_model: Path, name: str) -> SweepRecord:
     except FileNotFoundError:
         known = sorted(p.name[: -len(SUFFIX)] for p in gen_model.glob(f"*{SUFFIX}")) if gen_model.is_dir() else []
         hint = f" (sweeps: {', '.join(known)})" if known else ""
-        raise UserError(f"--sweep {name}: no such sweep, {path} is missing{hint}") from None
+        raise UserError(f"no sweep {name!r} in {gen_model}/ ({path.name} is missing){hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a readable sweep record ({str(e).splitlines()[0]})") from None
     try:
