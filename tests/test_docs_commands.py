@@ -31,6 +31,8 @@ HELP_ONLY = [
     (r"--target aml(?!.*--(compute|instance-type))", "prose naming the mode; the full Azure ML lines are dry-run here"),
     (r"--resume\b", "needs a failed or interrupted run, and takes no --dry-run; tests/test_faults.py resumes one"),
     (r"--device cuda", "needs a CUDA GPU"),
+    (r"^sweep\b(?!.*--dry-run)", "a fine-tune per trial; tests/test_sweep.py runs a 2x2 sweep, stops and resumes it"),
+    (r"^runs --sweep", "needs a sweep that ran; tests/test_sweep.py ranks one"),
     (r"^prepare(?!.*--tiny)(?!.*--data)", "downloads a model from the Hugging Face Hub (tests/test_prepare.py, fake Hub)"),
     (r"^prepare.*--data (?!TruthfulQA)", "the user's own file; tests/test_dataset_import.py imports each format"),
     (r"^eval\b", "builds the base model as int4 first; tests/test_eval.py runs it"),

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "phi3e2e"
 LAYERS = [
     ("cli",),
     ("serve", "doctor"),
-    ("pipeline",),
+    ("pipeline", "sweep"),
     ("evaluate", "train"),
     ("build",),
     ("infer",),

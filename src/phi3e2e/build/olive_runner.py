@@ -87,8 +87,10 @@ class ProgressReader:
     """Turns Olive's output into a progress line per stage and a training-loss history."""
 
     def __init__(self, say: Callable[[str], None], logging_steps: int, line: Optional[StageLine] = None,
-                 start_step: int = 0):  # fmt: skip
-        """`start_step`: the checkpoint a resumed training goes on from (its logs count on from there)."""
+                 start_step: int = 0, on_eval: Optional[Callable[[int, float, int], None]] = None):  # fmt: skip
+        """`start_step`: the checkpoint a resumed training goes on from (its logs count on from there).
+        `on_eval(step, eval_loss, total_steps)`: told each eval loss; what it raises stops the run (a sweep's
+        median rule)."""
         self.line = line or StageLine(say)
         self.say = lambda text: (self.line.clear(), say(text))  # a whole line never lands inside the live one
         self.logging_steps = logging_steps
@@ -102,6 +104,7 @@ class ProgressReader:
         self.history: list[dict] = []
         self.last_error = ""
         self.produced_nothing = False
+        self.on_eval = on_eval
 
     def feed(self, line: str) -> None:
         if match := _RUNNING_PASS.search(line):
@@ -159,6 +162,8 @@ class ProgressReader:
             self.line.update(self.step, self.total_steps, self.detail)
         elif "eval_loss" in entry:
             self.say(f"  step {entry['step']}/{self.total_steps}  eval loss {entry['eval_loss']:.4f}")
+            if self.on_eval is not None and isinstance(entry["eval_loss"], float):
+                self.on_eval(entry["step"], entry["eval_loss"], self.total_steps)
         elif "train_runtime" in entry:
             self.say(f"  trained {self.step - self.start_step} steps in {entry['train_runtime']:.1f}s")
 
@@ -217,16 +222,16 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 10) -> None:
 
 
 def run_olive(config_file: Path, log_file: Path, say: Callable[[str], None], verbose: bool = False,
-              start_step: int = 0) -> list[dict]:  # fmt: skip
+              start_step: int = 0, on_eval: Optional[Callable[[int, float, int], None]] = None) -> list[dict]:  # fmt: skip
     """Run Olive to completion; return the training-loss history (steps counted on from `start_step`, where a
-    resumed training goes on). Raises UserError on failure."""
+    resumed training goes on). Raises UserError on failure. `on_eval`: see ProgressReader."""
     # `olive run`, with ModelBuilder's int4 step made lean enough for Phi-3-mini in 24 GB (build/lean_int4.py)
     command = [sys.executable, "-m", "phi3e2e.build.lean_int4", "run", "--config", str(config_file)]
     finetune_pass = json.loads(config_file.read_text())["passes"].get("finetune", {})
     # On a terminal the stage's line updates in place; with --verbose Olive's own output is the progress.
     live = sys.stdout if sys.stdout.isatty() and not verbose else None
     logging_steps = finetune_pass.get("training_args", {}).get("logging_steps", 1)
-    reader = ProgressReader(say, logging_steps, StageLine(say, live), start_step=start_step)
+    reader = ProgressReader(say, logging_steps, StageLine(say, live), start_step=start_step, on_eval=on_eval)
     with open(log_file, "w", encoding="utf-8") as log:
         # Its own process group, so stopping the run stops Olive's children too; and it dies with us
         # even when we are killed with SIGKILL (no cleanup runs then), never writing on unowned.

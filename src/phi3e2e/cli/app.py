@@ -24,6 +24,7 @@ from phi3e2e.cli import init as init_command
 from phi3e2e.cli import jobs as jobs_command
 from phi3e2e.cli import runs as runs_command
 from phi3e2e.cli import serve as serve_command
+from phi3e2e.cli import sweep as sweep_command
 from phi3e2e.cli.options import help_when_alone, new_app
 from phi3e2e.errors import UserError
 
@@ -37,6 +38,7 @@ app = new_app(
 app.command()(init_command.init)
 app.command()(prepare.prepare)
 app.command()(finetune.finetune)
+app.command()(sweep_command.sweep)
 app.command()(chat.chat)
 app.command()(eval_command.eval)
 app.command()(export_command.export)

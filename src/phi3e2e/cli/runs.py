@@ -17,6 +17,7 @@ app = new_app(
     "Examples:\n\n\b\n"
     "  phi3e2e runs\n"
     "  phi3e2e runs --json\n"
+    "  phi3e2e runs --sweep r-lr\n"
     "  phi3e2e runs show 20250101-120000-lora\n"
     "  phi3e2e runs compare 20250101-120000-lora 20250102-090000-lora\n"
     "  phi3e2e runs rm 20250101-120000-lora --yes",
@@ -30,11 +31,18 @@ def runs(
     show_all: Annotated[
         bool, typer.Option("--all", "-a", help="Dry-runs too (--dry-run renders, trains nothing).")
     ] = False,
+    sweep: Annotated[
+        Optional[str], typer.Option("--sweep", metavar="NAME", help="A sweep's trials, ranked (and NAME.sweep.png).")
+    ] = None,
 ) -> None:
     """A table of runs, newest first: status, algo, target, base model, dataset, steps, losses, duration, age.
 
-    Dry-runs are left out unless --all (with --json too)."""
+    Dry-runs are left out unless --all (with --json too). --sweep NAME: that sweep's trials instead,
+    best first by their int4 model's held-out loss."""
     if ctx.invoked_subcommand is not None:
+        return
+    if sweep is not None:
+        _sweep_table(sweep, as_json)
         return
     from phi3e2e.runs.overview import list_runs
 
@@ -198,6 +206,40 @@ def rm(
         raise typer.Exit(1)
     remove_run(project, run)
     say(f"Deleted {project.relative(folder)}/")
+
+
+def _sweep_table(name: str, as_json: bool) -> None:
+    from phi3e2e.sweep.ranking import sweep_view
+
+    project = current_project()
+    view = sweep_view(project, name)
+    record = view.record
+    if as_json:
+        data = {"sweep": record.name, "status": record.status, "search": record.space.search,
+                "objective": record.objective, "plot": project.relative(view.plot) if view.plot else None,
+                "trials": [row.as_json() for row in view.ranked]}  # fmt: skip
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    keys = [d.key for d in record.space.dimensions]
+    say(f"Sweep {record.name} ({record.status}, {record.space.search} search, {len(record.trials)} of "
+        f"{record.space.trials} trials): ranked by the int4 model's held-out loss, lower is better")  # fmt: skip
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+    for column in ("rank", "run", "status", *keys, "int4 held-out loss", ""):
+        table.add_column(column, no_wrap=True, justify="right" if column == "rank" else "left")
+    for row in view.ranked:
+        values = [f"{v:g}" if isinstance(v := row.trial.values.get(key), float) else str(v) for key in keys]
+        note = "<- best" if row.best else (row.trial.reason or "")
+        table.add_row("" if row.rank is None else str(row.rank), row.trial.run, _status(row.trial.status), *values,
+                      _number(row.objective, 4), note)  # fmt: skip
+    _console().print(table)
+    if view.plot:
+        say(f"Plot:    {project.relative(view.plot)} (held-out loss against each dimension)")
+    best = next((row for row in view.ranked if row.best), None)
+    if best:
+        model = project.relative(project.gen_model / best.trial.run)
+        say(f'Next:    phi3e2e chat --model {model} --prompt "..."  |  phi3e2e runs compare RUN RUN')
 
 
 def _confirm(question: str) -> bool:

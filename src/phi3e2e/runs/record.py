@@ -47,6 +47,13 @@ class ResumePoint(BaseModel):
     earlier_s: float = 0.0  # the seconds the attempts before this one ran (duration_s counts them in)
 
 
+class SweepTrial(BaseModel):
+    """A run that is a trial of `phi3e2e sweep` (gen-model/<sweep>.sweep.json)."""
+
+    sweep: str
+    trial: int
+
+
 class RunRecord(BaseModel):
     """run.json. Paths (base_model, dataset) are relative to the project where they lie inside it."""
 
@@ -72,6 +79,7 @@ class RunRecord(BaseModel):
     data_sha256: Optional[dict[str, str]] = None  # {"train.jsonl": hex, "eval.jsonl": hex} as trained on
     resumed_from: Optional[ResumePoint] = None
     aml: Optional[AmlRecord] = None
+    sweep: Optional[SweepTrial] = None
 
     @computed_field
     @property

@@ -157,7 +157,7 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         resumed = record.resumed_from
         earlier = history_until(project.resolve(resumed.checkpoint)) if resumed and resumed.checkpoint else []
         history = earlier + run_olive(config_file, log_file, say, verbose=verbose,
-                                      start_step=resumed.step if resumed else 0)  # fmt: skip
+                                      start_step=resumed.step if resumed else 0, on_eval=plan.on_eval)  # fmt: skip
         write_history(staging, history)
         collect_forms(staging / OLIVE_OUTPUT, staging, log_file)
         if missing := runs.missing_outputs(staging):

@@ -43,6 +43,9 @@ class RunPlan:
     workflow: RenderedWorkflow
     record: runs.RunRecord
     notes: tuple[str, ...] = ()  # what phi3e2e chose for the user, said before the run
+    # Told each eval loss during a local training (step, loss, total steps); what it raises stops the run:
+    # a sweep's median rule (sweep/ranking.py).
+    on_eval: Optional[Callable[[int, float, int], None]] = None
 
     @property
     def algo(self) -> Algo:

@@ -215,6 +215,34 @@ def fill_placeholders(value, bindings: dict[str, str]):
     return value
 
 
+def apply_overrides(config: dict, pairs: list[str]) -> dict:
+    """`--override passes.finetune.r=16`: a sweep trial's value at a dotted path of the config (list items by
+    index). Azure ML writes the trial's value into the command (${{search_space.NAME}}); it is read as JSON, and
+    a whole float (16.0, from a quniform search space) stays an int where the config holds an int."""
+    for pair in pairs:
+        path, sep, text = pair.partition("=")
+        *parents, last = path.split(".")
+        node = config
+        try:
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            key = int(last) if isinstance(node, list) else last
+            old = node[key]
+        except (KeyError, IndexError, ValueError, TypeError):
+            fail(f"--override {pair!r}: the config has no {path!r}")
+        if not sep:
+            fail(f"--override {pair!r}: expected PATH=VALUE")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        node[key] = value
+        print(f"phi3e2e_job: sweep trial: {path} = {value!r}", flush=True)
+    return config
+
+
 def parse_bindings(pairs: list[str]) -> dict[str, str]:
     bindings = {}
     for pair in pairs:
@@ -288,10 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-token-secret", help="workspace Key Vault secret holding a Hugging Face token")
     parser.add_argument("--resume-from", metavar="DIR", help="an earlier job's checkpoints (finetune --resume)")
     parser.add_argument("--allow-cpu", action="store_true", help="emulation in tests only: train without a GPU")
+    parser.add_argument("--override", action="append", default=[], metavar="PATH=VALUE",
+                        help="a sweep trial's value, e.g. passes.finetune.r=16")  # fmt: skip
     args = parser.parse_args(argv)
 
     config_file = Path(args.config).resolve()
     config = fill_placeholders(json.loads(config_file.read_text()), parse_bindings(args.bind))
+    config = apply_overrides(config, args.override)
     if unbound := sorted(set(PLACEHOLDER.findall(json.dumps(config)))):
         sys.exit(f"phi3e2e_job: {config_file.name} uses {', '.join(unbound)} but the command binds no such path")
     config = check_gpu(config, args.allow_cpu)
