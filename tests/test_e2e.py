@@ -17,7 +17,7 @@ from helpers import quiet, run_cli
 from safetensors.numpy import load_file
 
 from phi3e2e import runs
-from phi3e2e.build.olive_outputs import collect_forms, read_footprint
+from phi3e2e.build.olive_outputs import collect_forms, model_config, output_chain, read_footprint
 from phi3e2e.errors import UserError
 from phi3e2e.infer.chat import ChatSession, GenerationOptions
 from phi3e2e.project import Project
@@ -41,6 +41,7 @@ def test_finetune_leaves_three_verified_model_forms(finished_run):
                                                                                          ".checkpoints"}  # fmt: skip
     assert not runs.partial_dir(project.gen_model, "e2e").exists()
     assert not runs.checkpoints_dir(project.gen_model, "e2e").exists()
+    assert not runs.olive_cache_dir(project.gen_model, "e2e").exists()  # its cache entries point at moved forms
 
 
 def test_training_loss_went_down_and_is_plotted(finished_run):
@@ -145,9 +146,10 @@ def test_olive_output_without_a_model_is_caught(tmp_path):
               "model_config_data": {"type": "hfmodel", "config": {"adapter_path": str(adapter)}}},
     }
     (olive_output / "footprint.json").write_text(json.dumps(footprint))
-    # Olive's own reader drops the model configs it wrote (olive_outputs.read_footprint works around it).
+    # Olive's own reader drops the model configs it wrote (olive_outputs reads the JSON itself).
     assert Footprint.from_file(olive_output / "footprint.json").get_model_config("a") == {}
-    assert read_footprint(olive_output / "footprint.json").get_model_config("a")["adapter_path"] == str(adapter)
+    nodes = read_footprint(olive_output / "footprint.json")
+    assert output_chain(nodes) == ["a", "in"] and model_config(nodes["a"])["adapter_path"] == str(adapter)
     with pytest.raises(UserError, match="no merged model"):
         collect_forms(olive_output, tmp_path, tmp_path / "olive.log")
     (olive_output / "footprint.json").unlink()

@@ -25,16 +25,15 @@ def produced_models(olive_output: Path, log_file: Path, forms: tuple[str, ...] =
     footprint_file = olive_output / FOOTPRINT
     if not footprint_file.is_file():
         raise UserError(f"Olive produced no output model (no {FOOTPRINT}); see {log_file}")
-    footprint = read_footprint(footprint_file)
-    if footprint.check_empty_nodes():
+    nodes = read_footprint(footprint_file)
+    if not nodes:
         raise UserError(f"Olive produced no output model (empty {FOOTPRINT}); see {log_file}")
-    chain = footprint.trace_back_run_history(footprint.get_output_model_id())
-    by_pass = {footprint.nodes[model_id].from_pass: model_id for model_id in chain}
+    by_pass = {nodes[model_id].get("from_pass"): model_id for model_id in output_chain(nodes)}
     produced = {}
     for form in forms:
         pass_types = FORM_FROM_PASS[form]
         model_id = next((by_pass[p] for p in pass_types if p in by_pass), None)
-        config = footprint.get_model_config(model_id) if model_id else {}
+        config = model_config(nodes[model_id]) if model_id else {}
         source = config.get("adapter_path") if form == ADAPTER else config.get("model_path")
         # Olive records paths absolute, or relative to the folder it ran in (the config's).
         folder = olive_output.parent / source if source else None
@@ -44,21 +43,28 @@ def produced_models(olive_output: Path, log_file: Path, forms: tuple[str, ...] =
     return produced
 
 
-def read_footprint(footprint_file: Path):
-    """Olive's Footprint of a finished workflow.
+def read_footprint(footprint_file: Path) -> dict[str, dict]:
+    """footprint.json's nodes, in the order Olive wrote them (the output model last), as plain JSON: Olive's
+    Footprint class needs `import olive`, ~4 s of every run's end, and its reader drops the model configs
+    Olive 0.13 writes under "model_config_data" (tests/test_e2e.py shows both)."""
+    try:
+        nodes = json.loads(footprint_file.read_text(), object_pairs_hook=OrderedDict)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{footprint_file}: unreadable ({e})") from None
+    return nodes if isinstance(nodes, dict) else {}
 
-    Olive 0.13 writes each node's model under "model_config_data" but Footprint.from_file reads
-    the alias "model_config", dropping every model path (tests/test_e2e.py checks this is still
-    so); the nodes are read here with the key renamed.
-    """
-    from olive.engine.footprint import Footprint, FootprintNode
 
-    nodes = OrderedDict()
-    for model_id, node in json.loads(footprint_file.read_text()).items():
-        node = dict(node)
-        node.setdefault("model_config", node.pop("model_config_data", None))
-        nodes[model_id] = FootprintNode(**node)
-    return Footprint(nodes=nodes)
+def output_chain(nodes: dict[str, dict]) -> list[str]:
+    """The output model and its ancestors, as Olive's Footprint.trace_back_run_history walks them."""
+    chain, model_id = [], next(reversed(nodes))
+    while model_id is not None and model_id in nodes and model_id not in chain:
+        chain.append(model_id)
+        model_id = nodes[model_id].get("parent_model_id")
+    return chain
+
+
+def model_config(node: dict) -> dict:
+    return (node.get("model_config_data") or node.get("model_config") or {}).get("config") or {}
 
 
 def collect_forms(olive_output: Path, run_dir: Path, log_file: Path) -> None:

@@ -53,8 +53,10 @@ def checkpoints_dir(gen_model: Path, name: str) -> Path:
     return gen_model / ".checkpoints" / name
 
 
-def olive_cache_dir(gen_model: Path) -> Path:
-    return gen_model / ".olive-cache"
+def olive_cache_dir(gen_model: Path, name: str) -> Path:
+    """Olive's step cache of one run: kept while it is failed (--resume reuses the finished steps), removed
+    when it finishes (its forms were moved out of it)."""
+    return gen_model / ".olive-cache" / name
 
 
 def missing_outputs(run_dir: Path) -> list[str]:

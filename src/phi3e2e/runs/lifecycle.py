@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from phi3e2e.errors import UserError
-from phi3e2e.runs.layout import OLIVE_LOG, checkpoints_dir, failed_dir, partial_dir
+from phi3e2e.runs.layout import OLIVE_LOG, checkpoints_dir, failed_dir, olive_cache_dir, partial_dir
 from phi3e2e.runs.record import RunRecord, now, read_record, write_record
 from phi3e2e.storage import publish
 
@@ -26,7 +26,8 @@ def start_run(gen_model: Path, name: str) -> Path:
     if final.exists():
         raise UserError(f"{final} already exists; choose another --run-name")
     staging = partial_dir(gen_model, name)
-    for stale in (staging, checkpoints_dir(gen_model, name)):  # a new run never resumes an old one's steps
+    # A new run never resumes an old one's steps, nor reads its step cache.
+    for stale in (staging, checkpoints_dir(gen_model, name), olive_cache_dir(gen_model, name)):
         if stale.exists():
             shutil.rmtree(stale)
     staging.mkdir(parents=True)

@@ -244,7 +244,9 @@ def remove_run(project: Project, run: str) -> Path:
         # `runs` or `runs rm` finishes it (finish_removals).
         doomed = [(folder, folder.parent / f".{name}{REMOVING}{os.getpid()}"),
                   (runs.checkpoints_dir(project.gen_model, name),
-                   folder.parent / f".{name}.checkpoints{REMOVING}{os.getpid()}")]  # fmt: skip
+                   folder.parent / f".{name}.checkpoints{REMOVING}{os.getpid()}"),
+                  (runs.olive_cache_dir(project.gen_model, name),
+                   folder.parent / f".{name}.olive-cache{REMOVING}{os.getpid()}")]  # fmt: skip
         doomed = [(path, away) for path, away in doomed if path.is_dir()]
         for path, away in doomed:
             path.rename(away)

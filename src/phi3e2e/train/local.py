@@ -46,7 +46,9 @@ class LocalTarget:
     # The run's config lies in gen-model/.<run>.partial/: its checkpoints and Olive's step cache lie
     # beside it in gen-model/ (runs.checkpoints_dir, runs.olive_cache_dir), so they outlive a failed run
     # and `--resume` renders the very same workflow (Olive's cache then reuses the finished steps).
-    olive_cache = "../.olive-cache"
+    # Per run: a finished run's forms are moved out of the cache, so its entries would point at nothing for the
+    # next run of that name and settings (Olive then fails copying from them); it goes with the finished run.
+    olive_cache = "../.olive-cache/{name}"
     checkpoints = "../.checkpoints/{name}"
 
     def check(self, spec: RunSpec) -> None:
@@ -180,6 +182,7 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         raise UserError(f"{reason} [run kept in {project.relative(failed)}; continue it from its last "
                         f"checkpoint with `phi3e2e finetune --resume {plan.name}`]") from None  # fmt: skip
     shutil.rmtree(runs.checkpoints_dir(gen_model, plan.name), ignore_errors=True)
+    shutil.rmtree(runs.olive_cache_dir(gen_model, plan.name), ignore_errors=True)
     return FinetuneResult(run_dir, run_dir / runs.CONFIG_FILE, False, record)
 
 

@@ -110,7 +110,7 @@ def render_plan_workflow(
         train_file=inputs.train_file,
         eval_file=inputs.eval_file,
         output=OLIVE_OUTPUT,
-        cache=target.olive_cache,
+        cache=target.olive_cache.format(name=name),
         checkpoints=target.checkpoints.format(name=name),
     )
     return render_workflow(spec.algo, spec.trains_on_cuda, settings, paths, project_templates=project.templates)

@@ -32,7 +32,7 @@ TargetName = Literal[tuple(TARGETS)]  # what `--target` accepts; --help lists it
 class Target(Protocol):
     name: str  # what `--target` takes and run.json records
     gpu_compute: bool  # its machines train on CUDA (so the workflow and the int4 build are for CUDA)
-    olive_cache: str  # Olive's step cache, relative to the folder holding the workflow
+    olive_cache: str  # Olive's step cache, relative to the folder holding the workflow; {name} is the run's name
     checkpoints: str  # the trainer's checkpoints, likewise; {name} is the run's name
 
     def check(self, spec: "RunSpec") -> None:
