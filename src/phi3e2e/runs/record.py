@@ -47,6 +47,18 @@ class ResumePoint(BaseModel):
     earlier_s: float = 0.0  # the seconds the attempts before this one ran (duration_s counts them in)
 
 
+class PushRecord(BaseModel):
+    """One `phi3e2e push`: where a model form of the run went (the token is never recorded)."""
+
+    to: Literal["hf"] = "hf"
+    repo_id: str
+    revision: str
+    commit: Optional[str] = None
+    form: str
+    url: Optional[str] = None
+    at: str
+
+
 class RunRecord(BaseModel):
     """run.json. Paths (base_model, dataset) are relative to the project where they lie inside it."""
 
@@ -72,6 +84,7 @@ class RunRecord(BaseModel):
     data_sha256: Optional[dict[str, str]] = None  # {"train.jsonl": hex, "eval.jsonl": hex} as trained on
     resumed_from: Optional[ResumePoint] = None
     aml: Optional[AmlRecord] = None
+    pushes: Optional[list[PushRecord]] = None  # `phi3e2e push`, oldest first
 
     @computed_field
     @property
