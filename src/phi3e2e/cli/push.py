@@ -42,10 +42,10 @@ def push(
     Examples:
 
     \b
-      phi3e2e push --to hf my-org/phi3-support --dry-run        # the card and file list, nothing sent
-      phi3e2e push --to hf my-org/phi3-support                  # the newest run's int4 model
-      phi3e2e push 20261204-101500-lora --to hf my-org/phi3-support --form merged --private
-      phi3e2e push latest --to hf my-org/phi3-support --form adapter --revision adapter
+      phi3e2e push --to hf my-org/faq --dry-run   # the card, no upload
+      phi3e2e push --to hf my-org/faq             # newest run, int4
+      phi3e2e push latest --to hf my-org/faq-merged --form merged --private
+      phi3e2e push latest --to hf my-org/faq --form adapter --revision lora
     """
     from phi3e2e.share.hub import push as push_run
 
