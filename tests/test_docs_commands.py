@@ -38,6 +38,7 @@ HELP_ONLY = [
     (r"^eval\b", "builds the base model as int4 first; tests/test_eval.py runs it"),
     (r"^export\b", "a ModelBuilder build per command; tests/test_export.py runs it"),
     (r"^serve\b", "runs until stopped; tests/test_serve.py drives it"),
+    (r"^push\b(?!.*--dry-run)", "uploads to the Hugging Face Hub; tests/test_push.py uses a stand-in Hub"),
 ]
 # Every finetune line runs with --dry-run added (a real fine-tune runs once per session:
 # conftest.finished_run): the settings, template and Azure ML job files are all checked.

@@ -22,6 +22,7 @@ from phi3e2e.cli import eval as eval_command
 from phi3e2e.cli import export as export_command
 from phi3e2e.cli import init as init_command
 from phi3e2e.cli import jobs as jobs_command
+from phi3e2e.cli import push as push_command
 from phi3e2e.cli import runs as runs_command
 from phi3e2e.cli import serve as serve_command
 from phi3e2e.cli import sweep as sweep_command
@@ -42,6 +43,7 @@ app.command()(sweep_command.sweep)
 app.command()(chat.chat)
 app.command()(eval_command.eval)
 app.command()(export_command.export)
+app.command()(push_command.push)
 app.command()(serve_command.serve)
 app.command()(doctor_command.doctor)
 app.add_typer(jobs_command.app, name="jobs")

@@ -38,6 +38,7 @@ from phi3e2e.runs.record import (
     SCHEMA_VERSION,
     AmlRecord,
     LossSummary,
+    PushRecord,
     ResumePoint,
     RunRecord,
     Status,
@@ -56,6 +57,7 @@ __all__ = [
     "ONNX_INT4", "REQUIRED_FILES", "RUN_FILE", "TRAIN_LOG", "check_run_name", "checkpoints_dir", "failed_dir",
     "missing_outputs", "new_run_name", "olive_cache_dir", "partial_dir", "fail_run", "finish_run", "last_checkpoint",
     "reopen_run", "start_run", "in_progress", "process_alive", "run_lock", "LATEST", "find_finished_run", "finished_runs", "match_run", "newest_onnx_model",
-    "run_folders", "SCHEMA_VERSION", "AmlRecord", "LossSummary", "ResumePoint", "RunRecord", "Status", "SweepTrial",
+    "run_folders", "SCHEMA_VERSION", "AmlRecord", "LossSummary", "PushRecord", "ResumePoint", "RunRecord", "Status",
+    "SweepTrial",
     "data_fingerprint", "elapsed", "file_sha256", "now", "read_record", "try_read_record", "write_record",
 ]  # fmt: skip

@@ -54,6 +54,18 @@ class SweepTrial(BaseModel):
     trial: int
 
 
+class PushRecord(BaseModel):
+    """One `phi3e2e push`: where a model form of the run went (the token is never recorded)."""
+
+    to: Literal["hf"] = "hf"
+    repo_id: str
+    revision: str
+    commit: Optional[str] = None
+    form: str
+    url: Optional[str] = None
+    at: str
+
+
 class RunRecord(BaseModel):
     """run.json. Paths (base_model, dataset) are relative to the project where they lie inside it."""
 
@@ -80,6 +92,9 @@ class RunRecord(BaseModel):
     resumed_from: Optional[ResumePoint] = None
     aml: Optional[AmlRecord] = None
     sweep: Optional[SweepTrial] = None
+
+
+    pushes: Optional[list[PushRecord]] = None  # `phi3e2e push`, oldest first
 
     @computed_field
     @property
