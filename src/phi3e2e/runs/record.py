@@ -92,8 +92,6 @@ class RunRecord(BaseModel):
     resumed_from: Optional[ResumePoint] = None
     aml: Optional[AmlRecord] = None
     sweep: Optional[SweepTrial] = None
-
-
     pushes: Optional[list[PushRecord]] = None  # `phi3e2e push`, oldest first
 
     @computed_field
