@@ -22,6 +22,12 @@ import sys
 
 from phi3e2e.build.builder_patch import patch, stock
 
+# A full collection costs ~0.3 s with torch and transformers loaded; once per weight that was 4.5 s of a tiny
+# model's 15 and ~40 s of Phi-3-mini's 129. Once per 256 MB of removed fp32 weights keeps the build's memory
+# within that of one collection per weight (4-layer Phi-3-mini shape: peak RSS 2.79 GB either way; build
+# 35.1 -> 27.4 s, the same bytes).
+COLLECT_EVERY_BYTES = 256 << 20
+
 
 def install() -> None:
     """Make ModelBuilder quantize weight by weight (idempotent)."""
@@ -56,9 +62,13 @@ def lean_to_int4(self):
     excluded = set(int4["nodes_to_exclude"] or [])
     targets = [node for node in graph
                if node.op_type in op_types and node.domain in ("", "ai.onnx") and node.name not in excluded]
+    unfreed = 0
     while targets:  # popped, so a replaced node (and the fp32 weight it points to) is not kept alive here
-        _quantize_node(graph, targets.pop(0), quantizer.node_quantizer, self.values)
-        gc.collect()  # a removed node and its values reference each other: only the cycle collector frees them
+        unfreed += _quantize_node(graph, targets.pop(0), quantizer.node_quantizer, self.values)
+        if unfreed >= COLLECT_EVERY_BYTES:
+            # A removed node and its values reference each other: only the cycle collector frees the weights.
+            gc.collect()
+            unfreed = 0
 
     # What MatMulNBitsQuantizer.process sets on the model it returns.
     self.model.opset_imports["com.microsoft"] = 1
@@ -68,8 +78,8 @@ def lean_to_int4(self):
     return self.model
 
 
-def _quantize_node(graph, node, node_quantizer, builder_values: dict) -> None:
-    """Replace one MatMul/Gather with its int4 form; its fp32 weight is gone afterwards.
+def _quantize_node(graph, node, node_quantizer, builder_values: dict) -> int:
+    """Replace one MatMul/Gather with its int4 form; its fp32 weight is gone afterwards (the bytes it held).
 
     `builder_values`: ModelBuilder's own index of its values by name, which would keep the weight alive.
     """
@@ -78,13 +88,13 @@ def _quantize_node(graph, node, node_quantizer, builder_values: dict) -> None:
 
     weight = node.inputs[1] if node.op_type == "MatMul" else node.inputs[0]
     if weight is None or not weight.is_initializer() or weight.const_value is None:
-        return
+        return 0
     scratch = onnx.GraphProto()  # the quantizer reads the weight from, and adds its int4 tensors to, this graph
     scratch.initializer.append(ir.serde.serialize_tensor(weight.const_value))
     node_proto = ir.serde.serialize_node(node)
     new_protos = node_quantizer.quantize(node_proto, [scratch])
     if len(new_protos) == 1 and new_protos[0] is node_proto:
-        return  # not quantizable (not a 2-D constant weight): left as it is, as the stock path does
+        return 0  # not quantizable (not a 2-D constant weight): left as it is, as the stock path does
 
     values = {value.name: value for value in node.inputs if value is not None}
     for added in scratch.initializer[1:]:
@@ -113,6 +123,8 @@ def _quantize_node(graph, node, node_quantizer, builder_values: dict) -> None:
     if not weight.uses() and weight not in graph.outputs:
         graph.initializers.pop(weight.name)  # the fp32 copy (and, for a cast weight, its closure) goes with it
         builder_values.pop(weight.name, None)
+        return weight.const_value.nbytes
+    return 0
 
 
 def silence_telemetry() -> None:
