@@ -217,6 +217,49 @@ def test_errors_are_openai_errors_with_the_right_status(served, client):
     assert response.status == 400 and error["param"] == "messages.0.content" and "lone surrogate" in error["message"]
 
 
+def test_text_completions_continue_a_prompt_plain_and_streamed(served, client):
+    _, run = served
+    plain = client.completions.create(model=run, prompt="Shipping takes", **exactly(10))
+    assert plain.object == "text_completion" and plain.id.startswith("cmpl-")
+    assert plain.choices[0].finish_reason == "length" and plain.usage.completion_tokens == 10
+    stream = client.completions.create(model=run, prompt=["Shipping takes"], stream=True,
+                                       stream_options={"include_usage": True}, **exactly(10))
+    chunks = list(stream)
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == plain.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 10
+    assert client.completions.create(model=run, prompt="Hi", temperature=0).usage.completion_tokens <= 16  # OpenAI's
+    with pytest.raises(openai.BadRequestError) as two:
+        client.completions.create(model=run, prompt=["one", "two"], max_tokens=4)
+    assert two.value.param == "prompt"
+
+
+def test_an_unknown_path_is_a_404_that_names_the_endpoints(served):
+    server, _ = served
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/v1/embeddings", headers={"Authorization": f"Bearer {API_KEY}"})
+    response = connection.getresponse()
+    error = json.loads(response.read())["error"]
+    assert response.status == 404 and set(error) == {"message", "type", "param", "code"}
+    assert "GET /v1/embeddings" in error["message"] and "POST /v1/chat/completions" in error["message"]
+
+
+def test_each_request_is_one_log_line_and_quiet_unbatched_serve_gives_the_same_answers(served, client):
+    server, run = served
+    batched = ask(client, run, "Which roast is darkest?", **exactly(8)).choices[0].message.content
+    time.sleep(0.2)  # the server's output arrives through a pipe
+    line = [line for line in server.output if line.startswith("POST /v1/chat/completions 200")][-1]
+    assert f"model={run} tokens=8 " in line and line.rstrip().endswith("s"), line
+
+    quiet = Server(server.project, "--api-key", API_KEY, "--quiet", "--max-batch", "1")
+    try:
+        unbatched = openai.OpenAI(base_url=quiet.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+        assert ask(unbatched, run, "Which roast is darkest?", **exactly(8)).choices[0].message.content == batched
+        assert health(quiet)["answers_batched"] == 0
+    finally:
+        assert quiet.stop() in (0, 130, -signal.SIGINT)
+    assert not any(line.startswith(("POST ", "GET ")) for line in quiet.output), quiet.output
+
+
 def test_every_request_needs_the_api_key(served):
     server, _ = served
     wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="not-the-key", max_retries=0, timeout=30)
@@ -276,6 +319,10 @@ def test_a_client_that_goes_away_mid_stream_stops_its_generation(served):
         time.sleep(0.1)
     assert now["running"] == 0 and now["answers_cancelled"] == before["answers_cancelled"] + 1
     assert now["tokens_generated"] - before["tokens_generated"] < 4000  # stopped, not run to its end
+    time.sleep(0.2)  # the server's output arrives through a pipe
+    gone = [line for line in server.output if "client went away" in line]
+    assert len(gone) == 1 and gone[0].startswith(f"POST /v1/chat/completions 200 model={run} "), gone
+    assert not any("socket.send()" in line for line in server.output)
 
 
 def test_serve_refuses_an_open_address_without_a_key_and_a_port_in_use(served):
