@@ -161,7 +161,8 @@ class Scheduler:
         return self.max_batch > 1 and job.engine.device == "cpu"
 
     def _decode(self, group: list[Job]):
-        if not self._batched(group[0]):
+        # A batch of one gains nothing from the Engine: alone, an answer takes `chat`'s path (og.Generator).
+        if len(group) == 1:
             return SingleDecode(group[0].engine, group[0].prompt_tokens, group[0].options)
         return BatchDecode(group[0].engine, [(job.prompt_tokens, job.options) for job in group])
 

@@ -89,8 +89,8 @@ class BatchDecode:
 
 
 class SingleDecode:
-    """One answer on its own og.Generator: serve with batching off (--max-batch 1) and on GPUs, where the
-    batched path is not checked yet."""
+    """One answer on its own og.Generator (`chat`'s path): an answer that starts alone, every answer with batching
+    off (--max-batch 1), and every answer on a GPU, where the batched path is not checked yet."""
 
     def __init__(self, engine: GenaiEngine, prompt: list[int], options: GenerationOptions):
         self._tokens = engine.stream_tokens(prompt, options)
