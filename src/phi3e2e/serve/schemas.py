@@ -1,4 +1,4 @@
-"""The /v1/chat/completions request body, with OpenAI's field names and limits.
+"""The /v1/chat/completions and /v1/completions request bodies, with OpenAI's field names and limits.
 
 Fields OpenAI clients send that do not change a local answer (user, metadata, store, penalties
 at 0) are accepted and ignored; ones that would need what this server does not do (tools,
