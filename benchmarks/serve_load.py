@@ -1,22 +1,27 @@
-"""How `phi3e2e serve` holds up under load: requests/s, latency and tokens/s for 1, 4 and 16 clients.
+"""How `phi3e2e serve` holds up under load, batched and unbatched: requests/s, latency and tokens/s for 1, 4
+and 16 clients.
 
-    .venv/bin/python benchmarks/serve_load.py             # ~3 minutes on 2 cores (+ the model's first build)
-    .venv/bin/python benchmarks/serve_load.py --requests-per-client 1 --clients 1 4
+    .venv/bin/python benchmarks/serve_load.py             # ~6 minutes on a quiet 2-core machine (+ the model's first build)
+    .venv/bin/python benchmarks/serve_load.py --requests-per-client 1 --clients 1 4 --pairs 0
 
 The model: the Phi-3-mini-shaped one with random weights (hidden 3072, intermediate 8192, 32
 heads, vocab 32064, `--layers` of them) that benchmarks/int4_options.py writes with
 `write_tiny_model` and builds as int4 with phi3e2e's CPU options (every physical core), laid
 out as a finished run of a project, so the real `phi3e2e serve` serves it as it would a fine-tune.
 
+Two servers on it, side by side: `serve` as it ships (answers waiting together decode as one
+batch, up to 4 per forward pass) and `serve --max-batch 1` (each answer on its own generator,
+taking turns); each level runs on one, then the other, so both see the same machine.
+
 Each request: a 32-token chat prompt, 128 greedy new tokens (`min_tokens` holds the end of turn
 back), streamed, as the decode benchmarks measure. Each client sends its requests one after
 another; N clients run at once. Per level: requests/s, latency (request sent -> last token)
 p50/p95, time to first token p50/p95, tokens/s summed over all clients, and each stream's own
-decode tokens/s. Then one stream through the server against `chat`'s path (ChatSession, the
-same model and prompt, in this process), in paired rounds. Each level and round starts once the
-machine is quiet (`--max-busy`, as int4_options.py waits): a shared 2-core machine's other work
-slows int4 decode many times over. The clients are plain http.client threads: cheap, so
-the 2 cores go to the server.
+decode tokens/s. Then (`--pairs`, 0 to skip) one stream through the server against `chat`'s path
+(ChatSession, the same model and prompt, in this process), in paired rounds. Each level and
+round starts once the machine is quiet (`--max-busy`, as int4_options.py waits): a shared
+2-core machine's other work slows int4 decode many times over. The clients are plain http.client
+threads: cheap, so the 2 cores go to the server.
 
 Writes benchmarks/results/serve-load.json and prints a Markdown table.
 """
@@ -77,10 +82,13 @@ def bench_project(work_dir: Path, layers: int) -> Path:
     return project
 
 
+MODES = {"batched": (), "unbatched": ("--max-batch", "1")}  # serve's own switch
+
+
 class Server:
-    def __init__(self, project: Path):
+    def __init__(self, project: Path, *args: str):
         env = dict(os.environ, PHI3E2E_PROJECT_DIR=str(project), PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen([sys.executable, "-m", "phi3e2e", "serve", RUN, "--port", "0"], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "phi3e2e", "serve", RUN, "--port", "0", *args], env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in self.process.stdout:  # bounded: the process prints its address or exits
             if line.startswith("Playground: "):
@@ -176,20 +184,20 @@ def single_stream_pairs(port: int, onnx_dir: Path, user_text: str, repeats: int,
 
 
 def table(result: dict) -> str:
-    pairs = result["single_stream"]
-    chat = pairs["chat_tok_s_median"]
-    rows = [("| clients | requests | requests/s | latency p50 / p95 (s) | first token p50 / p95 (s) "
+    rows = [("| clients | serve | requests | requests/s | latency p50 / p95 (s) | first token p50 / p95 (s) "
              "| tokens/s, all clients | decode tok/s per stream (median) |"),
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for level in result["levels"]:
-        rows.append(f"| {level['clients']} | {level['requests']} | {level['requests_per_s']:.2f} "
+        rows.append(f"| {level['clients']} | {level['mode']} | {level['requests']} | {level['requests_per_s']:.2f} "
                     f"| {level['latency_p50_s']:.2f} / {level['latency_p95_s']:.2f} "
                     f"| {level['ttft_p50_s']:.2f} / {level['ttft_p95_s']:.2f} "
                     f"| {level['tokens_per_s_all_clients']:.1f} | {level['decode_tok_s_per_stream_median']:.1f} |")
-    rows.append(f"\nOne stream, {len(pairs['rounds'])} paired rounds: served {pairs['serve_tok_s_median']:.1f} tok/s "
-                f"(first token {pairs['serve_ttft_s_median']:.2f} s) vs `chat` {chat:.1f} tok/s "
-                f"(first token {pairs['chat_ttft_s_median']:.2f} s): served / chat, median of rounds "
-                f"{pairs['serve_vs_chat_median']:.2f}")
+    pairs = result.get("single_stream")
+    if pairs:
+        rows.append(f"\nOne stream, {len(pairs['rounds'])} paired rounds: served {pairs['serve_tok_s_median']:.1f} "
+                    f"tok/s (first token {pairs['serve_ttft_s_median']:.2f} s) vs `chat` {pairs['chat_tok_s_median']:.1f}"
+                    f" tok/s (first token {pairs['chat_ttft_s_median']:.2f} s): served / chat, median of rounds "
+                    f"{pairs['serve_vs_chat_median']:.2f}")
     return "\n".join(rows)
 
 
@@ -198,7 +206,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the Phi-3-mini-shaped model")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrency levels")
     parser.add_argument("--requests-per-client", type=int, default=None,
-                        help="default: 8 at 1 client, 4 at 4, 2 at 16 (so every level sends 8-32 requests)")
+                        help="default: 4 at 1 client, 2 at 4, 1 at 16 (4-16 requests a level, run on each server)")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                        help="serve as it ships (batched) and/or with --max-batch 1 (unbatched)")
     parser.add_argument("--pairs", type=int, default=6, help="rounds of one served answer and one `chat` answer")
     parser.add_argument("--max-busy", type=float, default=0.15,
                         help="start a level only when other work uses at most this share of the CPUs")
@@ -221,20 +231,27 @@ def main() -> None:
               "cpus": os.cpu_count(), "physical_cores": physical_cores(), "prompt_tokens": PROMPT_TOKENS,
               "new_tokens": NEW_TOKENS, "load_1m_at_start": os.getloadavg()[0], "levels": []}
 
-    server = Server(project)
+    servers = {mode: Server(project, *MODES[mode]) for mode in args.modes}
     try:
-        one_request(server.port, user_text)  # loads the model: not timed
+        for server in servers.values():
+            one_request(server.port, user_text)  # loads the model: not timed
         for clients in args.clients:
-            per_client = args.requests_per_client or {1: 8, 4: 4}.get(clients, 2)
-            busy, waited = wait_until_quiet(args.max_busy, args.max_wait)
-            log(f"{clients} clients x {per_client} requests (CPU busy {busy:.0%} after waiting {waited:.0f} s) ...")
-            result["levels"].append(load_level(server.port, user_text, clients, per_client) | {"busy_before": busy})
-            log(f"  {result['levels'][-1]}")
-        log(f"One stream through the server vs chat's path, {args.pairs} paired rounds ...")
-        result["single_stream"] = single_stream_pairs(server.port, onnx_dir, user_text, args.pairs,
-                                                      lambda: wait_until_quiet(args.max_busy, args.max_wait))
+            per_client = args.requests_per_client or {1: 4, 4: 2}.get(clients, 1)
+            for mode, server in servers.items():
+                busy, waited = wait_until_quiet(args.max_busy, args.max_wait)
+                log(f"{clients} clients x {per_client} requests, {mode} (CPU busy {busy:.0%} after waiting "
+                    f"{waited:.0f} s) ...")
+                level = load_level(server.port, user_text, clients, per_client)
+                result["levels"].append({"mode": mode} | level | {"busy_before": busy})
+                log(f"  {result['levels'][-1]}")
+        if args.pairs:
+            log(f"One stream through the server vs chat's path, {args.pairs} paired rounds ...")
+            result["single_stream"] = single_stream_pairs(next(iter(servers.values())).port, onnx_dir, user_text,
+                                                          args.pairs,
+                                                          lambda: wait_until_quiet(args.max_busy, args.max_wait))
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
     result["load_1m_at_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -36,6 +36,12 @@ def serve(
         typer.Option("--memory-budget",
                      help="GiB for loaded models and answers' KV caches (default: 60% of free memory)."),
     ] = None,
+    max_batch: Annotated[
+        int,
+        typer.Option("--max-batch", min=1, max=4,
+                     help="Answers to one model decoded together, one forward pass for all (1: each on its own)."),
+    ] = 4,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No log line per request.")] = False,
 ) -> None:
     """Serve the fine-tuned models with an OpenAI-compatible API and a playground page.
 
@@ -57,11 +63,12 @@ def serve(
       phi3e2e serve 20250101-120000-lora --port 8080
       PHI3E2E_API_KEY=$(openssl rand -hex 16) phi3e2e serve --host 0.0.0.0
       phi3e2e serve --memory-budget 6
+      phi3e2e serve --max-batch 1 --quiet
       phi3e2e serve --allow-host llm.internal.example --api-key "$KEY"
     """
     from phi3e2e.serve.server import ServeOptions
     from phi3e2e.serve.server import serve as run_server
 
-    options = ServeOptions(run, host, port, api_key, device, memory_budget,
+    options = ServeOptions(run, host, port, api_key, device, memory_budget, max_batch=max_batch, quiet=quiet,
                            allow_hosts=tuple(allow_host or ()), allow_origins=tuple(allow_origin or ()))
     run_server(current_project(), options, say=say)

@@ -11,14 +11,16 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
-from phi3e2e.serve.completions import chat_completion
+from phi3e2e.serve.completions import chat_completion, text_completion
 from phi3e2e.serve.errors import ApiError, error_body
 from phi3e2e.serve.guard import MAX_BODY_BYTES, Guard, Reach
 from phi3e2e.serve.registry import ModelRegistry
 from phi3e2e.serve.scheduler import Scheduler
-from phi3e2e.serve.schemas import ChatCompletionRequest
+from phi3e2e.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 STATIC = Path(__file__).resolve().parent / "static"
+ENDPOINTS = ("POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{model}, GET /health "
+             "and the playground page at GET /")
 
 
 def create_app(registry: ModelRegistry, scheduler: Scheduler, api_key: Optional[str] = None,
@@ -39,6 +41,10 @@ def create_app(registry: ModelRegistry, scheduler: Scheduler, api_key: Optional[
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await chat_completion(body, request, registry, scheduler)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        return await text_completion(body, request, registry, scheduler)
 
     @app.get("/health")
     def health():
@@ -78,9 +84,13 @@ def create_app(registry: ModelRegistry, scheduler: Scheduler, api_key: Optional[
         return JSONResponse(ApiError(400, message, param=param, code="invalid_value").body(), status_code=400)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request, error: HTTPException):
-        return JSONResponse(error_body(error.status_code, str(error.detail)), status_code=error.status_code,
-                            headers=error.headers)
+    async def http_error(request: Request, error: HTTPException):
+        if error.status_code in (404, 405):  # an unknown path or method: say what is here, as OpenAI's "Invalid URL"
+            message = f"Invalid URL ({request.method} {request.url.path}): this server answers {ENDPOINTS}"
+            body = ApiError(error.status_code, message, code="unknown_url").body()
+        else:
+            body = error_body(error.status_code, str(error.detail))
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def server_error(_request, error: Exception):

@@ -1,8 +1,11 @@
-"""POST /v1/chat/completions: a checked request becomes a generation job; its events become the answer.
+"""POST /v1/chat/completions and /v1/completions: a checked request becomes a generation job; its events
+become the answer.
 
-Plain: one chat.completion object once the answer is done. Streamed: chat.completion.chunk
-server-sent events as tokens come, then `data: [DONE]`. Either way, a client that goes away
-cancels its job (streamed: Starlette cancels the response; plain: polled while waiting).
+Plain: one chat.completion (text_completion) object once the answer is done. Streamed:
+chat.completion.chunk (text_completion) server-sent events as tokens come, then `data: [DONE]`.
+Either way, a client that goes away cancels its job (streamed: Starlette cancels the response;
+plain: polled while waiting). What the access log needs (model, tokens, a client gone) goes into
+`request.state`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import json
 import time
 import uuid
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -21,15 +24,27 @@ from phi3e2e.infer.generation import GenerationOptions
 from phi3e2e.serve.errors import ApiError, error_body
 from phi3e2e.serve.registry import ModelRegistry
 from phi3e2e.serve.scheduler import Job, QueueFull, Scheduler
-from phi3e2e.serve.schemas import ChatCompletionRequest
+from phi3e2e.serve.schemas import ChatCompletionRequest, CompletionRequest, Sampling
 
 DISCONNECT_POLL_SECONDS = 0.5
 
 
 async def chat_completion(body: ChatCompletionRequest, request: Request, registry: ModelRegistry,
                           scheduler: Scheduler):
+    return await _complete(body, request, registry, scheduler, True,
+                           lambda loaded: loaded.chat_format.messages_prompt(body.turns()))
+
+
+async def text_completion(body: CompletionRequest, request: Request, registry: ModelRegistry, scheduler: Scheduler):
+    text = body.text()
+    return await _complete(body, request, registry, scheduler, False, lambda loaded: text)
+
+
+async def _complete(body: Sampling, request: Request, registry: ModelRegistry, scheduler: Scheduler, chat: bool,
+                    prompt_of: Callable[[Any], str]):
     body.refuse_unsupported()
     model = registry.catalog.get(body.model)
+    request.state.model = model.id
     loaded = await _acquire(registry, model.id)
     events: asyncio.Queue = asyncio.Queue()
     job = Job(loaded.engine, [], GenerationOptions(), emit=_sender(events))
@@ -43,8 +58,9 @@ async def chat_completion(body: ChatCompletionRequest, request: Request, registr
             registry.release(loaded)
 
     try:
-        job.prompt_tokens = loaded.engine.encode(loaded.chat_format.messages_prompt(body.turns()))
-        job.options = _options(body, len(job.prompt_tokens), loaded.engine.context_length)
+        job.prompt_tokens = loaded.engine.encode(prompt_of(loaded))
+        job.options = _options(body, len(job.prompt_tokens), loaded.engine.context_length,
+                               "messages" if chat else "prompt")
         job.stops = body.stops()
         job.kv_bytes = (len(job.prompt_tokens) + job.options.max_new_tokens) * loaded.kv_bytes_per_token
         scheduler.submit(job)
@@ -54,10 +70,11 @@ async def chat_completion(body: ChatCompletionRequest, request: Request, registr
     except BaseException:
         release()
         raise
-    answer = _Answer(model.id, len(job.prompt_tokens))
+    answer = _Answer(model.id, len(job.prompt_tokens), chat)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(answer, events, release, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_stream(answer, events, release, include_usage, request.state),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                                  background=BackgroundTask(release))
     try:
@@ -89,13 +106,14 @@ def _sender(events: asyncio.Queue):
     return emit
 
 
-def _options(body: ChatCompletionRequest, prompt_tokens: int, context_length: int) -> GenerationOptions:
+def _options(body: Sampling, prompt_tokens: int, context_length: int, prompt_field: str) -> GenerationOptions:
     limit = body.answer_limit()
     if prompt_tokens >= context_length or (limit and prompt_tokens + limit > context_length):
         asked = f" plus {limit} for the answer (max_tokens)" if limit else ""
-        raise ApiError(400, f"This model's maximum context length is {context_length} tokens; the messages are "
-                            f"{prompt_tokens} tokens{asked}. Shorten the messages or lower max_tokens.",
-                       param="messages", code="context_length_exceeded")
+        raise ApiError(400, f"This model's maximum context length is {context_length} tokens; the {prompt_field} "
+                            f"{'is' if prompt_field == 'prompt' else 'are'} {prompt_tokens} tokens{asked}. Shorten "
+                            f"the {prompt_field} or lower max_tokens.",
+                       param=prompt_field, code="context_length_exceeded")
     # As OpenAI: no max_tokens means up to the end of the context. top_k 0: no top-k cut, as OpenAI samples.
     max_new_tokens = limit or context_length - prompt_tokens
     return GenerationOptions(max_new_tokens=max_new_tokens, temperature=body.temperature, top_p=body.top_p,
@@ -104,10 +122,11 @@ def _options(body: ChatCompletionRequest, prompt_tokens: int, context_length: in
 
 
 class _Answer:
-    """The fields every response and chunk of one answer share."""
+    """The fields every response and chunk of one answer share, in the chat or the text completion shape."""
 
-    def __init__(self, model_id: str, prompt_tokens: int):
-        self.id = "chatcmpl-" + uuid.uuid4().hex
+    def __init__(self, model_id: str, prompt_tokens: int, chat: bool):
+        self.chat = chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.model = model_id
         self.prompt_tokens = prompt_tokens
@@ -116,32 +135,52 @@ class _Answer:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": self.prompt_tokens + completion_tokens}
 
-    def chunk(self, delta: dict, finish_reason=None) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+    def _object(self, choice: dict, kind: str) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "choices": [{"index": 0, **choice, "logprobs": None}]}
+
+    def whole(self, text: str, finish_reason: str, completion_tokens: int) -> dict:
+        if self.chat:
+            body = self._object({"message": {"role": "assistant", "content": text}, "finish_reason": finish_reason},
+                                "chat.completion")
+        else:
+            body = self._object({"text": text, "finish_reason": finish_reason}, "text_completion")
+        return body | {"usage": self.usage(completion_tokens)}
+
+    def chunk(self, text: Optional[str] = None, finish_reason=None, role: bool = False) -> dict:
+        if not self.chat:
+            return self._object({"text": text or "", "finish_reason": finish_reason}, "text_completion")
+        delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+        return self._object({"delta": delta, "finish_reason": finish_reason}, "chat.completion.chunk")
 
 
 def _event(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(answer: _Answer, events: asyncio.Queue, release, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(answer: _Answer, events: asyncio.Queue, release, include_usage: bool, state) -> AsyncIterator[str]:
+    finished = False
     try:
-        yield _event(answer.chunk({"role": "assistant", "content": ""}))
+        if answer.chat:
+            yield _event(answer.chunk(role=True))
         while True:
             event = await events.get()
             if event[0] == "text":
-                yield _event(answer.chunk({"content": event[1]}))
+                yield _event(answer.chunk(event[1]))
             elif event[0] == "done":
-                yield _event(answer.chunk({}, finish_reason=event[1]))
+                state.tokens = event[2]
+                yield _event(answer.chunk(finish_reason=event[1]))
                 if include_usage:  # as OpenAI: one more chunk, with no choices and the usage
-                    yield _event(answer.chunk({}) | {"choices": [], "usage": answer.usage(event[2])})
+                    yield _event(answer.chunk() | {"choices": [], "usage": answer.usage(event[2])})
                 break
             else:  # the status line is already sent: report the failure as OpenAI does mid-stream
+                state.failed = event[1]
                 yield _event(error_body(500, event[1]))
                 break
         yield "data: [DONE]\n\n"
+        finished = True
     finally:
+        state.client_gone = not finished
         release()  # also on cancellation: the client went away, so its job stops
 
 
@@ -155,6 +194,7 @@ async def _whole(answer: _Answer, events: asyncio.Queue, request: Request):
             if time.monotonic() - checked >= DISCONNECT_POLL_SECONDS:  # tokens keep coming: look between them too
                 checked = time.monotonic()
                 if await request.is_disconnected():
+                    request.state.client_gone = True
                     return JSONResponse(error_body(499, "client closed the request"), status_code=499)
             if not done:
                 continue
@@ -165,11 +205,7 @@ async def _whole(answer: _Answer, events: asyncio.Queue, request: Request):
                 continue
             if event[0] == "error":
                 raise ApiError(500, event[1], "server_error")
-            return {
-                "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
-                             "logprobs": None, "finish_reason": event[1]}],
-                "usage": answer.usage(event[2]),
-            }
+            request.state.tokens = event[2]
+            return answer.whole("".join(pieces), event[1], event[2])
     finally:
         next_event.cancel()

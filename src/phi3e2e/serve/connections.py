@@ -7,12 +7,14 @@ forever: 20,500 of them used up the file limit, and asyncio then logged a traceb
 failed accept. Here every request head must arrive within HEADER_TIMEOUT_S of its first byte (or
 of the connection); past MAX_CONNECTIONS the oldest connection still without a request is closed,
 so a client connecting now is answered; and asyncio's accept errors become one counted line per
-interval.
+interval. asyncio's "socket.send() raised exception." (one per write to a client already gone: 49
+for one timed-out stream) is dropped; the access log says once that the client went away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 import time
 from typing import Callable
@@ -110,6 +112,17 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, refusals: RefusalLog) -
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handle)
+
+
+class _LostConnectionWrites(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "socket.send() raised exception."
+
+
+def quiet_lost_connection_writes() -> None:
+    """asyncio warns at each write, from the 5th on, to a connection it knows is lost: a stream whose client
+    went away mid-answer has several tokens queued before Starlette sees the disconnect and stops."""
+    logging.getLogger("asyncio").addFilter(_LostConnectionWrites())
 
 
 def raise_file_limit() -> int:

@@ -1,25 +1,39 @@
-"""The one thread that generates: every answer in progress gets a token in turn.
+"""The one thread that generates: every batch of answers in progress gets a forward pass in turn.
 
-One thread for all models, so two generators never run at once on a model (a model's
-onnxruntime sessions are shared by its generators) and two models never fight over the cores
-that each one's decode already uses in full. Turn by turn, so every streaming client sees its
-answer move and a long answer does not hold up a short one. Answers beyond `slots`, or whose
-KV cache would not fit in the memory left, wait in arrival order.
+One thread for all models, so two forward passes never run at once on a model (a model's
+onnxruntime sessions are shared by its batches) and two models never fight over the cores that
+each one's decode already uses in full. Answers to the same model that are waiting together start
+as one batch (up to `max_batch`, infer/engines/genai_batch.py): one forward pass then gives each
+its next token, for about the cost of one answer's. Batch by batch in turn, so every streaming
+client sees its answer move, an answer that arrives while others run starts at once (as a new
+batch) instead of waiting for them, and a long answer does not hold up a short one. Answers
+beyond `slots`, or whose KV cache would not fit in the memory left, wait in arrival order.
+
+A batch's rows stay in its forward passes until all of them are over (onnxruntime-genai's static
+batching cannot drop one), and its KV cache is held until then; an answer that is over (done,
+stopped, cancelled) is no longer read and frees its slot.
 
 Events go back through `Job.emit` (from this thread): ("text", str), ("done", finish_reason,
 completion_tokens) or ("error", message). A job whose `cancelled` is set (its client went
-away) is dropped at its next turn, and its generator freed.
+away) is dropped at its next turn; its batch is closed, and its KV cache freed, once no answer in
+it is still wanted.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+from phi3e2e.infer.engines.genai_batch import MAX_BATCH, BatchDecode, SingleDecode
 from phi3e2e.infer.generation import GenerationOptions
 from phi3e2e.serve.stops import StopText
+
+# Requests sent together (4 clients starting at once) reach the server a few ms apart: an idle server waits this
+# long after the first for the others, so they start as one batch rather than as 1 + 3 (a small part of a prefill).
+GATHER_S = 0.025
 
 
 class QueueFull(Exception):
@@ -34,23 +48,33 @@ class Job:
     emit: Callable[[tuple], None]
     stops: list[str] = field(default_factory=list)
     kv_bytes: int = 0  # the KV cache onnxruntime-genai allocates for prompt + max new tokens
+    submitted: float = 0.0  # time.monotonic() when it joined the queue
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
-class _Running:
+class _Answer:
     job: Job
-    tokens: Iterator[tuple[int, str]]
     stop_text: StopText
     count: int = 0
+    over: bool = False  # done, failed or cancelled: its row is no longer read
+
+
+@dataclass
+class _Batch:
+    decode: BatchDecode | SingleDecode
+    answers: list[_Answer]
+    kv_bytes: int  # rows x the longest max_length: what the runtime allocated, held until the batch closes
 
 
 class Scheduler:
-    def __init__(self, slots: int = 4, max_waiting: int = 256, kv_room: Callable[[], int] = lambda: 1 << 62):
-        """`kv_room()`: bytes the memory budget has left for KV caches (the budget minus loaded models)."""
-        self.slots, self.max_waiting, self.kv_room = slots, max_waiting, kv_room
+    def __init__(self, slots: int = 4, max_batch: int = MAX_BATCH, max_waiting: int = 256,
+                 kv_room: Callable[[], int] = lambda: 1 << 62):
+        """`kv_room()`: bytes the memory budget has left for KV caches (the budget minus loaded models).
+        `max_batch` 1: every answer on its own generator, as before batching."""
+        self.slots, self.max_batch, self.max_waiting, self.kv_room = slots, max_batch, max_waiting, kv_room
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: list[_Running] = []
+        self._batches: list[_Batch] = []
         self._wake = threading.Condition()
         self._closing = False
         self._counts = collections.Counter()  # tokens, finished and cancelled answers since start
@@ -61,18 +85,19 @@ class Scheduler:
         with self._wake:
             if len(self._waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+            job.submitted = time.monotonic()
             self._waiting.append(job)
             self._wake.notify()
 
     def kv_in_use(self) -> int:
         with self._wake:
-            return sum(running.job.kv_bytes for running in self._running)
+            return sum(batch.kv_bytes for batch in self._batches)
 
     def stats(self) -> dict:
         with self._wake:
-            return {"running": len(self._running), "waiting": len(self._waiting),
+            return {"running": self._live(), "waiting": len(self._waiting), "batches": len(self._batches),
                     "tokens_generated": self._counts["tokens"], "answers_finished": self._counts["finished"],
-                    "answers_cancelled": self._counts["cancelled"]}
+                    "answers_cancelled": self._counts["cancelled"], "answers_batched": self._counts["batched"]}
 
     def close(self) -> None:
         with self._wake:
@@ -80,73 +105,140 @@ class Scheduler:
             self._wake.notify()
         self._thread.join(timeout=10)
 
+    def _live(self) -> int:
+        return sum(not answer.over for batch in self._batches for answer in batch.answers)
+
     def _admit(self) -> None:
-        """Start waiting jobs while a slot and their KV cache's memory are free (one always may run)."""
-        in_use = sum(running.job.kv_bytes for running in self._running)
-        while self._waiting and len(self._running) < self.slots:
-            job = self._waiting[0]
-            if job.cancelled.is_set():
+        """Start waiting jobs while slots and their KV caches' memory are free (one always may run); jobs for
+        the same model that wait together start as one batch."""
+        in_use = sum(batch.kv_bytes for batch in self._batches)
+        free = self.slots - self._live()
+        while self._waiting and free > 0:
+            if self._waiting[0].cancelled.is_set():
                 self._waiting.popleft()
                 continue
-            if self._running and in_use + job.kv_bytes > self.kv_room():
+            group, kv_bytes = self._group(min(free, self._batch_limit(self._waiting[0])), in_use)
+            if not group:
                 break
-            self._waiting.popleft()
-            in_use += job.kv_bytes
-            self._running.append(_Running(job, job.engine.stream_tokens(job.prompt_tokens, job.options),
-                                          StopText(job.stops)))
+            for job in group:
+                self._waiting.remove(job)
+            in_use += kv_bytes
+            free -= len(group)
+            self._batches.append(_Batch(self._decode(group), [_Answer(job, StopText(job.stops)) for job in group],
+                                        kv_bytes))
+            if len(group) > 1:
+                self._counts["batched"] += len(group)
+
+    def _group(self, limit: int, in_use: int) -> tuple[list[Job], int]:
+        """The first waiting job and, in arrival order, others for its model, while they fit."""
+        group, kv_bytes = [], 0
+        for job in self._waiting:
+            if len(group) == limit:
+                break
+            if job.cancelled.is_set() or (group and job.engine is not group[0].engine):
+                continue
+            size = (len(group) + 1) * max(other.kv_bytes for other in [*group, job])
+            if (self._batches or group) and in_use + size > self.kv_room():
+                break
+            group, kv_bytes = [*group, job], size
+        return group, kv_bytes
+
+    def _gather_left(self) -> float:
+        """Seconds to wait for more requests to batch with the first waiting one (0: start now)."""
+        if not self._waiting or self.max_batch == 1:
+            return 0.0
+        room = min(self.slots - self._live(), self.max_batch)
+        if room < 2 or len(self._waiting) >= room:
+            return 0.0
+        return max(0.0, GATHER_S - (time.monotonic() - self._waiting[0].submitted))
+
+    def _batch_limit(self, job: Job) -> int:
+        return self.max_batch if self._batched(job) else 1
+
+    def _batched(self, job: Job) -> bool:
+        # Batched decoding is checked on CPU only (this project has no onnxruntime-genai CUDA build to check it
+        # on): on a GPU every answer keeps its own generator, as with batching off.
+        return self.max_batch > 1 and job.engine.device == "cpu"
+
+    def _decode(self, group: list[Job]):
+        # A batch of one gains nothing from the Engine: alone, an answer takes `chat`'s path (og.Generator).
+        if len(group) == 1:
+            return SingleDecode(group[0].engine, group[0].prompt_tokens, group[0].options)
+        return BatchDecode(group[0].engine, [(job.prompt_tokens, job.options) for job in group])
 
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._waiting or self._running or self._closing):
+                while not (self._waiting or self._batches or self._closing):
                     self._wake.wait()
                 if self._closing:
-                    for job in [running.job for running in self._running] + list(self._waiting):
+                    for job in [answer.job for batch in self._batches for answer in batch.answers
+                                if not answer.over] + list(self._waiting):
                         job.emit(("error", "the server is shutting down"))
                     return
-                self._admit()
-                turn = list(self._running)
-            finished = [running for running in turn if not self._step(running)]
-            if finished:
+                gather = self._gather_left()
+                if gather > 0 and not self._batches:
+                    self._wake.wait(gather)
+                    continue
+                if gather <= 0:  # (batches running: they take their turn first, which outlasts the gathering)
+                    self._admit()
+                turn = list(self._batches)
+            closed = [batch for batch in turn if not self._step(batch)]
+            if closed:
                 with self._wake:
-                    self._running = [running for running in self._running if running not in finished]
+                    self._batches = [batch for batch in self._batches if batch not in closed]
 
-    def _step(self, running: _Running) -> bool:
-        """Generate one token of this answer; False once it is over (done, failed or cancelled)."""
-        job = running.job
-        if job.cancelled.is_set():
-            running.tokens.close()  # frees the generator and its KV cache now
-            self._count("cancelled")
+    def _step(self, batch: _Batch) -> bool:
+        """One forward pass of this batch; False once it is closed (no answer in it wanted any more)."""
+        for answer in batch.answers:
+            if not answer.over and answer.job.cancelled.is_set():
+                answer.over = True
+                self._count("cancelled")
+        if all(answer.over for answer in batch.answers):
+            batch.decode.close()
             return False
         try:
-            token, text = next(running.tokens)
-        except StopIteration:  # onnxruntime-genai reached max_length
-            return self._finish(running, "length")
-        except Exception as e:  # noqa: BLE001  (the runtime's own error: fail this answer, keep the thread)
-            job.emit(("error", f"generation failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"))
+            events = batch.decode.step()
+        except Exception as e:  # noqa: BLE001  (the runtime's own error: fail this batch's answers, keep the thread)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            for answer in batch.answers:
+                if not answer.over:
+                    answer.over = True
+                    answer.job.emit(("error", f"generation failed: {reason}"))
+            batch.decode.close()
             return False
-        if job.engine.is_end(token):
-            return self._finish(running, "stop")
-        running.count += 1
-        self._count("tokens")
-        out = running.stop_text.feed(text)
-        if out:
-            job.emit(("text", out))
-        if running.stop_text.stopped:
-            return self._finish(running, "stop")
-        at_context = len(job.prompt_tokens) + running.count >= job.engine.context_length
-        if running.count >= job.options.max_new_tokens or at_context:
-            return self._finish(running, "length")
+        for row, token, text in events:
+            answer = batch.answers[row]
+            if answer.over:
+                continue
+            if token is None:  # the runtime ended it: its end of turn ("stop") or max_length ("length")
+                self._finish(answer, text)
+            else:
+                self._take(answer, token, text)
         return True
 
-    def _finish(self, running: _Running, reason: str) -> bool:
-        rest = running.stop_text.flush()
+    def _take(self, answer: _Answer, token: int, text: str) -> None:
+        job = answer.job
+        if job.engine.is_end(token):
+            return self._finish(answer, "stop")
+        answer.count += 1
+        self._count("tokens")
+        out = answer.stop_text.feed(text)
+        if out:
+            job.emit(("text", out))
+        if answer.stop_text.stopped:
+            return self._finish(answer, "stop")
+        at_context = len(job.prompt_tokens) + answer.count >= job.engine.context_length
+        if answer.count >= job.options.max_new_tokens or at_context:
+            self._finish(answer, "length")
+
+    def _finish(self, answer: _Answer, reason: str) -> None:
+        rest = answer.stop_text.flush()
         if rest:
-            running.job.emit(("text", rest))
-        running.job.emit(("done", reason, running.count))
-        running.tokens.close()
+            answer.job.emit(("text", rest))
+        answer.job.emit(("done", reason, answer.count))
+        answer.over = True
         self._count("finished")
-        return False
 
     def _count(self, what: str) -> None:
         with self._wake:

@@ -1,4 +1,4 @@
-"""The /v1/chat/completions request body, with OpenAI's field names and limits.
+"""The /v1/chat/completions and /v1/completions request bodies, with OpenAI's field names and limits.
 
 Fields OpenAI clients send that do not change a local answer (user, metadata, store, penalties
 at 0) are accepted and ignored; ones that would need what this server does not do (tools,
@@ -56,13 +56,13 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class Sampling(BaseModel):
+    """What /v1/chat/completions and /v1/completions share: the answer's length, sampling, stops, streaming."""
+
     model_config = ConfigDict(extra="allow")
 
     model: Optional[Text] = None  # the server's default run when left out
-    messages: list[Message] = Field(min_length=1)
     max_tokens: Optional[int] = Field(None, ge=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: Union[str, list[str], None] = None
@@ -85,10 +85,7 @@ class ChatCompletionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def answer_limit(self) -> Optional[int]:
-        return self.max_completion_tokens or self.max_tokens
-
-    def turns(self) -> list[tuple[str, str]]:
-        return [(ROLES[message.role], message.text()) for message in self.messages]
+        return self.max_tokens
 
     def refuse_unsupported(self) -> None:
         extra = self.model_extra or {}
@@ -108,3 +105,36 @@ class ChatCompletionRequest(BaseModel):
         for name in ("presence_penalty", "frequency_penalty"):
             if extra.get(name):
                 raise ApiError(400, f"{name}: not supported by this server (leave it at 0)", param=name)
+
+
+class ChatCompletionRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+    def answer_limit(self) -> Optional[int]:
+        return self.max_completion_tokens or self.max_tokens
+
+    def turns(self) -> list[tuple[str, str]]:
+        return [(ROLES[message.role], message.text()) for message in self.messages]
+
+
+class CompletionRequest(Sampling):
+    """/v1/completions: a prompt in, its continuation out (no chat template). One prompt per request."""
+
+    prompt: Union[Text, list[Text]]
+    max_tokens: Optional[int] = Field(16, ge=1)  # OpenAI's default for this endpoint
+
+    def text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise ApiError(400, "prompt: one prompt per request is supported (a string, or a list of one)",
+                           param="prompt")
+        return self.prompt[0]
+
+    def refuse_unsupported(self) -> None:
+        super().refuse_unsupported()
+        extra = self.model_extra or {}
+        for name in ("echo", "suffix", "best_of"):
+            if extra.get(name) and not (name == "best_of" and extra[name] == 1):
+                raise ApiError(400, f"{name}: not supported by this server", param=name)

@@ -26,7 +26,9 @@ class ServeOptions:
     api_key: Optional[str] = None
     device: str = "cpu"
     memory_budget_gib: Optional[float] = None
-    slots: int = 4
+    slots: int = 4  # answers generating at once; more wait
+    max_batch: int = 4  # answers per forward pass (1: each on its own generator)
+    quiet: bool = False  # no access-log line per request
     allow_hosts: tuple[str, ...] = ()  # Host names beyond the bound ones (a reverse proxy's)
     allow_origins: tuple[str, ...] = ()  # sites whose pages may call the API from a browser
 
@@ -39,6 +41,8 @@ def serve(project: Project, options: ServeOptions, say: Callable[[str], None] = 
         raise UserError("--api-key: use at least 8 characters")
     if options.memory_budget_gib is not None and options.memory_budget_gib <= 0:
         raise UserError(f"--memory-budget {options.memory_budget_gib}: give a positive number of GiB")
+    if not 1 <= options.max_batch <= 4:
+        raise UserError(f"--max-batch {options.max_batch}: give 1 to 4 (onnxruntime-genai batches at most 4 answers)")
     if options.device == "cuda":
         from phi3e2e.infer.engines.genai import check_cuda_available
 
@@ -55,23 +59,33 @@ def serve(project: Project, options: ServeOptions, say: Callable[[str], None] = 
 
     import uvicorn
 
+    from phi3e2e.serve.access import AccessLog
     from phi3e2e.serve.app import create_app
-    from phi3e2e.serve.connections import RefusalLog, guarded_protocol, quiet_accept_errors, raise_file_limit
+    from phi3e2e.serve.connections import (
+        RefusalLog,
+        guarded_protocol,
+        quiet_accept_errors,
+        quiet_lost_connection_writes,
+        raise_file_limit,
+    )
     from phi3e2e.serve.guard import Reach
     from phi3e2e.serve.scheduler import Scheduler
 
     registry = ModelRegistry(catalog, options.device, budget, say)
-    scheduler = Scheduler(slots=options.slots, kv_room=registry.kv_room)
+    scheduler = Scheduler(slots=options.slots, max_batch=options.max_batch, kv_room=registry.kv_room)
     registry.kv_in_use = scheduler.kv_in_use
     refusals = RefusalLog(say)
     reach = Reach.of(options.host, options.allow_hosts, options.allow_origins)
     app = create_app(registry, scheduler, options.api_key, reach=reach, refused=refusals.note)
+    if not options.quiet:
+        app = AccessLog(app, say)
     url = _url(options.host, listener.getsockname()[1])
     models = [model.id for model in catalog.refresh()]
     say(f"Serving {len(models)} models ({', '.join(models)}); default {catalog.default_id}; "
         f"memory budget {budget / GIB:.1f} GiB")
     say(f"Playground: {url}/   OpenAI API: {url}/v1   (Ctrl-C stops)")
     raise_file_limit()
+    quiet_lost_connection_writes()
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, http=guarded_protocol(refusals))
 

@@ -143,17 +143,7 @@ class GenaiEngine:
 
     def stream_tokens(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[tuple[int, str]]:
         """(token id, its text) per generated token; an end-of-turn token comes last, with text ""."""
-        og = self._og
-        params = og.GeneratorParams(self.model)
-        max_length = min(self.context_length, len(prompt_tokens) + options.max_new_tokens)
-        search = {"max_length": max_length, "min_length": min(max_length, len(prompt_tokens) + options.min_new_tokens)}
-        if options.do_sample:
-            search |= {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
-            if options.seed is not None:
-                search["random_seed"] = options.seed % 2**31  # genai takes a non-negative 32-bit seed; OpenAI's is 64-bit
-        # Greedy gets no sampling options: setting them anyway cost ~5% decode speed (onnxruntime-genai 0.14.1).
-        params.set_search_options(do_sample=options.do_sample, **search)
-        generator = og.Generator(self.model, params)
+        generator = self._og.Generator(self.model, self.generator_params(len(prompt_tokens), options))
         decoder = self.tokenizer.create_stream()
         try:
             generator.append_tokens(prompt_tokens)
@@ -163,6 +153,19 @@ class GenaiEngine:
                 yield token, "" if self.is_end(token) else decoder.decode(token)
         finally:
             self.use_huge_pages()  # the first answer is out (or stopped): now the copy costs nobody a token
+
+    def generator_params(self, prompt_length: int, options: GenerationOptions):
+        """onnxruntime-genai's GeneratorParams for one answer (a Generator's, or a batched Request's)."""
+        params = self._og.GeneratorParams(self.model)
+        max_length = min(self.context_length, prompt_length + options.max_new_tokens)
+        search = {"max_length": max_length, "min_length": min(max_length, prompt_length + options.min_new_tokens)}
+        if options.do_sample:
+            search |= {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k}
+            if options.seed is not None:
+                search["random_seed"] = options.seed % 2**31  # genai takes a non-negative 32-bit seed; OpenAI's is 64-bit
+        # Greedy gets no sampling options: setting them anyway cost ~5% decode speed (onnxruntime-genai 0.14.1).
+        params.set_search_options(do_sample=options.do_sample, **search)
+        return params
 
     def is_end(self, token: int) -> bool:
         """An end-of-turn / end-of-text token (genai_config's eos_token_id)."""
