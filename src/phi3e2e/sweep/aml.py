@@ -48,6 +48,7 @@ def write_sweep_job(project: Project, record: SweepRecord, options, say: Callabl
     target = spec.on_target
     target.check(spec)
     plan = plan_run(project, spec, target.inputs(project, spec))
+    target.check_plan(plan, say)  # the memory plan of the first trial's settings
     paths = {d.key: config_paths(project, spec, plan, d) for d in space.dimensions}
     result = write_dry_run(project, plan, say=lambda line: None)  # the trial's job files, checked by the SDK
     command_job = yaml.safe_load((result.run_dir / JOB_FILE).read_text())
