@@ -113,6 +113,31 @@ def health(server) -> dict:
 
 # --- A stand-in Hugging Face Hub ----------------------------------------------------------
 
+
+def serve_locally(answer, methods: tuple[str, ...]) -> tuple[ThreadingHTTPServer, str]:
+    """An HTTP server on a free loopback port, in a daemon thread, handing each request of these methods to
+    `answer(handler, body=...)` (body False for HEAD); returns it and its base URL."""
+    handlers = {f"do_{method}": (lambda self, head=(method == "HEAD"): answer(self, body=not head))
+                for method in methods}  # fmt: skip
+    handler = type("Handler", (BaseHTTPRequestHandler,), {"log_message": lambda self, *args: None, **handlers})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def stop_serving(server: ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def send(handler, status: int, payload: bytes, headers: dict, body: bool) -> None:
+    handler.send_response(status)
+    for key, value in {"Content-Length": str(len(payload)), **headers}.items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    if body:
+        handler.wfile.write(payload)
+
 COMMIT = "a" * 40
 
 
@@ -120,63 +145,40 @@ class FakeHub:
     def __init__(self, repo_id: str, files: Path, gated: bool = False):
         self.repo_id, self.files, self.gated = repo_id, files, gated
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                hub._answer(self, body=False)
-
-            def do_GET(self):
-                hub._answer(self, body=True)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_locally(self._answer, ("HEAD", "GET"))
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop_serving(self.server)
 
     def downloaded(self) -> list[str]:
         prefix = f"/{self.repo_id}/resolve/{COMMIT}/"
         return sorted({p[len(prefix):] for m, p, _ in self.requests if m == "GET" and p.startswith(prefix)})
-
-    def _send(self, handler, status, payload: bytes, headers: dict, body: bool):
-        handler.send_response(status)
-        for key, value in {"Content-Length": str(len(payload)), **headers}.items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        if body:
-            handler.wfile.write(payload)
 
     def _answer(self, handler, body: bool):
         path = unquote(urlparse(handler.path).path)
         self.requests.append((handler.command, path, handler.headers.get("Authorization")))
         if self.gated and handler.headers.get("Authorization") is None:
             payload = json.dumps({"error": "Access to this model is restricted."}).encode()
-            return self._send(handler, 401, payload, {"X-Error-Code": "GatedRepo", "Content-Type": "application/json"}, body)
+            return send(handler, 401, payload, {"X-Error-Code": "GatedRepo", "Content-Type": "application/json"}, body)
         api = f"/api/models/{self.repo_id}"
         if path.startswith(f"{api}/revision/"):
             info = {"id": self.repo_id, "sha": COMMIT, "siblings": [{"rfilename": n} for n in self._names()]}
-            return self._send(handler, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
+            return send(handler, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
         if path.startswith(f"{api}/tree/"):
             tree = [
                 {"type": "file", "path": n, "size": (self.files / n).stat().st_size, "oid": self._oid(n)}
                 for n in self._names()
             ]
-            return self._send(handler, 200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, body)
+            return send(handler, 200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, body)
         prefix = f"/{self.repo_id}/resolve/"
         if path.startswith(prefix):
             name = path[len(prefix):].split("/", 1)[1]
             if name in self._names():
                 data = (self.files / name).read_bytes()
                 headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{self._oid(name)}"', "Content-Type": "application/octet-stream"}
-                return self._send(handler, 200, data, headers, body)
+                return send(handler, 200, data, headers, body)
         payload = json.dumps({"error": "Repository not found"}).encode()
-        self._send(handler, 404, payload, {"X-Error-Code": "RepoNotFound", "Content-Type": "application/json"}, body)
+        send(handler, 404, payload, {"X-Error-Code": "RepoNotFound", "Content-Type": "application/json"}, body)
 
     def _names(self) -> list[str]:
         return sorted(str(p.relative_to(self.files)) for p in self.files.rglob("*") if p.is_file())
@@ -206,31 +208,10 @@ class UploadHub:
         self.commits: list[tuple[str, str, list[str]]] = []
         self.requests: list[tuple[str, str, str | None]] = []
         self.fail_commits = 0
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                hub._handle(self, body=False)
-
-            def do_GET(self):
-                hub._handle(self, body=True)
-
-            def do_POST(self):
-                hub._handle(self, body=True)
-
-            def do_PUT(self):
-                hub._handle(self, body=True)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_locally(self._handle, ("HEAD", "GET", "POST", "PUT"))
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop_serving(self.server)
 
     def add_repo(self, repo_id: str, files: dict[str, bytes] | None = None, private: bool = False):
         """A repo that is already on the Hub (someone else's, say)."""
@@ -256,12 +237,7 @@ class UploadHub:
             status, payload, headers = 400, {"error": f"stand-in hub: {type(e).__name__}: {e}"}, {}
         if isinstance(payload, (dict, list)):
             payload, headers = json.dumps(payload).encode(), {"Content-Type": "application/json", **headers}
-        handler.send_response(status)
-        for key, value in {"Content-Length": str(len(payload)), **headers}.items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        if body:
-            handler.wfile.write(payload)
+        send(handler, status, payload, headers, body)
 
     @staticmethod
     def _read_body(handler) -> bytes:

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, computed_field
 
-from phi3e2e.errors import UserError
+from phi3e2e.errors import UserError, invalid_record
 from phi3e2e.runs.layout import RUN_FILE
 from phi3e2e.storage import atomic_write
 from phi3e2e.workflow.settings import Algo, FinetuneSettings
@@ -142,9 +142,7 @@ def read_record(folder: Path) -> RunRecord:
     try:
         return RunRecord.model_validate(data)
     except ValidationError as e:
-        error = e.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        raise UserError(f"{run_file}: {field}: {error['msg']}") from None
+        raise invalid_record(run_file, e) from None
 
 
 def try_read_record(folder: Path) -> Optional[RunRecord]:

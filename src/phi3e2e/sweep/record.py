@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from phi3e2e.errors import UserError
+from phi3e2e.errors import UserError, invalid_record
 from phi3e2e.runs import check_run_name, failed_dir, partial_dir
 from phi3e2e.storage import atomic_write
 from phi3e2e.sweep.space import SearchSpace
@@ -92,8 +92,7 @@ def read_sweep(gen_model: Path, name: str) -> SweepRecord:
     try:
         return SweepRecord.model_validate(data)
     except ValidationError as e:
-        error = e.errors()[0]
-        raise UserError(f"{path}: {'.'.join(str(p) for p in error['loc']) or '(top level)'}: {error['msg']}") from None
+        raise invalid_record(path, e) from None
 
 
 def check_sweep_name(name: str) -> str:
