@@ -479,3 +479,24 @@ def test_resume_of_a_job_that_is_not_stopped_is_refused(tiny_project, azure, sta
     with pytest.raises(UserError) as error:
         resume(tiny_project)
     assert message in str(error.value) and len(azure.submitted) == 1
+
+
+def test_a_sweep_is_submitted_as_one_sweep_job_and_followed_as_a_run(tiny_project, azure):
+    from phi3e2e.sweep.record import read_sweep
+    from phi3e2e.sweep.start import sweep
+    from phi3e2e.train.aml.jobs import download_models
+    from phi3e2e.train.aml.workspace import WorkspaceRef, connect
+
+    lines = []
+    sweep(tiny_project, ["lora.r=4,8", "training.max_steps=2"], name="sw", target="aml",
+          aml_options=AmlOptions(compute="gpu-a100", wait=False), say=lines.append)  # fmt: skip
+    ((job, uploads),) = azure.submitted
+    assert job.type == "sweep" and job.objective.primary_metric == "eval_loss" and job.limits.max_total_trials == 2
+    assert any(path.name == "train.jsonl" for path in uploads)  # the local data travels with the job
+    job._to_rest_object()  # what Azure ML receives: serializes offline
+    assert read_sweep(tiny_project.gen_model, "sw").job_name == "olive-job-1"
+    assert read_raw(tiny_project.gen_model / "sw")["aml"]["job_name"] == "olive-job-1"
+    assert any("memory plan:" in line for line in lines) and any("jobs download sw" in line for line in lines)
+    # Downloading the sweep job fetches its best trial's models (the SDK follows the best child) into the folder.
+    run_dir = download_models(tiny_project, connect(WorkspaceRef(), (tiny_project.root,)), "sw", say=lambda _: None)
+    assert read_record(run_dir).status == "succeeded" and (run_dir / "onnx-int4").is_dir()

@@ -37,6 +37,57 @@ EARLY_TERMINATION = {"type": "median_stopping", "evaluation_interval": 1, "delay
 def write_sweep_job(project: Project, record: SweepRecord, options, say: Callable[[str], None]) -> SweepRecord:
     """gen-model/<sweep>/ with the trial's job files and aml-sweep.yml (checked by the SDK's own schema, offline);
     the sweep recorded as a dry-run."""
+    record, _, job_file = stage_sweep_job(project, record, options, say)
+    say(f"  submit it: phi3e2e sweep ... without --dry-run, or az ml job create -f {project.relative(job_file)} "
+        "-g RG -w WS")
+    return record
+
+
+def submit_sweep_job(project: Project, record: SweepRecord, options, say: Callable[[str], None],
+                     credential=None) -> SweepRecord:  # fmt: skip
+    """The sweep job staged, its compute and memory plan checked, then submitted. Its folder gen-model/<sweep>/
+    then stands for the sweep job: `phi3e2e jobs status|logs|download <sweep>` follow it, and download fetches the
+    best trial's models (the SDK downloads a sweep job's outputs from its best child)."""
+    from pathlib import Path
+
+    from phi3e2e import runs
+    from phi3e2e.train.aml.job import load_job_file
+    from phi3e2e.train.aml.memory_plan import check_fit
+    from phi3e2e.train.aml.submit import check_compute, check_vm_size, first_line
+    from phi3e2e.train.aml.workspace import connect
+
+    record, plan, job_file = stage_sweep_job(project, record, options, say)
+    ml_client = connect(options.workspace, (project.root, Path.cwd()), credential)
+    if options.compute:
+        if size := check_compute(ml_client, options.compute, say):
+            check_fit(plan, size, f"compute {options.compute!r} is {size}", say, refuse=options.memory_check)
+    else:
+        check_vm_size(ml_client, options.instance_type, f"--instance-type {options.instance_type}", say)
+    job = load_job_file(job_file)
+    say(f"Submitting the sweep job ({record.space.trials} trials) ...")
+    try:
+        submitted = ml_client.jobs.create_or_update(job)
+    except Exception as e:
+        raise UserError(f"submitting the sweep job failed: {first_line(e)} "
+                        f"[files kept in {project.relative(job_file.parent)}]") from None  # fmt: skip
+    run_dir = job_file.parent
+    run_record = runs.read_record(run_dir)
+    run_record.status, run_record.submitted_at = "submitted", runs.now()
+    run_record.aml.job_name = submitted.name
+    runs.write_record(run_dir, run_record)
+    record.status, record.job_name = "submitted", submitted.name
+    write_sweep(project.gen_model, record)
+    say(f"Submitted sweep job {submitted.name} ({project.relative(run_dir)}/)")
+    if submitted.studio_url:
+        say(f"  Studio: {submitted.studio_url}")
+    say(f"Follow it: phi3e2e jobs status {record.name} | phi3e2e jobs logs {record.name} | "
+        f"phi3e2e jobs download {record.name} (the best trial's models)")  # fmt: skip
+    return record
+
+
+def stage_sweep_job(project: Project, record: SweepRecord, options, say: Callable[[str], None]):
+    """(the sweep recorded as a dry-run, the first trial's plan, aml-sweep.yml): the trial's job files and the
+    sweep job around them, checked by the SDK's own schema offline."""
     from phi3e2e.train.aml.job import JOB_FILE, load_job_file
     from phi3e2e.train.plan import plan_run, write_dry_run
     from phi3e2e.train.spec import RunSpec
@@ -54,7 +105,7 @@ def write_sweep_job(project: Project, record: SweepRecord, options, say: Callabl
     command_job = yaml.safe_load((result.run_dir / JOB_FILE).read_text())
     job = sweep_job_spec(command_job, space, paths, options.timeout_h)
     job_file = result.run_dir / SWEEP_JOB_FILE
-    header = ("# Azure ML sweep job written by `phi3e2e sweep --target aml --dry-run`. Submit it with:\n"
+    header = ("# Azure ML sweep job written by `phi3e2e sweep --target aml`. Submit it by hand with:\n"
               f"#   az ml job create -f {SWEEP_JOB_FILE} --resource-group RG --workspace-name WS\n")  # fmt: skip
     job_file.write_text(header + yaml.safe_dump(job, sort_keys=False, width=1000))
     load_job_file(job_file)  # the SDK's own schema, offline
@@ -64,8 +115,7 @@ def write_sweep_job(project: Project, record: SweepRecord, options, say: Callabl
         f"{JOB_FILE}, code: aml-code/)")  # fmt: skip
     say(f"  {space.trials} trials, {SAMPLING[space.search]} sampling, at most {job['limits']['max_concurrent_trials']} "
         f"at once; objective: minimize {PRIMARY_METRIC} (the trainer's held-out loss, logged to MLflow)")  # fmt: skip
-    say(f"  submit it: az ml job create -f {project.relative(job_file)} -g RG -w WS")
-    return record
+    return record, plan, job_file
 
 
 def sweep_job_spec(command_job: dict, space: SearchSpace, paths: dict[str, list[str]], timeout_h: float) -> dict:

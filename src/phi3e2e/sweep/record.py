@@ -22,7 +22,7 @@ SCHEMA_VERSION = 1
 SUFFIX = ".sweep.json"
 OBJECTIVE = "held-out loss of the int4 model (eval.json: losses.int4.fine_tuned.loss), lower is better"
 TrialStatus = Literal["pending", "running", "interrupted", "succeeded", "pruned", "failed"]
-SweepStatus = Literal["running", "interrupted", "finished", "dry-run"]
+SweepStatus = Literal["running", "interrupted", "finished", "dry-run", "submitted"]
 ENDED = ("succeeded", "pruned", "failed")  # a resumed sweep runs every other trial
 
 
@@ -54,6 +54,7 @@ class SweepRecord(BaseModel):
     created_at: str
     finished_at: Optional[str] = None
     best: Optional[int] = None  # the best trial's number
+    job_name: Optional[str] = None  # --target aml: the submitted sweep job
     trials: list[TrialRecord] = []
 
     def trial(self, number: int) -> Optional[TrialRecord]:

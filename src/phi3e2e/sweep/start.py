@@ -45,12 +45,10 @@ def sweep(
     record = SweepRecord(name=name, target=target, algo=algo, model=model, data=data, space=space,
                          created_at=runs.now())  # fmt: skip
     if target == "aml":
-        from phi3e2e.sweep.aml import write_sweep_job
+        from phi3e2e.sweep.aml import submit_sweep_job, write_sweep_job
 
-        if not dry_run:
-            raise UserError("--target aml: only --dry-run for now; submit the job it writes with "
-                            "`az ml job create -f gen-model/NAME/aml-sweep.yml -g RG -w WS`")  # fmt: skip
-        return write_sweep_job(project, record, aml_options, say)
+        write = write_sweep_job if dry_run else submit_sweep_job
+        return write(project, record, aml_options, say)
 
     from phi3e2e.sweep.local import add_trial, run_sweep, trial_plan
 

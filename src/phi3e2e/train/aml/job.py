@@ -227,7 +227,7 @@ def load_job_file(job_file: Path):
 def local_uploads(job) -> list[Path]:
     """The local files the SDK uploads when the job is created: its code folder and local inputs."""
     base = Path(job.base_path)
-    roots = [base / job.code]
+    roots = [base / (job.trial.code if job.type == "sweep" else job.code)]  # a sweep job's code is its trial's
     for job_input in job.inputs.values():
         path = getattr(job_input, "path", None)
         if path and not str(path).startswith(("azureml:", "http:", "https:")) and (base / path).exists():

@@ -58,7 +58,7 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
     except Exception as e:
         failed = runs.fail_run(staging, record, f"submit failed: {e}")
         raise UserError(
-            f"submitting the job failed: {_first_line(e)} [run kept in {project.relative(failed)}]"
+            f"submitting the job failed: {first_line(e)} [run kept in {project.relative(failed)}]"
         ) from None
 
     record.status, record.submitted_at = "submitted", runs.now()
@@ -176,6 +176,6 @@ def check_remote_sources(ml_client, model_src: ModelSource, data_src: DataSource
     return data_src
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     text = str(error).strip()
     return (text.splitlines() or [type(error).__name__])[0][:300]
