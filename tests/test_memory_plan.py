@@ -91,3 +91,17 @@ def test_a_model_whose_sizes_are_unknown_is_planned_without_a_refusal(tiny_proje
     finetune(tiny_project, algo="qlora", target="aml", model="someone/unknown-model", dry_run=True, run_name="x",
              aml_options=AmlOptions(instance_type="Standard_NC4as_T4_v3"), say=lines.append)  # fmt: skip
     assert any("sizes are not known here" in line for line in lines)
+
+
+def test_an_azure_ml_sweep_is_planned_at_its_largest_settings(tiny_project):
+    from phi3e2e.sweep.start import sweep
+
+    def plan_sweep(lengths, name):
+        return sweep(tiny_project, [f"data.max_length={lengths}"], algo="qlora", model="microsoft/Phi-4-mini-instruct",
+                     name=name, target="aml", dry_run=True, say=lambda _: None,
+                     aml_options=AmlOptions(instance_type="Standard_NV12ads_A10_v5"))  # fmt: skip
+
+    assert plan_sweep("256,512", "fits").status == "dry-run"  # an 8 GiB A10 share holds it at 512 tokens ...
+    with pytest.raises(UserError) as error:  # ... not at 2048: the first trial (512) alone would have passed
+        plan_sweep("512,2048", "too-big")
+    assert "qlora on Phi-4-mini-instruct needs about" in str(error.value)

@@ -98,8 +98,14 @@ def stage_sweep_job(project: Project, record: SweepRecord, options, say: Callabl
                       set_args=tuple(space.set_args(first)), dry_run=True, target_options=options)  # fmt: skip
     target = spec.on_target
     target.check(spec)
-    plan = plan_run(project, spec, target.inputs(project, spec))
-    target.check_plan(plan, say)  # the memory plan of the first trial's settings
+    inputs = target.inputs(project, spec)
+    plan = plan_run(project, spec, inputs)
+    # The memory plan of the trial that needs the most: every numeric dimension at its largest value.
+    heaviest = {d.key: _largest(d) for d in space.dimensions}
+    heavy_spec = RunSpec.of(algo=record.algo, target="aml", model=record.model, data=record.data,
+                            run_name=record.name, set_args=tuple(space.set_args(heaviest)), dry_run=True,
+                            target_options=options)  # fmt: skip
+    target.check_plan(plan_run(project, heavy_spec, inputs), say)
     paths = {d.key: config_paths(project, spec, plan, d) for d in space.dimensions}
     result = write_dry_run(project, plan, say=lambda line: None)  # the trial's job files, checked by the SDK
     command_job = yaml.safe_load((result.run_dir / JOB_FILE).read_text())
@@ -181,6 +187,14 @@ def config_paths(project: Project, spec, plan, d: Dimension) -> list[str]:
         raise UserError(f"--set {d.key}: not a value the Olive workflow holds as it is, so an Azure ML sweep cannot "
                         "set it per trial; sweep it locally, or fix it for every trial")  # fmt: skip
     return verbatim
+
+
+def _largest(d: Dimension) -> Any:
+    """The dimension's value that needs the most memory, as far as a number says (r, max_length, batch size)."""
+    if d.values is None:
+        return _bound(d, d.high)
+    numbers = [v for v in d.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(numbers) if len(numbers) == len(d.values) else d.values[0]
 
 
 def _bound(d: Dimension, value: float) -> Any:
