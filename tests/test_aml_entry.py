@@ -110,6 +110,12 @@ def test_staged_checkpoints_go_to_the_job_output():
 # Olive starts that pass. `make test` kills at 3 points; `make test-chaos` (PHI3E2E_CHAOS_KILLS=10) at 10.
 CHAOS = {3: ["saved", "step", "int4"],
          10: ["step", "save", "saved", "step", "save", "step", "saved", "merge", "int4", "int4"]}  # fmt: skip
+# How long after its point a kill may land (seconds): the tiny model trains ~40 steps a second, so a later kill in
+# training could let it finish, and the next training point would never come.
+LATEST_KILL = {"step": 0.05, "save": 0.0, "saved": 0.0, "merge": 0.3, "int4": 0.3}
+# Steps per kill mode: room for every training point even when each save or saved kill costs a checkpoint
+# interval (20 steps) and a save kill lands after the save completed.
+CHAOS_STEPS = {3: 60, 10: 100}
 
 
 @dataclass
@@ -148,7 +154,7 @@ def run_node(command, code_dir, env, log_file: Path, checkpoints: Path, point, r
     while node.poll() is None:
         assert time.monotonic() < deadline, f"stuck before {point}: " + log_file.read_text()[-2000:]
         if point and reached(point, log_file.read_text(errors="replace"), checkpoints, before):
-            time.sleep(0 if point == "save" else rng.uniform(0, 0.3))  # a random moment after it
+            time.sleep(rng.uniform(0, LATEST_KILL[point]))  # a random moment after it
             os.killpg(node.pid, signal.SIGKILL)
             node.wait()
             break
@@ -163,9 +169,10 @@ def restarted_job(tiny_template, tmp_path_factory):
     """The staged entry killed at the chaos points and restarted over the same outputs each time (the node's
     local disk wiped in between), then left to finish; MLflow tracking to a local folder."""
     tmp = tmp_path_factory.mktemp("restarted-job")
-    # 60 steps, not the tiny profile's 140: a checkpoint every 20, so restarts resume, train on, evaluate each
-    # epoch and save again (the suite stays under 15 minutes).
-    settings = build_settings("tiny", {"training.max_steps": 60})
+    # 60 steps (100 with 10 kills), not the tiny profile's 140: a checkpoint every 20, so restarts resume, train
+    # on, evaluate each epoch and save again (the suite stays under 15 minutes).
+    kills = int(os.environ.get("PHI3E2E_CHAOS_KILLS", "3"))
+    settings = build_settings("tiny", {"training.max_steps": CHAOS_STEPS[kills]})
     paths = WorkflowPaths(
         model="${{inputs.model}}", train_file="${{inputs.train_file}}", eval_file="${{inputs.eval_file}}",
         output=OLIVE_OUTPUT, cache=OLIVE_CACHE, checkpoints=CHECKPOINTS,
@@ -183,7 +190,7 @@ def restarted_job(tiny_template, tmp_path_factory):
     # MLFLOW_ALLOW_FILE_STORE: MLflow 3 refuses a folder store unless asked; Azure ML's is a workspace URI.
     env = {**os.environ, "MLFLOW_TRACKING_URI": (tmp / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
            "MLFLOW_EXPERIMENT_NAME": "phi3e2e"}  # fmt: skip
-    points = CHAOS[int(os.environ.get("PHI3E2E_CHAOS_KILLS", "3"))]
+    points = CHAOS[kills]
     seed = int(os.environ.get("PHI3E2E_CHAOS_SEED", "0"))
     rng, attempts = random.Random(seed), []
     for number, point in enumerate([*points, None]):
