@@ -52,17 +52,12 @@ def submit_sweep_job(project: Project, record: SweepRecord, options, say: Callab
 
     from phi3e2e import runs
     from phi3e2e.train.aml.job import load_job_file
-    from phi3e2e.train.aml.memory_plan import check_fit
-    from phi3e2e.train.aml.submit import check_compute, check_vm_size, first_line
+    from phi3e2e.train.aml.submit import check_where, first_line
     from phi3e2e.train.aml.workspace import connect
 
     record, plan, job_file = stage_sweep_job(project, record, options, say)
     ml_client = connect(options.workspace, (project.root, Path.cwd()), credential)
-    if options.compute:
-        if size := check_compute(ml_client, options.compute, say):
-            check_fit(plan, size, f"compute {options.compute!r} is {size}", say, refuse=options.memory_check)
-    else:
-        check_vm_size(ml_client, options.instance_type, f"--instance-type {options.instance_type}", say)
+    check_where(ml_client, plan, options, say)
     job = load_job_file(job_file)
     say(f"Submitting the sweep job ({record.space.trials} trials) ...")
     try:

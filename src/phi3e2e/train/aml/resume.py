@@ -20,6 +20,7 @@ from phi3e2e.project import Project
 from phi3e2e.train.aml.job import JOB_FILE, load_job_file, options_of, write_job_file
 from phi3e2e.train.aml.results import DONE_BAD, DONE_OK, download_run, get_job, stream_log
 from phi3e2e.train.aml.staging import CHECKPOINTS_OUTPUT, CODE_DIR, CONFIG_FILE
+from phi3e2e.train.aml.submit import first_line
 from phi3e2e.train.aml.workspace import connect
 from phi3e2e.train.plan import FinetuneResult
 from phi3e2e.train.spec import RunSpec
@@ -62,7 +63,7 @@ def resume_job(project: Project, spec: RunSpec, say: Callable[[str], None], cred
     try:
         submitted = ml_client.jobs.create_or_update(job)
     except Exception as e:
-        raise UserError(f"submitting the resumed job failed: {str(e).strip().splitlines()[0][:300]} "
+        raise UserError(f"submitting the resumed job failed: {first_line(e)} "
                         f"[{project.relative(run_dir)} still names {previous.name}]") from None  # fmt: skip
     record.aml.earlier_jobs = (record.aml.earlier_jobs or []) + [previous.name]
     record.aml.job_name, record.status, record.reason = submitted.name, "submitted", None

@@ -30,11 +30,7 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
     options = options_of(plan.spec)
     model_src, data_src = plan.inputs.job_sources
     ml_client = connect(options.workspace, (project.root, Path.cwd()), credential)
-    if options.compute:
-        if size := check_compute(ml_client, options.compute, say):
-            check_fit(plan, size, f"compute {options.compute!r} is {size}", say, refuse=options.memory_check)
-    else:
-        check_vm_size(ml_client, options.instance_type, f"--instance-type {options.instance_type}", say)
+    check_where(ml_client, plan, options, say)
     checked = register_local_data(ml_client, check_remote_sources(ml_client, model_src, data_src), say)
     if checked is not data_src:
         # A folder data asset is bound as a folder (the workflow reads its train.jsonl); local data
@@ -76,6 +72,15 @@ def submit_run(project: Project, plan: RunPlan, say: Callable[[str], None] = pri
     stream_log(ml_client, submitted.name, say)
     record = download_run(ml_client, project, run_dir, say)
     return FinetuneResult(run_dir, config_file, False, record)
+
+
+def check_where(ml_client, plan: RunPlan, options, say: Callable[[str], None]) -> None:
+    """The compute (or serverless size) has a GPU the job can use, and the plan fits its memory."""
+    if options.compute:
+        if size := check_compute(ml_client, options.compute, say):
+            check_fit(plan, size, f"compute {options.compute!r} is {size}", say, refuse=options.memory_check)
+    else:
+        check_vm_size(ml_client, options.instance_type, f"--instance-type {options.instance_type}", say)
 
 
 # VM families whose GPUs the job's CUDA 12.6 torch cannot train on (Azure's family names, as
