@@ -59,12 +59,6 @@ class SearchSpace(BaseModel):
     search: Search
     trials: int
 
-    @property
-    def grid_size(self) -> Optional[int]:
-        if any(d.is_range for d in self.dimensions):
-            return None
-        return math.prod(len(d.values) for d in self.dimensions)
-
     def grid_point(self, number: int) -> dict[str, Any]:
         """Trial `number`'s values (1-based) in grid order."""
         points = itertools.product(*(d.values for d in self.dimensions))
