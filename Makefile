@@ -59,7 +59,7 @@ LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_SDIST := $(PEERS)/sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
 PEERS_STAMP := $(PEERS)/.installed-$(LLAMA_CPP_PYTHON)-no-amx
 
-.PHONY: bench-peers bench
+.PHONY: bench-peers bench bench-llama-server
 
 bench-peers: $(PEERS_STAMP)
 
@@ -78,6 +78,19 @@ $(PEERS_STAMP):
 		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/gguf-py
 	$(PEERS)/bin/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
 	touch $@
+
+# llama.cpp's own C++ server (and llama-quantize) from the same vendored source, same SIMD flags: the anchor of
+# benchmarks/serve_load.py --llama-server (6-10 minutes on 2 cores, once).
+LLAMA_SERVER := $(PEERS)/llama.cpp-src/build/bin/llama-server
+
+bench-llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): $(PEERS_STAMP)
+	rm -rf $(PEERS)/llama.cpp-src && mkdir -p $(PEERS)/llama.cpp-src
+	tar xzf $(LLAMA_SDIST) -C $(PEERS)/llama.cpp-src --strip-components=3 llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
+	cmake -S $(PEERS)/llama.cpp-src -B $(PEERS)/llama.cpp-src/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $$($(PYTHON) benchmarks/peers/cmake_args.py)
+	cmake --build $(PEERS)/llama.cpp-src/build -j --target llama-server llama-quantize
 
 # Which int4 build phi3e2e ships for CPUs: speed, size and quality of each candidate against
 # llama.cpp Q4_0/Q4_K_M and transformers fp32 (docs/performance.md). About 15 minutes.

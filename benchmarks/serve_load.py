@@ -13,6 +13,12 @@ Two servers on it, side by side: `serve` as it ships (answers waiting together d
 batch, up to 4 per forward pass) and `serve --max-batch 1` (each answer on its own generator,
 taking turns); each level runs on one, then the other, so both see the same machine.
 
+The anchor (`--llama-server PATH`): llama.cpp's own C++ server, built from the same vendored llama.cpp
+source as the benchmark peer (`make bench-llama-server`), on the same model converted by llama.cpp's
+converter and quantized to Q4_0 by its `llama-quantize`, with as many slots (`-np`) as clients and
+continuous batching on (its default), restarted for each level; `ignore_eos` makes it answer the same 128
+tokens. llama-cpp-python's `llama_cpp.server` answers one request at a time, so it is not the anchor.
+
 Each request: a 32-token chat prompt, 128 greedy new tokens (`min_tokens` holds the end of turn
 back), streamed, as the decode benchmarks measure. Each client sends its requests one after
 another; N clients run at once. Per level: requests/s, latency (request sent -> last token)
@@ -103,11 +109,61 @@ class Server:
         self.process.wait(timeout=30)
 
 
-def one_request(port: int, user_text: str) -> dict:
+class LlamaServer:
+    """llama.cpp's `llama-server` on the Q4_0 GGUF, `slots` requests decoding at once (continuous batching)."""
+
+    def __init__(self, binary: Path, gguf: Path, slots: int, threads: int):
+        import socket
+
+        with socket.socket() as probe:  # llama-server takes no port 0: ask the kernel for a free one
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        context = slots * 2 * (PROMPT_TOKENS + NEW_TOKENS + 64)  # split evenly among the slots
+        self.process = subprocess.Popen(
+            [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "-t", str(threads),
+             "-tb", str(threads), "-np", str(slots), "-c", str(context), "--jinja", "--no-webui"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"llama-server exited ({self.process.returncode}) before it was ready")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("GET", "/health")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit("llama-server was not ready within 300 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def llama_gguf(project: Path, binary: Path) -> Path:
+    """The benchmark model as Q4_0 GGUF: llama.cpp's converter (vendored beside the server's source, run by
+    benchmarks/peers/llama_cpp_peer.py) to f16, then the server's sibling `llama-quantize`."""
+    hf_dir = project / "model-cache" / "phi3-mini-shaped"
+    f16, q4_0 = project / "model-f16.gguf", project / "model-q4_0.gguf"
+    source = binary.resolve().parents[2]  # <llama.cpp>/build/bin/llama-server
+    if not q4_0.is_file():
+        log("Converting the model to GGUF Q4_0 for llama-server (once) ...")
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "peers" / "llama_cpp_peer.py"), "convert",
+                        str(hf_dir), str(f16), "--llama-cpp-dir", str(source)], check=True)
+        subprocess.run([str(binary.with_name("llama-quantize")), str(f16), str(q4_0), "Q4_0"], check=True,
+                       stdout=subprocess.DEVNULL)
+        f16.unlink()
+    return q4_0
+
+
+def one_request(port: int, user_text: str, model: str = RUN) -> dict:
     """One streamed answer: seconds to the first token and to the last, and the tokens counted by the server."""
-    body = json.dumps({"model": RUN, "messages": [{"role": "user", "content": user_text}], "stream": True,
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": user_text}], "stream": True,
                        "stream_options": {"include_usage": True}, "temperature": 0,
-                       "max_tokens": NEW_TOKENS, "min_tokens": NEW_TOKENS})
+                       "max_tokens": NEW_TOKENS, "min_tokens": NEW_TOKENS,  # phi3e2e serve's
+                       "ignore_eos": True})  # llama-server's way to the same length; phi3e2e ignores it
     start = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     connection.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
@@ -129,9 +185,9 @@ def one_request(port: int, user_text: str) -> dict:
             "decode_tok_s": (usage["completion_tokens"] - 1) / (seconds - first)}
 
 
-def load_level(port: int, user_text: str, clients: int, requests_per_client: int) -> dict:
+def load_level(port: int, user_text: str, clients: int, requests_per_client: int, model: str = RUN) -> dict:
     def client(_: int) -> list[dict]:
-        return [one_request(port, user_text) for _ in range(requests_per_client)]
+        return [one_request(port, user_text, model) for _ in range(requests_per_client)]
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
@@ -201,6 +257,26 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def llama_level(args, project: Path, user_text: str, clients: int, per_client: int) -> dict:
+    """One level against llama-server with `clients` slots (its own process, stopped after)."""
+    from int4_options import wait_until_quiet
+
+    from phi3e2e.infer.threads import physical_cores
+
+    server = LlamaServer(args.llama_server, llama_gguf(project, args.llama_server), clients, physical_cores())
+    try:
+        one_request(server.port, user_text, "q4_0")  # warm-up: not timed
+        busy, waited = wait_until_quiet(args.max_busy, args.max_wait)
+        log(f"{clients} clients x {per_client} requests, llama-server -np {clients} (CPU busy {busy:.0%} after "
+            f"waiting {waited:.0f} s) ...")
+        level = {"mode": f"llama-server Q4_0 -np {clients}"} | load_level(server.port, user_text, clients, per_client,
+                                                                        "q4_0") | {"busy_before": busy}
+    finally:
+        server.stop()
+    log(f"  {level}")
+    return level
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the Phi-3-mini-shaped model")
@@ -209,6 +285,8 @@ def main() -> None:
                         help="default: 4 at 1 client, 2 at 4, 1 at 16 (4-16 requests a level, run on each server)")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
                         help="serve as it ships (batched) and/or with --max-batch 1 (unbatched)")
+    parser.add_argument("--llama-server", type=Path, default=None,
+                        help="llama.cpp's llama-server binary (make bench-llama-server): the anchor at each level")
     parser.add_argument("--pairs", type=int, default=6, help="rounds of one served answer and one `chat` answer")
     parser.add_argument("--max-busy", type=float, default=0.15,
                         help="start a level only when other work uses at most this share of the CPUs")
@@ -244,6 +322,8 @@ def main() -> None:
                 level = load_level(server.port, user_text, clients, per_client)
                 result["levels"].append({"mode": mode} | level | {"busy_before": busy})
                 log(f"  {result['levels'][-1]}")
+            if args.llama_server:
+                result["levels"].append(llama_level(args, project, user_text, clients, per_client))
         if args.pairs:
             log(f"One stream through the server vs chat's path, {args.pairs} paired rounds ...")
             result["single_stream"] = single_stream_pairs(next(iter(servers.values())).port, onnx_dir, user_text,

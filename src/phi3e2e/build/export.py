@@ -107,8 +107,9 @@ def export(
         model_dir = _collect_model(staging, staging / EXPORT_LOG)
         if device == "cpu":
             from phi3e2e.infer.engines.genai import use_all_cores
+            from phi3e2e.infer.prepacked import save_prepacked
 
-            use_all_cores(model_dir)  # ModelBuilder leaves onnxruntime-genai on one decode thread
+            save_prepacked(model_dir, use_all_cores(model_dir))  # all cores, and this CPU's prepacked weights
         for kept in (EXPORT_CONFIG, EXPORT_LOG):
             shutil.move(staging / kept, model_dir / kept)
         record = {
@@ -118,7 +119,8 @@ def export(
             "precision": precision,
             "pass": config["passes"]["build"],
             "duration_s": runs.elapsed(start),
-            "size_bytes": sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()),
+            "size_bytes": sum(f.stat().st_size for f in model_dir.rglob("*")  # a cache (.prepacked/) is not the model
+                              if f.is_file() and not f.relative_to(model_dir).parts[0].startswith(".")),
         }
         (model_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         publish(model_dir, final)  # the last step: only a verified model ever appears under its name

@@ -109,9 +109,13 @@ def recorded_int4_options(record: RunRecord) -> dict:
 
 
 def tune_for_cpu(onnx_dir: Path, export: ExportSettings) -> dict:
-    """Decode on every physical core (written into genai_config.json); what was chosen, for run.json."""
+    """Decode on every physical core (written into genai_config.json) and save this CPU's prepacked weights;
+    what was chosen, for run.json."""
     from phi3e2e.infer.engines.genai import use_all_cores
+    from phi3e2e.infer.prepacked import save_prepacked
 
     threads = use_all_cores(onnx_dir)
     options = export.model_dump(exclude={"precision"})
-    return {"build_options": options, "intra_op_num_threads": threads, "chosen_by": "docs/performance.md"}
+    prepacked = save_prepacked(onnx_dir, threads)  # starts map this CPU's repacked weights instead of repacking
+    return {"build_options": options, "intra_op_num_threads": threads, "chosen_by": "docs/performance.md",
+            "prepacked_for_this_cpu": prepacked is not None}

@@ -74,6 +74,7 @@ class GenaiEngine:
         import onnxruntime_genai as og
 
         from phi3e2e.infer import huge_pages as pages
+        from phi3e2e.infer.prepacked import saved_model
 
         self._og = og
         self.model_dir = model_dir
@@ -93,11 +94,15 @@ class GenaiEngine:
             # would decode on one thread: give it every core, as phi3e2e's own builds get.
             threads = physical_cores()
         mapped_before = pages.anonymous_regions() if device == "cpu" and huge_pages else {}
+        # This CPU's saved prepacked weights, when phi3e2e built the model here: mapped, not repacked (prepacked.py).
+        self.prepacked = saved_model(model_dir, settings) if device == "cpu" and self.built_for == "cpu" else None
         try:
-            if built_for(settings) == device and not threads:
+            if built_for(settings) == device and not threads and not self.prepacked:
                 self.model = og.Model(str(model_dir))  # as built
             else:
                 config = og.Config(str(model_dir))
+                if self.prepacked:
+                    config.overlay(json.dumps({"model": {"decoder": {"filename": str(self.prepacked)}}}))
                 if built_for(settings) != device:
                     # The device is the user's choice, not the build's: a CUDA-built int4 model also runs on
                     # CPU. (Re-setting the providers of a model built for this device made decode ~10% slower

@@ -1,0 +1,118 @@
+"""Start a CPU int4 model by mapping its weights instead of repacking them: onnxruntime's saved prepacked weights.
+
+At load, onnxruntime repacks every int4 MatMul weight into its kernel's layout: 2.7 s of a 32-layer
+`chat --prompt`'s 4.4 s, into 2.1 GB of anonymous memory (docs/performance.md). onnxruntime 1.32 can save a
+session's optimized graph with those repacked weights in its external data file
+(`session.save_external_prepacked_constant_initializers`); a session made from the saved file maps them from
+the file instead of repacking. The layout depends on the CPU's instruction set and on onnxruntime's version, so
+the saved form is a cache for this CPU and version: `.prepacked/<key>/` inside the model folder, made when phi3e2e
+builds the model on this machine (`tune_for_cpu`, `export`), used by GenaiEngine through a config overlay (the
+decoder's file name), and never shipped (`push` and `deploy` leave dot-folders out). A stale or missing cache
+only means the usual load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from phi3e2e.storage import staged_dir
+
+CACHE = ".prepacked"
+MODEL_FILE = "model.onnx"
+
+
+def decoder_file(settings: dict) -> Optional[str]:
+    return settings.get("model", {}).get("decoder", {}).get("filename")
+
+
+def cache_key(model_dir: Path, settings: dict) -> Optional[str]:
+    """What the saved layout depends on: onnxruntime's version, this CPU, and the model's own files (size and
+    modification time: rebuilt or replaced files make a new key). None when the model has no decoder file."""
+    from importlib.metadata import version  # not `import onnxruntime`: loading it would cost a start ~0.2 s
+
+    name = decoder_file(settings)
+    if not name or not (model_dir / name).is_file():
+        return None
+    files = sorted(p for p in model_dir.iterdir() if p.is_file() and p.name.startswith(Path(name).name))
+    parts = {"onnxruntime": version("onnxruntime"), "cpu": _cpu_signature(), "decoder": name,
+             "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def saved_model(model_dir: Path, settings: dict) -> Optional[Path]:
+    """The saved prepacked model for this CPU, relative to `model_dir` (as genai_config names files), if there."""
+    key = cache_key(model_dir, settings)
+    if key and (model_dir / CACHE / key / MODEL_FILE).is_file():
+        return Path(CACHE) / key / MODEL_FILE
+    return None
+
+
+def save_prepacked(model_dir: Path, threads: Optional[int] = None) -> Optional[Path]:
+    """Make this CPU's prepacked model (once; older ones removed). Returns it relative to `model_dir`, or None
+    when the folder is not writable or the disk is full: a cache, never a reason to fail a build."""
+    from phi3e2e.infer.engines.genai import genai_config
+
+    settings = genai_config(model_dir)
+    key = cache_key(model_dir, settings)
+    if key is None:
+        return None
+    cache = model_dir / CACHE
+    try:
+        cache.mkdir(exist_ok=True)
+        with _locked(cache / ".lock"):
+            if saved_model(model_dir, settings):
+                return saved_model(model_dir, settings)
+            for old in cache.iterdir():  # other CPUs' or older builds' layouts, and what a kill left half made
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+            with staged_dir(cache / key) as staging:
+                _optimize(model_dir / decoder_file(settings), staging / MODEL_FILE, threads)
+    except OSError:
+        return None
+    return saved_model(model_dir, settings)
+
+
+def _optimize(source: Path, target: Path, threads: Optional[int]) -> None:
+    """An onnxruntime session over `source` that saves its optimized graph, repacked weights included."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or 1
+    options.log_severity_level = 3  # its note that the saved graph is for this hardware is why it is a cache
+    options.optimized_model_filepath = str(target)
+    options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     target.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    if not target.with_name(target.name + ".data").is_file():
+        raise OSError(f"{target}: onnxruntime saved no external data")
+
+
+@contextlib.contextmanager
+def _locked(lock_file: Path):
+    """Two processes building at once: the second waits, then finds the first's cache."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cpu_signature() -> str:
+    """The CPU model and its instruction-set flags (the kernels onnxruntime packs for)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    wanted = ("model name", "flags")
+    return "|".join(next((line for line in lines if line.startswith(key)), "") for key in wanted)
