@@ -29,9 +29,9 @@ class DeployGroup(TyperGroup):
 app = new_app(
     "Serve a finished run's int4 model on an Azure ML managed online endpoint (OpenAI-compatible).\n\n"
     "Examples:\n\n\b\n"
-    "  phi3e2e deploy --target aml --dry-run      # endpoint.yml, deployment.yml, the image: nothing sent\n"
-    "  phi3e2e deploy --target aml                # the newest run, 100% of the traffic\n"
-    "  phi3e2e deploy 20250101-120000-lora --target aml --traffic 10   # a canary beside the last run\n"
+    "  phi3e2e deploy --target aml --dry-run   # the YAMLs and image; no call\n"
+    "  phi3e2e deploy --target aml             # the newest run, all the traffic\n"
+    "  phi3e2e deploy latest --target aml --traffic 10   # a canary\n"
     "  phi3e2e deploy status\n"
     "  phi3e2e deploy delete",
     group=True,

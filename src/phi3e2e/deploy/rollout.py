@@ -56,9 +56,11 @@ def split_traffic(current: dict[str, int], new: str, share: int) -> dict[str, in
     return {**traffic, new: share}
 
 
-def smoke_test(base_url: str, key: str, deployment: str, model: str, timeout_s: float = SMOKE_TIMEOUT_S) -> str:
-    """One chat completion sent to `deployment` alone; its answer, or UserError with what went wrong."""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": SMOKE_PROMPT}], "max_tokens": 8})
+def smoke_test(base_url: str, key: str, deployment: str, timeout_s: float = SMOKE_TIMEOUT_S) -> str:
+    """One chat completion sent to `deployment` alone; its answer, or UserError with what went wrong.
+
+    No `model`: a deployment serves its one run, the default of its `phi3e2e serve`."""
+    body = json.dumps({"messages": [{"role": "user", "content": SMOKE_PROMPT}], "max_tokens": 8})
     request = urllib.request.Request(
         f"{base_url}/chat/completions", data=body.encode(), method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}", DEPLOYMENT_HEADER: deployment},
@@ -108,7 +110,7 @@ def deploy(ml_client, request: DeployRequest, files: DeployFiles, say: Callable[
     say(f"Smoke test: one chat completion sent to {request.deployment} alone ...")
     key = ml_client.online_endpoints.get_keys(request.endpoint).primary_key
     try:
-        answer = smoke_test(base_url, key, request.deployment, request.run_dir.name)
+        answer = smoke_test(base_url, key, request.deployment)
     except UserError as failure:
         if previous is None:
             ml_client.online_deployments.begin_delete(request.deployment, request.endpoint).result()
