@@ -245,6 +245,14 @@ class FakeEndpoints:
 @pytest.fixture
 def azure(deployment_server, monkeypatch):
     fake = FakeEndpoints(deployment_server.url).install(monkeypatch)
+    connect = socket.socket.connect
+
+    def loopback_only(sock, address):  # the guard: nothing but the local gateway and server is reached
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"a network call to {address}")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
     yield fake, MLClient(FakeCredential(), subscription_id=SUBSCRIPTION, resource_group_name="rg", workspace_name="ws")
     stop_serving(fake.gateway)
 
@@ -302,14 +310,20 @@ def test_traffic_split_keeps_the_others_proportions():
     ("e2e", None, 101, None, "--traffic 101: give a percentage from 0 to 100"),
     ("e2e", None, -1, None, "--traffic -1"),
     ("e2e", None, 100, "Standard_NC24ads_A100_v4", "a GPU size; the run's int4 model is built for CPUs"),
+    ("cuda-built", None, 100, None, "onnx-int4/ is built for cuda (an Azure ML run's build)"),
 ])  # fmt: skip
 def test_user_mistakes_are_one_line_errors(project, run, endpoint, traffic, instance_type, expected):
-    broken = project.gen_model / "broken"
-    if not broken.exists():
-        shutil.copytree(project.gen_model / "e2e", broken, symlinks=True, ignore=shutil.ignore_patterns("deploy"))
-        record = runs.read_record(broken)
-        record.name, record.status = "broken", "failed"
-        runs.write_record(broken, record)
+    for name, status in (("broken", "failed"), ("cuda-built", "succeeded")):
+        folder = project.gen_model / name
+        if not folder.exists():
+            shutil.copytree(project.gen_model / "e2e", folder, symlinks=True, ignore=shutil.ignore_patterns("deploy"))
+            record = runs.read_record(folder)
+            record.name, record.status = name, status
+            runs.write_record(folder, record)
+    config_file = project.gen_model / "cuda-built" / "onnx-int4" / "genai_config.json"
+    config = json.loads(config_file.read_text())  # as ModelBuilder writes it for CUDA (an Azure ML job's build)
+    config["model"]["decoder"].setdefault("session_options", {})["provider_options"] = [{"cuda": {}}]
+    config_file.write_text(json.dumps(config))
     with pytest.raises(UserError) as error:
         plan_deploy(project, run, endpoint, instance_type, 1, traffic)
     assert expected in str(error.value) and "\n" not in str(error.value)

@@ -9,6 +9,7 @@ for the model: its files, the answers' KV caches and the server.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,21 @@ def check_instance_type(instance_type: str, model_gib: float) -> Optional[str]:
     return None
 
 
+def check_built_for_cpu(run_dir: Path) -> None:
+    """The endpoint's image runs onnxruntime-genai's CPU build: a model ModelBuilder built for CUDA (an Azure ML
+    run's) names the CUDA provider in genai_config.json and would not load there."""
+    from phi3e2e.infer.engines.genai import built_for
+
+    config_file = run_dir / runs.ONNX_INT4 / "genai_config.json"
+    try:
+        provider = built_for(json.loads(config_file.read_text()))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config_file}: not a readable genai_config.json ({e})") from None
+    if provider != "cpu":
+        raise UserError(f"{run_dir.name}: {runs.ONNX_INT4}/ is built for {provider} (an Azure ML run's build); "
+                        "the endpoint runs onnxruntime-genai on CPUs, and deploying a CUDA build is not supported yet")
+
+
 def plan_deploy(project, run: Optional[str], endpoint: Optional[str], instance_type: Optional[str],
                 instance_count: int, traffic: int) -> tuple[DeployRequest, Optional[str]]:
     """The checked request and a warning (or None). Nothing is contacted."""
@@ -115,6 +131,7 @@ def plan_deploy(project, run: Optional[str], endpoint: Optional[str], instance_t
     if missing:
         raise UserError(f"{run_dir.name}: {runs.ONNX_INT4}/ lacks {', '.join(missing)}; nothing to deploy "
                         f"(an Azure ML run: `phi3e2e jobs download {run_dir.name}` first)")  # fmt: skip
+    check_built_for_cpu(run_dir)
     model_gib = model_size_gib(model_dir)
     instance_type = instance_type or DEFAULT_INSTANCE_TYPE
     warning = check_instance_type(instance_type, model_gib)
