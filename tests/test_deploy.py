@@ -33,7 +33,7 @@ from azure.ai.ml import MLClient, load_online_deployment, load_online_endpoint
 from azure.ai.ml.entities import EndpointAuthKeys, ManagedOnlineEndpoint
 from azure.ai.ml.operations import ModelOperations, OnlineDeploymentOperations, OnlineEndpointOperations
 from azure.core.credentials import AccessToken
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from helpers import quiet, run_cli, send, serve_locally, stop_serving
 
 from phi3e2e import runs
@@ -175,7 +175,7 @@ class FakeEndpoints:
     def __init__(self, server_url: str):
         self.endpoints: dict[str, ManagedOnlineEndpoint] = {}
         self.deployments: dict[tuple[str, str], object] = {}
-        self.models, self.requests, self.broken, self.deleted = [], [], set(), []
+        self.models, self.requests, self.broken, self.deleted, self.refused = [], [], set(), [], set()
         self.server_url = server_url
         self.gateway, self.gateway_url = serve_locally(self._forward, ("POST",))
 
@@ -214,6 +214,9 @@ class FakeEndpoints:
 
     def put_deployment(self, deployment):
         assert deployment.endpoint_name in self.endpoints, "a deployment needs its endpoint first"
+        if deployment.name in self.refused:  # as Azure answers a deployment over the subscription's quota
+            raise HttpResponseError(message="Not enough quota available for Standard_DS3_v2 in SubscriptionId "
+                                            f"{SUBSCRIPTION}.\nCurrent usage/limit: 4/4.")
         deployment._provisioning_state = "Succeeded"
         self.deployments[(deployment.endpoint_name, deployment.name)] = deployment
         return Poller(deployment)
@@ -293,6 +296,18 @@ def test_blue_green_smoke_test_canary_promotion_and_rollback(project, azure):
         manage.delete(ml_client, "faq-bot", "r-e2e-b", lambda q: True, quiet)
     assert not manage.delete(ml_client, "faq-bot", None, lambda q: False, quiet) and "faq-bot" in fake.endpoints
     assert manage.delete(ml_client, "faq-bot", None, lambda q: True, quiet) and not fake.endpoints
+
+
+def test_azure_refusal_is_one_line_and_moves_no_traffic(project, azure):
+    fake, ml_client = azure
+    _deploy(project, ml_client, "e2e")
+    fake.refused.add("r-e2e-b")
+    with pytest.raises(UserError) as refused:
+        _deploy(project, ml_client, "e2e-b", traffic=10)
+    message = str(refused.value)
+    assert message.startswith("deployment r-e2e-b on faq-bot was not created (Azure ML: Not enough quota available")
+    assert "traffic unchanged (r-e2e 100%)" in message and "\n" not in message and SUBSCRIPTION not in message
+    assert fake.endpoints["faq-bot"].traffic == {"r-e2e": 100}
 
 
 def test_traffic_split_keeps_the_others_proportions():

@@ -49,7 +49,9 @@ def deployment_logs(ml_client, endpoint: str, deployment: Optional[str], lines: 
         deployment = max(traffic, key=traffic.get)
     elif existing(ml_client.online_deployments.get, deployment, endpoint) is None:
         raise UserError(f"--deployment {deployment}: not on endpoint {endpoint} (`phi3e2e deploy status` lists them)")
-    return ml_client.online_deployments.get_logs(deployment, endpoint, lines)
+    from phi3e2e.train.aml.results import redact
+
+    return redact(ml_client.online_deployments.get_logs(deployment, endpoint, lines))
 
 
 def delete(ml_client, endpoint: str, deployment: Optional[str], confirm: Callable[[str], bool],

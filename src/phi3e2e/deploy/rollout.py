@@ -12,8 +12,10 @@ sent to it alone, before any traffic moves to it.
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
 from urllib.parse import urlsplit
@@ -78,6 +80,24 @@ def smoke_test(base_url: str, key: str, deployment: str, timeout_s: float = SMOK
         raise UserError("the answer is not a chat completion") from None
 
 
+@contextmanager
+def azure_errors(what: str, then: str):
+    """Azure's refusal (quota, a name taken, an image that did not build, a container that did not start) as
+    one line: what did not happen, Azure's first line (IDs redacted), and what to do; PHI3E2E_DEBUG=1: all of it."""
+    from azure.core.exceptions import HttpResponseError
+
+    from phi3e2e.train.aml.results import redact  # Azure's messages name the subscription: not on the screen
+
+    try:
+        yield
+    except HttpResponseError as e:
+        if os.environ.get("PHI3E2E_DEBUG") == "1":
+            raise
+        text = redact(str(e.message or e)).strip()
+        first = " ".join(text.splitlines()[0].split())[:300] if text else ""
+        raise UserError(f"{what} (Azure ML: {first or type(e).__name__}); {then}") from None
+
+
 def existing(get: Callable, *args) -> Optional[object]:
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -97,18 +117,25 @@ def deploy(ml_client, request: DeployRequest, files: DeployFiles, say: Callable[
     deployment.model = f"azureml:{registered}"
     if endpoint is None:
         say(f"Creating endpoint {request.endpoint} (key auth; a few minutes) ...")
-        endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint_entity).result()
+        with azure_errors(f"endpoint {request.endpoint} was not created",
+                          "endpoint names are unique per Azure region: another --endpoint NAME may be free"):
+            endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint_entity).result()
     traffic_before = dict(endpoint.traffic or {})
     if previous is None:
         say(f"Creating deployment {request.deployment} on {request.instance_count} x {request.instance_type} "
             "(the image is built on first use: 10-20 minutes; later runs reuse it) ...")  # fmt: skip
     else:
         say(f"Updating deployment {request.deployment} (run {request.run_dir.name} was deployed here before) ...")
-    ml_client.online_deployments.begin_create_or_update(deployment).result()
+    with azure_errors(f"deployment {request.deployment} on {request.endpoint} was not created",
+                      f"traffic unchanged ({_shares(traffic_before)}); `phi3e2e deploy logs --endpoint "
+                      f"{request.endpoint} --deployment {request.deployment}` shows why"):  # fmt: skip
+        ml_client.online_deployments.begin_create_or_update(deployment).result()
 
     base_url = api_base(endpoint.scoring_uri)
     say(f"Smoke test: one chat completion sent to {request.deployment} alone ...")
-    key = ml_client.online_endpoints.get_keys(request.endpoint).primary_key
+    credentials = ml_client.online_endpoints.get_keys(request.endpoint)
+    # key auth: a key; aml_token auth (an endpoint made elsewhere): a token, sent the same way
+    key = getattr(credentials, "primary_key", None) or getattr(credentials, "access_token", "")
     try:
         answer = smoke_test(base_url, key, request.deployment)
     except UserError as failure:
