@@ -31,8 +31,9 @@ PORT = 8000
 BASE_IMAGE = "python:3.11-slim-bookworm"  # onnxruntime-genai 0.14.1 ships manylinux wheels for CPython 3.11
 # `python -m phi3e2e.deploy.container`: lays the mounted model out as a project, then runs `phi3e2e serve`.
 START_COMMAND = ["python", "-m", "phi3e2e.deploy.container"]
-# What `phi3e2e serve` imports (measured: the server's modules, uvicorn and onnxruntime-genai loaded).
-SERVE_PACKAGES = ("onnxruntime-genai", "numpy", "fastapi", "starlette", "uvicorn", "typer", "rich", "pydantic",
+# What `phi3e2e serve` imports (measured: the server's modules, uvicorn and onnxruntime-genai loaded), and
+# onnxruntime, which onnxruntime-genai requires unpinned: the image gets the versions tested here.
+SERVE_PACKAGES = ("onnxruntime-genai", "onnxruntime", "numpy", "fastapi", "starlette", "uvicorn", "typer", "rich", "pydantic",
                   "jinja2", "pyyaml")  # fmt: skip
 # Azure ML caps a managed online deployment's request timeout at 180 s (docs/deploy.md); serve itself sets no
 # limit on an answer's time, so the endpoint's cap is the limit: a long streamed answer is cut there.
