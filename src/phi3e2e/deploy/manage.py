@@ -35,8 +35,9 @@ def endpoint_status(ml_client, name: str) -> list[str]:
     lines = [f"Endpoint:  {endpoint.name} ({endpoint.provisioning_state})", f"OpenAI API: {base}"]
     for deployment in ml_client.online_deployments.list(name):
         run = (deployment.tags or {}).get("phi3e2e.run", "?")
-        lines.append(f"  {deployment.name:<32} run {run:<28} {traffic.get(deployment.name, 0):>3}%  "
-                     f"{deployment.instance_count} x {deployment.instance_type}  {deployment.provisioning_state}")  # fmt: skip
+        size = f"{deployment.instance_count} x {deployment.instance_type}"
+        share = traffic.get(deployment.name, 0)
+        lines.append(f"  {deployment.name:<32} run {run:<28} {share:>3}%  {size}  {deployment.provisioning_state}")
     lines.append(f"Key:       az ml online-endpoint get-credentials -n {endpoint.name} (phi3e2e never prints it)")
     return lines
 
@@ -69,7 +70,8 @@ def delete(ml_client, endpoint: str, deployment: Optional[str], confirm: Callabl
     share = (current.traffic or {}).get(deployment, 0)
     if share:
         raise UserError(f"--deployment {deployment} takes {share}% of {endpoint}'s traffic: move it first "
-                        f"(`phi3e2e deploy OTHER_RUN --endpoint {endpoint}`), or delete the whole endpoint")  # fmt: skip
+                        f"(`phi3e2e deploy OTHER_RUN --endpoint {endpoint}`), "
+                        "or delete the whole endpoint")  # fmt: skip
     if not confirm(f"Delete deployment {deployment} of endpoint {endpoint}?"):
         return False
     say(f"Deleting deployment {deployment} ...")

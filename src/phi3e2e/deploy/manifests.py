@@ -33,8 +33,8 @@ BASE_IMAGE = "python:3.11-slim-bookworm"  # onnxruntime-genai 0.14.1 ships manyl
 START_COMMAND = ["python", "-m", "phi3e2e.deploy.container"]
 # What `phi3e2e serve` imports (measured: the server's modules, uvicorn and onnxruntime-genai loaded), and
 # onnxruntime, which onnxruntime-genai requires unpinned: the image gets the versions tested here.
-SERVE_PACKAGES = ("onnxruntime-genai", "onnxruntime", "numpy", "fastapi", "starlette", "uvicorn", "typer", "rich", "pydantic",
-                  "jinja2", "pyyaml")  # fmt: skip
+SERVE_PACKAGES = ("onnxruntime-genai", "onnxruntime", "numpy", "fastapi", "starlette", "uvicorn", "typer", "rich",
+                  "pydantic", "jinja2", "pyyaml")  # fmt: skip
 # Azure ML caps a managed online deployment's request timeout at 180 s (docs/deploy.md); serve itself sets no
 # limit on an answer's time, so the endpoint's cap is the limit: a long streamed answer is cut there.
 REQUEST_TIMEOUT_MS = 180_000

@@ -88,14 +88,16 @@ def check_instance_type(instance_type: str, model_gib: float) -> Optional[str]:
     if (gpu is not None and gpu is not UNKNOWN) or instance_type.lower().startswith("standard_n"):
         raise UserError(f"--instance-type {instance_type}: a GPU size; the run's int4 model is built for CPUs "
                         "(onnxruntime-genai's CPU build), so a GPU would sit idle: use a CPU size such as "
-                        f"{DEFAULT_INSTANCE_TYPE} (a GPU deployment needs a CUDA build of the model and image)")  # fmt: skip
+                        f"{DEFAULT_INSTANCE_TYPE} (a GPU deployment needs a CUDA build of the model "
+                        "and image)")  # fmt: skip
     ram = next((gib for name, gib in CPU_RAM_GIB.items() if name.lower() == instance_type.lower()), None)
     needed = model_gib + OVERHEAD_GIB + SLOTS * KV_GIB_PER_SLOT
     if ram is None:
         return (f"--instance-type {instance_type}: its memory is not known here; the model needs about "
                 f"{needed:.1f} GiB (model {model_gib:.1f} GiB + KV caches + server)")
     if ram < needed:
-        bigger = next((name for name, gib in sorted(CPU_RAM_GIB.items(), key=lambda item: item[1]) if gib >= needed), None)
+        by_ram = sorted(CPU_RAM_GIB.items(), key=lambda item: item[1])
+        bigger = next((name for name, gib in by_ram if gib >= needed), None)
         raise UserError(f"--instance-type {instance_type}: {ram:g} GiB of RAM, the model needs about {needed:.1f} "
                         f"(model {model_gib:.1f} GiB + KV caches of {SLOTS} answers + server)"
                         + (f"; use {bigger} or larger" if bigger else ""))  # fmt: skip
