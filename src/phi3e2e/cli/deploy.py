@@ -12,7 +12,14 @@ from typing import Annotated, Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from phi3e2e.cli.azure_options import ResourceGroupOption, SubscriptionOption, WorkspaceOption
+from phi3e2e.cli.azure_options import (
+    DeploymentOption,
+    EndpointInstanceTypeOption,
+    EndpointOption,
+    ResourceGroupOption,
+    SubscriptionOption,
+    WorkspaceOption,
+)
 from phi3e2e.cli.options import RunArgument, current_project, new_app, say
 from phi3e2e.errors import UserError
 
@@ -38,16 +45,6 @@ app = new_app(
     cls=DeployGroup,
 )
 
-EndpointOption = Annotated[
-    Optional[str],
-    typer.Option("--endpoint", metavar="NAME", help="The endpoint (default: this project's, phi3e2e-<folder>-<hash>).",
-                 show_default=False),
-]  # fmt: skip
-DeploymentOption = Annotated[
-    Optional[str], typer.Option("--deployment", metavar="NAME", help="One deployment of the endpoint (r-<run>).")
-]
-
-
 def _client(subscription, resource_group, workspace):
     from phi3e2e.train.aml.workspace import WorkspaceRef, connect
 
@@ -68,10 +65,7 @@ def create(
         Optional[Literal["aml"]], typer.Option("--target", help="Where to: aml (an Azure ML managed online endpoint).")
     ] = None,
     endpoint: EndpointOption = None,
-    instance_type: Annotated[
-        Optional[str], typer.Option("--instance-type", metavar="SKU",
-                                    help="CPU VM size (default Standard_DS3_v2: 4 vCPUs, 14 GiB).", show_default=False)
-    ] = None,  # fmt: skip
+    instance_type: EndpointInstanceTypeOption = None,
     instance_count: Annotated[int, typer.Option("--instance-count", metavar="N", help="Instances (1-20).")] = 1,
     traffic: Annotated[
         int, typer.Option("--traffic", metavar="PCT",
