@@ -32,6 +32,9 @@ class DeployGroup(TyperGroup):
             args = [self.DEFAULT, *args]
         return super().parse_args(ctx, args)
 
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return ["[RUN] --target aml [OPTIONS]", "|", "COMMAND [ARGS]..."]
+
 
 app = new_app(
     "Serve a finished run's int4 model on an Azure ML managed online endpoint (OpenAI-compatible).\n\n"
@@ -104,6 +107,7 @@ def create(
     request, warning = plan_deploy(project, run, endpoint, instance_type, instance_count, traffic)
     if warning:
         say(f"Warning: {warning}")
+    ml_client = None if dry_run else _client(subscription, resource_group, workspace)[1]  # signed in, or stop here
     files = write_deploy_files(request)
     say(f"Wrote {project.relative(files.folder)}/: endpoint.yml, deployment.yml, environment/ (the image)")
     if dry_run:
@@ -112,7 +116,6 @@ def create(
         return
     from phi3e2e.deploy.rollout import deploy
 
-    _, ml_client = _client(subscription, resource_group, workspace)
     rollout = deploy(ml_client, request, files, say)
     say(f"Done: {rollout.endpoint} serves run {request.run_dir.name} as deployment {rollout.deployment}")
     say(f'Use:  openai.OpenAI(base_url="{rollout.base_url}", api_key=KEY)   KEY: '
