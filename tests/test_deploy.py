@@ -365,6 +365,9 @@ def test_cli_mistake_is_one_error_line_and_writes_nothing(project):
     result = run_cli("deploy", "e2e", "--target", "aml", "--endpoint", "x_y", "--dry-run", project=project)
     assert result.returncode == 2 and result.stderr.startswith("error: --endpoint 'x_y'")
     assert result.stderr.count("\n") == 1
+    unset = {name: "" for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME")}
+    result = run_cli("deploy", "e2e", "--target", "aml", project=project, env=unset)  # no workspace: stop first
+    assert result.returncode == 2 and result.stderr.startswith("error: no Azure ML workspace")
     assert sorted(project.gen_model.rglob("*")) == before
 
 
