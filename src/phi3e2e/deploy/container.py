@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from phi3e2e import runs
+from phi3e2e.errors import UserError
 from phi3e2e.project import PROJECT_FILE
 from phi3e2e.storage import atomic_write
 from phi3e2e.workflow.settings import FinetuneSettings
@@ -57,7 +58,10 @@ def main() -> None:
     run = os.environ.get("PHI3E2E_RUN")
     if not mount or not run:
         raise SystemExit(f"error: ${MODEL_DIR_VARIABLE} and $PHI3E2E_RUN must be set (the deployment sets both)")
-    runs.check_run_name(run)
+    try:
+        runs.check_run_name(run)
+    except UserError as e:  # the container's log gets the one line, as the CLI prints it
+        raise SystemExit(f"error: $PHI3E2E_RUN: {e}") from None
     home = Path(os.environ.get("PHI3E2E_ENDPOINT_HOME", DEFAULT_HOME))
     lay_out(home, find_model(Path(mount)), run, os.environ.get("PHI3E2E_ALGO", "lora"),
             os.environ.get("PHI3E2E_FINISHED_AT"))  # fmt: skip

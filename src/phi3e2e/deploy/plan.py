@@ -46,7 +46,6 @@ class DeployRequest:
     instance_type: str
     instance_count: int
     traffic: int  # the share (percent) the new deployment gets once its smoke test passed
-    model_gib: float
 
 
 def check_name(name: str, what: str, flag: str) -> str:
@@ -134,9 +133,7 @@ def plan_deploy(project, run: Optional[str], endpoint: Optional[str], instance_t
         raise UserError(f"{run_dir.name}: {runs.ONNX_INT4}/ lacks {', '.join(missing)}; nothing to deploy "
                         f"(an Azure ML run: `phi3e2e jobs download {run_dir.name}` first)")  # fmt: skip
     check_built_for_cpu(run_dir)
-    model_gib = model_size_gib(model_dir)
     instance_type = instance_type or DEFAULT_INSTANCE_TYPE
-    warning = check_instance_type(instance_type, model_gib)
-    request = DeployRequest(run_dir, endpoint, deployment_name(run_dir.name), instance_type, instance_count, traffic,
-                            model_gib)  # fmt: skip
+    warning = check_instance_type(instance_type, model_size_gib(model_dir))
+    request = DeployRequest(run_dir, endpoint, deployment_name(run_dir.name), instance_type, instance_count, traffic)
     return request, warning
