@@ -28,7 +28,9 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Commands run as --help only, with the reason (first match wins).
 HELP_ONLY = [
     (r"^jobs\b", "needs an Azure ML workspace (tests/test_aml_*.py use a stand-in)"),
-    (r"--target aml(?!.*--(compute|instance-type))", "prose naming the mode; the full Azure ML lines are dry-run here"),
+    (r"^deploy\b(?!.*--dry-run)", "needs an Azure ML workspace (tests/test_deploy.py uses a stand-in)"),
+    (r"^(?!deploy\b).*--target aml(?!.*--(compute|instance-type))",
+     "prose naming the mode; the full Azure ML lines are dry-run here"),
     (r"--resume\b", "needs a failed or interrupted run, and takes no --dry-run; tests/test_faults.py resumes one"),
     (r"--device cuda", "needs a CUDA GPU"),
     (r"^sweep\b(?!.*--dry-run)", "a fine-tune per trial; tests/test_sweep.py runs a 2x2 sweep, stops and resumes it"),

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "phi3e2e"
 # Names in one tuple are independent siblings: neither imports the other.
 LAYERS = [
     ("cli",),
-    ("serve", "doctor", "share"),
+    ("serve", "doctor", "share", "deploy"),
     ("pipeline", "sweep"),
     ("evaluate", "train"),
     ("build",),

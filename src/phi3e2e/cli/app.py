@@ -17,6 +17,7 @@ import typer
 
 from phi3e2e import __version__
 from phi3e2e.cli import chat, finetune, prepare
+from phi3e2e.cli import deploy as deploy_command
 from phi3e2e.cli import doctor as doctor_command
 from phi3e2e.cli import eval as eval_command
 from phi3e2e.cli import export as export_command
@@ -46,6 +47,7 @@ app.command()(export_command.export)
 app.command()(push_command.push)
 app.command()(serve_command.serve)
 app.command()(doctor_command.doctor)
+app.add_typer(deploy_command.app, name="deploy")
 app.add_typer(jobs_command.app, name="jobs")
 app.add_typer(runs_command.app, name="runs")
 

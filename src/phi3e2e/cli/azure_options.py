@@ -1,4 +1,5 @@
-"""The Azure ML options, declared once: the workspace (every Azure command) and the job (finetune)."""
+"""The Azure ML options, declared once: the workspace (every Azure command), the job (finetune) and the
+online endpoint (deploy)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ RegisterMergedOption = Annotated[
 IgnoreMemoryPlanOption = Annotated[
     bool, typer.Option("--ignore-memory-plan", help="--target aml: submit even if the GPU memory estimate "
                        "says the job will not fit.")
+]  # fmt: skip
+EndpointOption = Annotated[
+    Optional[str],
+    typer.Option("--endpoint", metavar="NAME", help="The endpoint (default: this project's, phi3e2e-<folder>-<hash>).",
+                 show_default=False),
+]  # fmt: skip
+DeploymentOption = Annotated[
+    Optional[str], typer.Option("--deployment", metavar="NAME", help="One deployment of the endpoint (r-<run>).")
+]
+EndpointInstanceTypeOption = Annotated[
+    Optional[str],
+    typer.Option("--instance-type", metavar="SKU", help="CPU VM size (default Standard_DS3_v2: 4 vCPUs, 14 GiB).",
+                 show_default=False),
 ]  # fmt: skip
 SubscriptionOption = Annotated[
     Optional[str], typer.Option("--subscription", help="Azure subscription ID (default: config.json / env).")

@@ -51,13 +51,14 @@ class App(typer.Typer):
         return super().command(*args, **kwargs)
 
 
-def new_app(help: str, group: bool = False) -> typer.Typer:
+def new_app(help: str, group: bool = False, cls=None) -> typer.Typer:
     """A Typer app with phi3e2e's plain help; `group`: a command group that shows its help when run alone.
 
     Click's plain help, not rich's: flags shown as flags (rich shows `--tiny <bool>`), paragraphs
-    wrapped to the terminal, and `\\b` example blocks kept line for line.
+    wrapped to the terminal, and `\\b` example blocks kept line for line. `cls`: the group's click class.
     """
-    app = App(help=help, rich_markup_mode=None, add_completion=False, pretty_exceptions_show_locals=False)
+    app = App(help=help, rich_markup_mode=None, add_completion=False, pretty_exceptions_show_locals=False,
+              **({"cls": cls} if cls else {}))
     if group:
         app.callback(invoke_without_command=True)(help_when_alone)
     return app

@@ -42,6 +42,12 @@ def serve(
                      help="Answers to one model decoded together, one forward pass for all (1: each on its own)."),
     ] = 4,
     quiet: Annotated[bool, typer.Option("--quiet", help="No log line per request.")] = False,
+    gateway_auth: Annotated[
+        bool,
+        typer.Option("--gateway-auth",
+                     help="A gateway in front checks every request's key (an Azure ML endpoint: `phi3e2e deploy`): "
+                          "listen beyond loopback without --api-key. Never on a reachable address without one."),
+    ] = False,
 ) -> None:
     """Serve the fine-tuned models with an OpenAI-compatible API and a playground page.
 
@@ -70,5 +76,6 @@ def serve(
     from phi3e2e.serve.server import serve as run_server
 
     options = ServeOptions(run, host, port, api_key, device, memory_budget, max_batch=max_batch, quiet=quiet,
-                           allow_hosts=tuple(allow_host or ()), allow_origins=tuple(allow_origin or ()))
+                           allow_hosts=tuple(allow_host or ()), allow_origins=tuple(allow_origin or ()),
+                           gateway_auth=gateway_auth)
     run_server(current_project(), options, say=say)

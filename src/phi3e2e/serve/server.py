@@ -31,12 +31,14 @@ class ServeOptions:
     quiet: bool = False  # no access-log line per request
     allow_hosts: tuple[str, ...] = ()  # Host names beyond the bound ones (a reverse proxy's)
     allow_origins: tuple[str, ...] = ()  # sites whose pages may call the API from a browser
+    gateway_auth: bool = False  # a gateway in front (an Azure ML endpoint) checks every request's key
 
 
 def serve(project: Project, options: ServeOptions, say: Callable[[str], None] = print) -> None:
-    if not is_loopback(options.host) and not options.api_key:
+    if not is_loopback(options.host) and not options.api_key and not options.gateway_auth:
         raise UserError(f"--host {options.host}: listening beyond this machine needs --api-key KEY "
-                        "(or PHI3E2E_API_KEY); every request must then send 'Authorization: Bearer KEY'")
+                        "(or PHI3E2E_API_KEY); every request must then send 'Authorization: Bearer KEY' "
+                        "(behind a gateway that checks keys itself, such as an Azure ML endpoint: --gateway-auth)")
     if options.api_key is not None and len(options.api_key) < 8:
         raise UserError("--api-key: use at least 8 characters")
     if options.memory_budget_gib is not None and options.memory_budget_gib <= 0:

@@ -45,11 +45,12 @@ def register_models(
     if record.status != "succeeded" or runs.missing_outputs(run_dir):
         raise UserError(f"{run_dir.name}: no verified models to register yet (`phi3e2e jobs download {run_dir.name}`)")
     tags = model_tags(run_dir, record)
-    forms = [("onnx-int4", name, "int4 ONNX Runtime GenAI model (CUDA)")]
+    job_name = record.aml.job_name if record.aml else None
+    # A job's int4 build is for CUDA (build.options); a local run's for CPU (`phi3e2e deploy` registers those too).
+    forms = [("onnx-int4", name, f"int4 ONNX Runtime GenAI model ({'CUDA' if job_name else 'CPU'})")]
     if merged:
         forms.append(("merged", f"{name}-merged", "base model with the LoRA adapter merged (Hugging Face)"))
     registered = []
-    job_name = record.aml.job_name if record.aml else None
     for form, asset_name, what in forms:
         # The job's own output when there is one: no upload, and the asset's lineage leads to the job.
         path = f"azureml://jobs/{job_name}/outputs/{MODELS_OUTPUT}/paths/{form}/" if job_name else str(run_dir / form)
@@ -60,8 +61,9 @@ def register_models(
         say(f"Registering {form}/ as model {asset_name} ...")
         created = ml_client.models.create_or_update(model)
         registered.append(f"{created.name}:{created.version}")
-    record.aml.registered = registered
-    runs.write_record(run_dir, record)
+    if record.aml:  # an Azure ML run records its assets; a local run's deploy records its own (deploy/)
+        record.aml.registered = registered
+        runs.write_record(run_dir, record)
     say(f"Registered: {', '.join(registered)} (Azure ML studio > Models)")
     return registered
 
