@@ -39,8 +39,14 @@ def test_a_local_build_saves_the_prepacked_weights_and_chat_loads_them_with_the_
     assert plain.prepacked is None
     assert _tokens(built) == _tokens(plain)  # the same kernels on the same packed bytes: identical, not close
 
+    # A cache for this CPU is never shipped: not to the Hub, not in an Azure ML upload (the SDK's own ignore rules).
     pushed = [name for name, _ in pushed_files(run_dir, "int4")[1]]
-    assert pushed and not any(CACHE in name for name in pushed)  # a cache for this CPU is never shipped
+    assert pushed and not any(CACHE in name for name in pushed)
+    from azure.ai.ml._utils._asset_utils import get_ignore_file
+
+    ignore = get_ignore_file(run_dir / "onnx-int4")
+    assert ignore.is_file_excluded(run_dir / "onnx-int4" / built.prepacked)
+    assert not ignore.is_file_excluded(run_dir / "onnx-int4" / "model.onnx")
 
 
 def test_a_changed_model_file_makes_the_cache_stale_and_a_new_save_replaces_it(int4_copy):

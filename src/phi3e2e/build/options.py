@@ -108,7 +108,7 @@ def recorded_int4_options(record: RunRecord) -> dict:
     return options | {key: value for key, value in export.items() if key.startswith("int4_") and value is not None}
 
 
-def tune_for_cpu(onnx_dir: Path, export: ExportSettings) -> dict:
+def tune_for_cpu(onnx_dir: Path, export: ExportSettings, prepack: bool = True) -> dict:
     """Decode on every physical core (written into genai_config.json) and save this CPU's prepacked weights;
     what was chosen, for run.json."""
     from phi3e2e.infer.engines.genai import use_all_cores
@@ -116,6 +116,6 @@ def tune_for_cpu(onnx_dir: Path, export: ExportSettings) -> dict:
 
     threads = use_all_cores(onnx_dir)
     options = export.model_dump(exclude={"precision"})
-    prepacked = save_prepacked(onnx_dir, threads)  # starts map this CPU's repacked weights instead of repacking
+    prepacked = save_prepacked(onnx_dir, threads) if prepack else None  # starts then map, not repack
     return {"build_options": options, "intra_op_num_threads": threads, "chosen_by": "docs/performance.md",
             "prepacked_for_this_cpu": prepacked is not None}

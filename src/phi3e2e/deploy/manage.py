@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from phi3e2e.deploy.rollout import existing, api_base
+from phi3e2e.deploy.rollout import api_base, existing
 from phi3e2e.errors import UserError
 
 ENDPOINT_TAG = ("phi3e2e", "endpoint")  # endpoint.yml's tag: what `deploy list` shows

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -25,6 +26,7 @@ from phi3e2e.storage import staged_dir
 
 CACHE = ".prepacked"
 MODEL_FILE = "model.onnx"
+SWITCH = "PHI3E2E_PREPACKED"  # =0: no saved prepacked weights (they take about twice the model's size on disk)
 
 
 def decoder_file(settings: dict) -> Optional[str]:
@@ -55,9 +57,12 @@ def saved_model(model_dir: Path, settings: dict) -> Optional[Path]:
 
 def save_prepacked(model_dir: Path, threads: Optional[int] = None) -> Optional[Path]:
     """Make this CPU's prepacked model (once; older ones removed). Returns it relative to `model_dir`, or None
-    when the folder is not writable or the disk is full: a cache, never a reason to fail a build."""
+    when the folder is not writable, the disk is full or the user turned it off (PHI3E2E_PREPACKED=0): a cache,
+    never a reason to fail a build."""
     from phi3e2e.infer.engines.genai import genai_config
 
+    if os.environ.get(SWITCH) == "0":
+        return None
     settings = genai_config(model_dir)
     key = cache_key(model_dir, settings)
     if key is None:
@@ -73,9 +78,19 @@ def save_prepacked(model_dir: Path, threads: Optional[int] = None) -> Optional[P
                     shutil.rmtree(old, ignore_errors=True)
             with staged_dir(cache / key) as staging:
                 _optimize(model_dir / decoder_file(settings), staging / MODEL_FILE, threads)
+            _keep_out_of_uploads(model_dir)
     except OSError:
         return None
     return saved_model(model_dir, settings)
+
+
+def _keep_out_of_uploads(model_dir: Path) -> None:
+    """azure-ai-ml leaves out what `.amlignore` names when it uploads a model folder (`--register`, `deploy`):
+    this CPU's layout is no use on Azure's. (`push` already leaves every dot-folder out.)"""
+    ignore = model_dir / ".amlignore"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    if f"{CACHE}/" not in lines:
+        ignore.write_text("\n".join([*lines, f"{CACHE}/"]) + "\n")
 
 
 def _optimize(source: Path, target: Path, threads: Optional[int]) -> None:

@@ -63,6 +63,12 @@ def run_sweep(project: Project, record: SweepRecord, say: Callable[[str], None],
         record.status, record.finished_at = "finished", runs.now()
         record.best = best_trial(record, gen_model)
         write_sweep(gen_model, record)
+    if record.best is not None:  # the trial people will chat with starts fast (infer/prepacked.py)
+        from phi3e2e.infer.prepacked import save_prepacked
+
+        best = record.trial(record.best)
+        if best and (gen_model / best.run / runs.ONNX_INT4 / "genai_config.json").is_file():
+            save_prepacked(gen_model / best.run / runs.ONNX_INT4)
     return record
 
 

@@ -165,7 +165,10 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         if missing := runs.missing_outputs(staging):
             raise UserError(f"run produced incomplete models, missing {', '.join(missing)}; see olive.log")
         if plan.build_device == "cpu":
-            record.cpu_int4 = tune_for_cpu(staging / runs.ONNX_INT4, plan.settings.export)
+            # A sweep's trials skip the saved prepacked weights (twice the model's size on disk each): the sweep
+            # saves them for its best trial only.
+            record.cpu_int4 = tune_for_cpu(staging / runs.ONNX_INT4, plan.settings.export,
+                                           prepack=plan.record.sweep is None)
         for scratch in (OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS):
             shutil.rmtree(staging / scratch, ignore_errors=True)
         record.duration_s = round(runs.elapsed(start) + (resumed.earlier_s if resumed else 0), 1)  # all attempts
