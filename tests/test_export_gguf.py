@@ -1,0 +1,195 @@
+"""User story: take a fine-tune to Ollama / llama.cpp with `phi3e2e export --format gguf`.
+
+The real converter (llama.cpp's convert_hf_to_gguf.py from the pinned llama-cpp-python sdist,
+the file `make install` fetched into .venv/llama-cpp-sdist/, or $PHI3E2E_LLAMA_CPP_SDIST) runs
+on the tiny fine-tune; no network. Every weight of the GGUF is read back with gguf-py and
+compared with the merged model's. The greedy-token check needs llama-cpp-python (no wheel on
+PyPI; `make test-gguf` builds it) and is skipped without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import run_cli
+
+from phi3e2e.build.gguf_converter import LLAMA_CPP_PYTHON, SDIST, SDIST_ENV, converter_dir
+from phi3e2e.build.ollama_modelfile import ollama_template, turn_pieces
+from phi3e2e.chat_format import ChatFormat
+from phi3e2e.errors import UserError
+from phi3e2e.project import Project
+from phi3e2e.workflow.model_family import MEMBERS
+
+FETCHED_SDIST = Path(os.environ.get(SDIST_ENV) or Path(sys.prefix) / "llama-cpp-sdist" / SDIST)
+PROMPT = "How long does shipping take?"
+
+
+@pytest.fixture(scope="module")
+def gguf_export(finished_run, tmp_path_factory):
+    """`phi3e2e export --format gguf` (Q8_0) on a copy of the finished run: (project, run_dir, completed process)."""
+    assert FETCHED_SDIST.is_file(), f"{FETCHED_SDIST}: `make install` fetches it (or set {SDIST_ENV})"
+    project = Project(tmp_path_factory.mktemp("gguf") / "project")
+    shutil.copytree(finished_run[0].root, project.root, symlinks=True)
+    result = run_cli("export", "--format", "gguf", project=project, env={SDIST_ENV: str(FETCHED_SDIST)})
+    return project, project.gen_model / finished_run[1].name, result
+
+
+def test_export_gguf_writes_the_gguf_and_a_modelfile_and_says_how_to_use_them(gguf_export):
+    project, run_dir, result = gguf_export
+    assert result.returncode == 0, result.stderr
+    folder = run_dir / "gguf-q8_0"
+    gguf_file = folder / f"{run_dir.name}-Q8_0.gguf"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([gguf_file.name, "Modelfile", "export.json", "convert.log"])
+    assert not list(run_dir.glob(".gguf*")) and not list(run_dir.glob("*.failed.log"))  # nothing staged left
+    lines = result.stdout.strip().splitlines()
+    assert "Converting" in result.stdout and "ollama create" in lines[-2] and "llama-cli -m" in lines[-1]
+    assert f"ollama create {run_dir.name} -f gen-model/{run_dir.name}/gguf-q8_0/Modelfile" in lines[-2]
+
+    modelfile = (folder / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM ./{gguf_file.name}\n")
+    assert 'PARAMETER stop "<|end|>"' in modelfile and 'PARAMETER stop "<|endoftext|>"' in modelfile
+    assert '{{ if eq .Role "user" }}' not in modelfile  # system comes first in the branches
+    assert '{{ else if eq .Role "user" }}<|user|>\n{{ .Content }}<|end|>\n' in modelfile
+    assert modelfile.count('"""') == 2 and '{{ end }}{{ end }}<|assistant|>\n"""' in modelfile
+    record = json.loads((folder / "export.json").read_text())
+    assert record["quant"] == "Q8_0" and record["size_bytes"] == gguf_file.stat().st_size
+    assert LLAMA_CPP_PYTHON in record["converter"]
+
+
+def test_every_gguf_weight_is_the_merged_weight_within_q8_0_rounding(gguf_export, monkeypatch):
+    """Read back with the gguf-py the converter ships (model-cache/.llama.cpp-*/gguf-py), no llama.cpp needed."""
+    from safetensors.numpy import load_file
+
+    project, run_dir, result = gguf_export
+    assert result.returncode == 0, result.stderr
+    monkeypatch.syspath_prepend(str(project.model_cache / f".llama.cpp-{LLAMA_CPP_PYTHON}" / "gguf-py"))
+    import gguf
+    from gguf.quants import dequantize
+
+    reader = gguf.GGUFReader(run_dir / "gguf-q8_0" / f"{run_dir.name}-Q8_0.gguf")
+    merged_dir = run_dir / "merged"
+    merged = {}
+    for shard in merged_dir.glob("*.safetensors"):
+        merged |= load_file(shard)
+    config = json.loads((merged_dir / "config.json").read_text())
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.PHI3, config["num_hidden_layers"])
+    by_gguf_name = {names.get_name(name, try_suffixes=(".weight", ".bias")): name for name in merged}
+    assert sorted(by_gguf_name) == sorted(t.name for t in reader.tensors)  # every weight, nothing else
+    for tensor in reader.tensors:
+        want = merged[by_gguf_name[tensor.name]].astype(np.float32)
+        got = dequantize(tensor.data, tensor.tensor_type).reshape(want.shape)
+        if tensor.tensor_type == gguf.GGMLQuantizationType.F32:
+            np.testing.assert_array_equal(got, want, err_msg=tensor.name)
+            continue
+        assert tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0, tensor.name
+        # Q8_0: blocks of 32 with scale max|w|/127 stored as f16: half a step, plus the f16 scale's rounding
+        blocks_max = np.abs(want).reshape(-1, 32).max(axis=1, keepdims=True)
+        error = np.abs(got - want).reshape(-1, 32)
+        assert (error <= blocks_max * (0.5 / 127 + 2**-10) + 1e-12).all(), tensor.name
+
+    fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.ggml.t")}
+    assert fields["general.architecture"] == "phi3" and fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert fields["tokenizer.chat_template"] == ChatFormat.of_folder(merged_dir).template
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    special = json.loads((merged_dir / "tokenizer.json").read_text())["added_tokens"]
+    assert all(tokens[t["id"]] == t["content"] for t in special)  # <|end|>, <|user|>, ... at their ids
+    assert tokens[fields["tokenizer.ggml.eos_token_id"]] == "<|endoftext|>"
+
+
+def test_the_gguf_answers_llama_cpp_with_the_merged_models_greedy_tokens(gguf_export):
+    """llama.cpp (llama-cpp-python) on the Q8_0 GGUF, the chat template applied, vs transformers on merged/.
+
+    A step whose top two logits lie within the tolerance in transformers is a near-tie that Q8_0's
+    rounding may flip on any CPU: the comparison stops before it (and needs at least 4 clear steps)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make test-gguf` (no wheel on PyPI)")
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    project, run_dir, result = gguf_export
+    assert result.returncode == 0, result.stderr
+    merged_dir = run_dir / "merged"
+    prompt = ChatFormat.of_folder(merged_dir).prompt([], PROMPT)
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    llm = Llama(model_path=str(run_dir / "gguf-q8_0" / f"{run_dir.name}-Q8_0.gguf"), n_ctx=256, n_threads=2,
+                logits_all=False, verbose=False)  # fmt: skip
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids  # the same prompt tokens
+
+    steps, clear = 12, 0
+    with torch.no_grad():
+        expected = ids[:]
+        for _ in range(steps):
+            top2 = model(torch.tensor([expected])).logits[0, -1].topk(2).values
+            if float(top2[0] - top2[1]) < 0.05:
+                break
+            expected.append(int(model(torch.tensor([expected])).logits[0, -1].argmax()))
+            clear += 1
+    assert clear >= 4, f"only {clear} clear greedy steps on this prompt; pick another"
+    got = llm.generate(ids, temp=0.0, top_k=1, reset=True)
+    answer = [next(got) for _ in range(clear)]
+    assert answer == expected[len(ids):], tokenizer.decode(answer)
+
+
+def test_q4_without_llama_cpp_python_says_what_to_install_and_writes_nothing(tiny_project):
+    if importlib.util.find_spec("llama_cpp") is not None:
+        pytest.skip("llama-cpp-python is installed here: Q4_K_M is built (test-gguf lane)")
+    result = run_cli("export", "--format", "gguf", "--quant", "Q4_K_M", project=tiny_project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: --quant Q4_K_M needs llama.cpp's quantizer, which llama-cpp-python brings: pip install "
+        f"llama-cpp-python=={LLAMA_CPP_PYTHON} (it builds llama.cpp, 6-10 minutes), or use --quant Q8_0"
+    )
+    assert not list(tiny_project.model_cache.glob(".llama.cpp*"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "gguf", "--device", "cpu"], "error: --device: for --format onnx; a GGUF's weights are set by --quant"),
+        (["--format", "gguf", "--precision", "fp32", "--set", "export.int4_block_size=32"],
+         "error: --precision, --set: for --format onnx; a GGUF's weights are set by --quant"),
+        (["--quant", "Q8_0"], "error: --quant: for --format gguf; an ONNX build's weights are set by --precision"),
+    ],
+)  # fmt: skip
+def test_options_of_the_other_format_are_refused_in_one_line(tiny_project, args, message):
+    result = run_cli("export", *args, project=tiny_project)
+    assert result.returncode == 2 and result.stderr.strip() == message
+
+
+def test_a_converter_sdist_that_is_not_the_pinned_one_is_refused_and_nothing_is_unpacked(tmp_path, monkeypatch):
+    fake = tmp_path / SDIST
+    fake.write_bytes(b"not llama.cpp")
+    monkeypatch.setenv(SDIST_ENV, str(fake))
+    with pytest.raises(UserError, match=r"sha256 [0-9a-f]{64} is not the pinned llama-cpp-python==0\.3\.36's"):
+        converter_dir(tmp_path / "model-cache", say=lambda _: None)
+    assert [p.name for p in (tmp_path / "model-cache").iterdir()] == []
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_the_ollama_template_is_each_family_members_chat_format_turn_by_turn(member):
+    chat_format = ChatFormat(MEMBERS[member].chat_template)
+    pieces, answer_start = turn_pieces(chat_format)
+    template = ollama_template(chat_format)
+    for role, (before, after) in pieces.items():
+        assert f'eq .Role "{role}" }}}}{before}{{{{ .Content }}}}{after}' in template
+    assert template.endswith("{{ end }}{{ end }}" + answer_start)
+
+
+def test_a_template_that_renders_a_turn_by_its_place_is_refused():
+    numbered = "{% for m in messages %}[{{ loop.index }}]{{ m['content'] }}{% endfor %}"
+    with pytest.raises(UserError, match="does not render a conversation turn by turn"):
+        ollama_template(ChatFormat(numbered))
+
+
+def test_a_role_the_template_leaves_out_has_no_branch():
+    template = ollama_template(ChatFormat(MEMBERS["phi3-medium"].chat_template))  # it drops the system prompt
+    assert '"system"' not in template and template.startswith('{{ range .Messages }}{{ if eq .Role "user" }}<|user|>')
