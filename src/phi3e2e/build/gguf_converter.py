@@ -9,8 +9,8 @@ PyPI's gguf 0.19.0 differs from the vendored gguf-py 0.19.0 in 9 files (checked 
 and the converter is only known to work with the one it was released with.
 
 Run as `python -m phi3e2e.build.gguf_converter CONVERTER_DIR HF_DIR OUT.gguf --outtype q8_0`
-(a subprocess: the converter imports torch, sets up logging and reads sys.argv). The benchmark
-peer (benchmarks/peers/llama_cpp_peer.py) converts through `run_converter` too.
+(a subprocess: the converter imports torch, sets up logging and reads sys.argv). `quantize` is
+llama.cpp's quantizer. The benchmark peer (benchmarks/peers/llama_cpp_peer.py) uses both.
 
 Byte-level BPE Phi-3 models (phi3e2e's tiny and benchmark models; no tokenizer.model): the
 converter's Phi-3 vocab step reads a sentencepiece tokenizer.model unless tokenizer_config.json
@@ -140,6 +140,19 @@ def _use_gpt2_bpe_path() -> None:
             return "gpt-2"
 
     TextModel.get_vocab_base_pre = vocab_base_pre
+
+
+def quantize(in_file: Path, out_file: Path, quant: str, threads: int) -> None:
+    """llama.cpp's quantizer (`llama_model_quantize`, from llama-cpp-python): its Q4_0 / Q4_K_M / Q8_0 mixtures."""
+    import llama_cpp
+
+    from phi3e2e.errors import UserError
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    params.nthread = threads
+    if llama_cpp.llama_model_quantize(str(in_file).encode(), str(out_file).encode(), params) != 0:
+        raise UserError(f"llama.cpp's llama_model_quantize could not make {quant} from {in_file.name}")
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from phi3e2e import runs
-from phi3e2e.build.gguf_converter import LLAMA_CPP_PYTHON, SDIST_SHA256, converter_dir
+from phi3e2e.build.gguf_converter import LLAMA_CPP_PYTHON, SDIST_SHA256, converter_dir, quantize
 from phi3e2e.build.ollama_modelfile import modelfile, ollama_template, stop_tokens
 from phi3e2e.chat_format import ChatFormat
 from phi3e2e.errors import UserError
@@ -85,7 +85,7 @@ def export_gguf(project: Project, run: str | None = None, *, quant: str = "Q8_0"
             _convert(llama_cpp_dir, merged_dir, converted, outtype, folder / CONVERT_LOG, failed_log)
             if converted.name != gguf_name:
                 say(f"Quantizing to {quant} (llama.cpp's llama_model_quantize) ...")
-                _quantize(converted, folder / gguf_name, quant)
+                quantize(converted, folder / gguf_name, quant, threads=os.cpu_count() or 1)
                 converted.unlink()
             (folder / MODELFILE).write_text(modelfile(gguf_name, template, stop_tokens(merged_dir)), encoding="utf-8")
             record = {
@@ -122,12 +122,3 @@ def _convert(llama_cpp_dir: Path, merged_dir: Path, out_file: Path, outtype: str
         failed_log.write_text(log_file.read_text(errors="replace"))
         raise UserError(f"llama.cpp's converter failed: {lines[-1] if lines else f'exit {done.returncode}'}")
 
-
-def _quantize(in_file: Path, out_file: Path, quant: str) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
-    params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(in_file).encode(), str(out_file).encode(), params) != 0:
-        raise UserError(f"llama.cpp's llama_model_quantize could not make {quant} from {in_file.name}")
