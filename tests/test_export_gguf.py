@@ -139,6 +139,29 @@ def test_the_gguf_answers_llama_cpp_with_the_merged_models_greedy_tokens(gguf_ex
     assert answer == expected[len(ids):], tokenizer.decode(answer)
 
 
+def test_q4_k_m_is_llama_cpps_own_mixture_and_loads(finished_run, tmp_path):
+    """llama.cpp's quantizer from f16: 4-bit K blocks with some tensors kept at 6 bits; the f16 step is gone."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make test-gguf` (no wheel on PyPI)")
+    from llama_cpp import Llama
+
+    project = Project(tmp_path / "project")
+    shutil.copytree(finished_run[0].root, project.root, symlinks=True)
+    result = run_cli("export", "--format", "gguf", "--quant", "Q4_K_M", project=project, env={SDIST_ENV: str(FETCHED_SDIST)})
+    assert result.returncode == 0, result.stderr
+    folder = project.gen_model / finished_run[1].name / "gguf-q4_k_m"
+    gguf_file = folder / f"{finished_run[1].name}-Q4_K_M.gguf"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([gguf_file.name, "Modelfile", "export.json", "convert.log"])
+    sys.path.insert(0, str(project.model_cache / f".llama.cpp-{LLAMA_CPP_PYTHON}" / "gguf-py"))
+    try:
+        import gguf
+    finally:
+        sys.path.pop(0)
+    types = {t.tensor_type.name for t in gguf.GGUFReader(gguf_file).tensors}
+    assert {"Q4_K", "Q6_K"} <= types and "F16" not in types, types
+    llm = Llama(model_path=str(gguf_file), n_ctx=128, n_threads=2, verbose=False)
+    assert len(llm.tokenize(b"<|user|>\nhi<|end|>\n<|assistant|>\n", add_bos=False, special=True)) > 3
+
+
 def test_q4_without_llama_cpp_python_says_what_to_install_and_writes_nothing(tiny_project):
     if importlib.util.find_spec("llama_cpp") is not None:
         pytest.skip("llama-cpp-python is installed here: Q4_K_M is built (test-gguf lane)")

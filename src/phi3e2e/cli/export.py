@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from phi3e2e.cli.options import Device, RunArgument, VerboseOption, current_project, say
+from phi3e2e.cli.options import DeviceOption, RunArgument, VerboseOption, current_project, say
 from phi3e2e.errors import UserError
 
 
@@ -16,10 +16,7 @@ def export(
         Literal["onnx", "gguf"],
         typer.Option("--format", help="onnx: an ONNX Runtime GenAI build; gguf: a GGUF and an Ollama Modelfile."),
     ] = "onnx",
-    device: Annotated[
-        Optional[Device], typer.Option("--device", help="onnx: where the model runs, cpu or cuda.  [default: cpu]",
-                                       show_default=False)
-    ] = None,
+    device: DeviceOption = None,  # onnx only; None: cpu, and a gguf export can tell it was not given
     precision: Annotated[
         Optional[Literal["int4", "fp16", "fp32"]],
         typer.Option("--precision", help="onnx: weight precision (fp16: cuda only).  [default: int4]", show_default=False),
@@ -50,8 +47,8 @@ def export(
       phi3e2e export 20250101-120000-qlora --device cpu --precision int4
       phi3e2e export --device cuda --precision fp16
       phi3e2e export --set export.int4_block_size=32   # finer int4 blocks
-      phi3e2e export --format gguf                     # Q8_0, for Ollama and llama.cpp
-      phi3e2e export --format gguf --quant Q4_K_M      # smaller; needs llama-cpp-python
+      phi3e2e export --format gguf                 # Q8_0, for Ollama, llama.cpp
+      phi3e2e export --format gguf --quant Q4_K_M  # needs llama-cpp-python
     """
     project = current_project()
     if output_format == "gguf":
