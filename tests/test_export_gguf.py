@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -205,6 +206,38 @@ def test_the_ollama_template_is_each_family_members_chat_format_turn_by_turn(mem
     for role, (before, after) in pieces.items():
         assert f'eq .Role "{role}" }}}}{before}{{{{ .Content }}}}{after}' in template
     assert template.endswith("{{ end }}{{ end }}" + answer_start)
+
+
+GO_RENDER = """package main
+
+import ("encoding/json"; "os"; "text/template")
+
+type Message struct{ Role, Content string }  // the fields of Ollama's api.Message a template reads
+
+func main() {
+	var input struct { Template string; Messages []Message }
+	if err := json.NewDecoder(os.Stdin).Decode(&input); err != nil { panic(err) }
+	tmpl := template.Must(template.New("modelfile").Parse(input.Template))
+	if err := tmpl.Execute(os.Stdout, map[string]any{"Messages": input.Messages}); err != nil { panic(err) }
+}
+"""
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_go_renders_the_ollama_template_as_the_chat_template_renders(member, tmp_path):
+    """Go's text/template (what Ollama runs) on the TEMPLATE gives the chat template's prompt, byte for byte."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain here (apt-get install golang-go)")
+    chat_format = ChatFormat(MEMBERS[member].chat_template)
+    messages = [("system", "Be brief."), ("user", "Hi {{ .Role }} <|end|>"), ("assistant", "Hello.\n"), ("user", "Q?")]
+    (tmp_path / "render.go").write_text(GO_RENDER)
+    request = {"Template": ollama_template(chat_format), "Messages": [{"Role": r, "Content": c} for r, c in messages]}
+    env = dict(os.environ, GOCACHE=str(tmp_path / "go-cache"), GOPATH=str(tmp_path / "go"), GOFLAGS="-mod=mod")
+    rendered = subprocess.run([go, "run", str(tmp_path / "render.go")], input=json.dumps(request), capture_output=True,
+                              text=True, env=env, timeout=120)  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    assert rendered.stdout == chat_format.render(messages, add_generation_prompt=True)
 
 
 def test_a_template_that_renders_a_turn_by_its_place_is_refused():
