@@ -163,6 +163,21 @@ def test_q4_k_m_is_llama_cpps_own_mixture_and_loads(finished_run, tmp_path):
     assert len(llm.tokenize(b"<|user|>\nhi<|end|>\n<|assistant|>\n", add_bos=False, special=True)) > 3
 
 
+def test_a_failed_conversion_is_one_line_with_its_log_and_leaves_no_folder(finished_run, tmp_path):
+    project = Project(tmp_path / "project")
+    shutil.copytree(finished_run[0].root, project.root, symlinks=True)
+    run_dir = project.gen_model / finished_run[1].name
+    config_file = run_dir / "merged" / "config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"architectures": ["NotAModelForCausalLM"]}))
+    result = run_cli("export", "--format", "gguf", project=project, env={SDIST_ENV: str(FETCHED_SDIST)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("error: export --format gguf failed: llama.cpp's converter failed: ") and "\n" not in line
+    assert "NotAModelForCausalLM" in line and line.endswith(f"[log: gen-model/{run_dir.name}/gguf-q8_0.failed.log]")
+    assert "NotAModelForCausalLM" in (run_dir / "gguf-q8_0.failed.log").read_text()
+    assert not (run_dir / "gguf-q8_0").exists() and not list(run_dir.glob(".gguf*"))
+
+
 def test_q4_without_llama_cpp_python_says_what_to_install_and_writes_nothing(tiny_project):
     if importlib.util.find_spec("llama_cpp") is not None:
         pytest.skip("llama-cpp-python is installed here: Q4_K_M is built (test-gguf lane)")

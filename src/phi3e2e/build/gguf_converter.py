@@ -69,6 +69,7 @@ def converter_dir(model_cache: Path, say: Callable[[str], None] = print) -> Path
         digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
         if digest != SDIST_SHA256:
             raise UserError(f"{sdist}: sha256 {digest} is not the pinned llama-cpp-python=={LLAMA_CPP_PYTHON}'s; not using it")
+        say(f"Unpacking llama.cpp's converter into {final.name}/ (once) ...")
         with staged_dir(final) as staging:
             _unpack_converter(sdist, staging)
     return final

@@ -74,5 +74,5 @@ def modelfile(gguf_file: str, template: str, stops: list[str]) -> str:
     if '"""' in template:
         raise UserError('the run\'s chat template contains """, which an Ollama Modelfile cannot quote')
     lines = [f"FROM ./{gguf_file}", f'TEMPLATE """{template}"""']
-    lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in stops]
+    lines += [f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in stops]
     return "\n".join(lines) + "\n"
