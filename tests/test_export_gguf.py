@@ -29,7 +29,10 @@ from phi3e2e.project import Project
 from phi3e2e.workflow.model_family import MEMBERS
 
 FETCHED_SDIST = Path(os.environ.get(SDIST_ENV) or Path(sys.prefix) / "llama-cpp-sdist" / SDIST)
-PROMPT = "How long does shipping take?"
+PROMPTS = ["How long does shipping take?", "What is your return policy?", "Do you ship abroad?"]
+# Q8_0 vs fp32 on the tiny fine-tune: at most 0.20 apart on any logit (measured: 5 fine-tunes x these
+# prompts x 12 greedy steps, llama-cpp-python 0.3.36, AVX-512 build); its logits span several units.
+LOGIT_TOLERANCE = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -105,43 +108,55 @@ def test_every_gguf_weight_is_the_merged_weight_within_q8_0_rounding(gguf_export
 
 
 def test_the_gguf_answers_llama_cpp_with_the_merged_models_greedy_tokens(gguf_export):
-    """llama.cpp (llama-cpp-python) on the Q8_0 GGUF, the chat template applied, vs transformers on merged/.
+    """llama.cpp (llama-cpp-python) on the Q8_0 GGUF, the chat template applied, vs transformers fp32 on merged/.
 
-    A step whose top two logits lie within the tolerance in transformers is a near-tie that Q8_0's
-    rounding may flip on any CPU: the comparison stops before it (and needs at least 4 clear steps)."""
+    Along the merged model's greedy answer to each prompt, llama.cpp's logits stay within
+    LOGIT_TOLERANCE of transformers' at every step, and its greedy token is the same wherever
+    transformers' top two logits are at least twice that apart (closer is a near-tie that rounding
+    may flip on some CPU, so it is not asserted)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make test-gguf` (no wheel on PyPI)")
     import torch
     from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     project, run_dir, result = gguf_export
     assert result.returncode == 0, result.stderr
     merged_dir = run_dir / "merged"
-    prompt = ChatFormat.of_folder(merged_dir).prompt([], PROMPT)
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     llm = Llama(model_path=str(run_dir / "gguf-q8_0" / f"{run_dir.name}-Q8_0.gguf"), n_ctx=256, n_threads=2,
-                logits_all=False, verbose=False)  # fmt: skip
-    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids  # the same prompt tokens
-
-    steps, clear = 12, 0
-    with torch.no_grad():
-        expected = ids[:]
-        for _ in range(steps):
-            top2 = model(torch.tensor([expected])).logits[0, -1].topk(2).values
-            if float(top2[0] - top2[1]) < 0.05:
-                break
-            expected.append(int(model(torch.tensor([expected])).logits[0, -1].argmax()))
-            clear += 1
-    assert clear >= 4, f"only {clear} clear greedy steps on this prompt; pick another"
-    got = llm.generate(ids, temp=0.0, top_k=1, reset=True)
-    answer = [next(got) for _ in range(clear)]
-    assert answer == expected[len(ids):], tokenizer.decode(answer)
+                logits_all=True, verbose=False)  # fmt: skip (logits_all: llm.scores keeps each step's logits)
+    template_in_gguf = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token="", bos_token="")
+    compared = 0
+    for question in PROMPTS:
+        prompt = ChatFormat.of_folder(merged_dir).prompt([], question)
+        # llama-cpp-python's chat formatter, over the template the GGUF carries, writes the same prompt,
+        # and llama.cpp's tokenizer reads it as the same ids
+        assert template_in_gguf(messages=[{"role": "user", "content": question}]).prompt == prompt
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+        llm.reset()
+        llm.eval(ids)
+        with torch.no_grad():
+            for step in range(16):
+                want = model(torch.tensor([ids])).logits[0, -1].numpy()
+                got = llm.scores[llm.n_tokens - 1]
+                assert np.abs(got - want).max() < LOGIT_TOLERANCE, (question, step)
+                first, second = np.sort(want)[-2:][::-1]
+                if first - second >= 2 * LOGIT_TOLERANCE:
+                    assert int(np.argmax(got)) == int(np.argmax(want)), (question, step)
+                    compared += 1
+                ids.append(int(np.argmax(want)))  # along the merged model's greedy answer
+                llm.eval([ids[-1]])
+    llm.close()
+    assert compared >= 8, f"only {compared} greedy steps clear of near-ties; use other prompts"
 
 
 def test_q4_k_m_is_llama_cpps_own_mixture_and_loads(finished_run, tmp_path):
-    """llama.cpp's quantizer from f16: 4-bit K blocks with some tensors kept at 6 bits; the f16 step is gone."""
+    """llama.cpp's quantizer from f16, its Q4_K_M mixture: on a real Phi-3, Q4_K with some tensors at Q6_K.
+    K blocks need rows of 256 and the tiny model's are 64 wide, so llama.cpp's own fallback applies
+    (vendor/llama.cpp/src/llama-quant.cpp:416-418 in the sdist: Q4_K -> Q5_0, Q6_K -> Q8_0)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make test-gguf` (no wheel on PyPI)")
     from llama_cpp import Llama
 
@@ -157,10 +172,13 @@ def test_q4_k_m_is_llama_cpps_own_mixture_and_loads(finished_run, tmp_path):
         import gguf
     finally:
         sys.path.pop(0)
-    types = {t.tensor_type.name for t in gguf.GGUFReader(gguf_file).tensors}
-    assert {"Q4_K", "Q6_K"} <= types and "F16" not in types, types
+    reader = gguf.GGUFReader(gguf_file)
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert {t.tensor_type.name for t in reader.tensors} == {"Q5_0", "Q8_0", "F32"}  # no F16 left from the first step
     llm = Llama(model_path=str(gguf_file), n_ctx=128, n_threads=2, verbose=False)
-    assert len(llm.tokenize(b"<|user|>\nhi<|end|>\n<|assistant|>\n", add_bos=False, special=True)) > 3
+    llm.eval(llm.tokenize(b"<|user|>\nhi<|end|>\n<|assistant|>\n", add_bos=False, special=True))  # it runs
+    assert llm.n_tokens > 3
+    llm.close()
 
 
 def test_a_failed_conversion_is_one_line_with_its_log_and_leaves_no_folder(finished_run, tmp_path):
