@@ -47,16 +47,6 @@ test-fast: install
 test-chaos: install
 	PHI3E2E_CHAOS_KILLS=10 $(BIN)/python -m pytest -q tests/test_aml_entry.py -k "killed or mlflow"
 
-# export --format gguf's llama.cpp checks: llama-cpp-python (setup/requirements-gguf.txt) built from its PyPI
-# source into .venv (6-10 minutes on 2 cores, once; AMX left out as for bench-peers), then the GGUF tests, where
-# the greedy-token comparison and --quant Q4_K_M run (`make test` skips them without llama-cpp-python).
-GGUF_STAMP := $(VENV)/.installed-gguf-$(LLAMA_CPP_PYTHON)
-$(GGUF_STAMP): $(STAMP) setup/requirements-gguf.txt
-	CMAKE_ARGS="$$($(PYTHON) benchmarks/peers/cmake_args.py)" $(BIN)/python -m pip install --quiet -r setup/requirements-gguf.txt
-	touch $@
-test-gguf: $(GGUF_STAMP)
-	$(BIN)/python -m pytest -q tests/test_export_gguf.py
-
 # Only what `make demo` made: its project folder and its runs (gen-model/demo-*, with their
 # checkpoints and locks). The user's models, data, choices and runs stay. (The base int4 build
 # eval cached in model-cache/.onnx-int4/ is a cache, kept like any other.)
@@ -96,3 +86,13 @@ $(PEERS_STAMP):
 # llama.cpp Q4_0/Q4_K_M and transformers fp32 (docs/performance.md). About 15 minutes.
 bench: install bench-peers
 	$(BIN)/python benchmarks/int4_options.py
+
+# export --format gguf's llama.cpp checks: llama-cpp-python (setup/requirements-gguf.txt) built from its PyPI
+# source into .venv (6-10 minutes on 2 cores, once; AMX left out as for bench-peers), then the GGUF tests, where
+# the greedy-token comparison and --quant Q4_K_M run (`make test` skips them without llama-cpp-python).
+GGUF_STAMP := $(VENV)/.installed-gguf-$(LLAMA_CPP_PYTHON)
+$(GGUF_STAMP): $(STAMP) setup/requirements-gguf.txt
+	CMAKE_ARGS="$$($(PYTHON) benchmarks/peers/cmake_args.py)" $(BIN)/python -m pip install --quiet -r setup/requirements-gguf.txt
+	touch $@
+test-gguf: $(GGUF_STAMP)
+	$(BIN)/python -m pytest -q tests/test_export_gguf.py
