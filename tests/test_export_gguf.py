@@ -22,7 +22,7 @@ import pytest
 from helpers import run_cli
 
 from phi3e2e.build.gguf_converter import LLAMA_CPP_PYTHON, SDIST, SDIST_ENV, converter_dir
-from phi3e2e.build.ollama_modelfile import ollama_template, turn_pieces
+from phi3e2e.build.ollama_modelfile import ollama_template, stop_tokens, turn_pieces
 from phi3e2e.chat_format import ChatFormat
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
@@ -271,6 +271,21 @@ def test_go_renders_the_ollama_template_as_the_chat_template_renders(member, tmp
                               text=True, env=env, timeout=120)  # fmt: skip
     assert rendered.returncode == 0, rendered.stderr
     assert rendered.stdout == chat_format.render(messages, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize(
+    "generation_config, message",
+    [("{not json", "generation_config.json: not a JSON object"),
+     ('{"eos_token_id": "<|end|>"}', "generation_config.json: eos_token_id must be a token id or a list of token ids")],
+)  # fmt: skip
+def test_a_broken_generation_config_is_one_line_naming_it(tiny_template, tmp_path, generation_config, message):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_template.model_cache / "tiny-phi3", model_dir)
+    assert stop_tokens(model_dir) == ["<|end|>", "<|endoftext|>"]
+    (model_dir / "generation_config.json").write_text(generation_config)
+    with pytest.raises(UserError) as refused:
+        stop_tokens(model_dir)
+    assert str(refused.value) == f"{model_dir}/{message}"
 
 
 def test_a_template_that_renders_a_turn_by_its_place_is_refused():

@@ -70,8 +70,13 @@ def converter_dir(model_cache: Path, say: Callable[[str], None] = print) -> Path
         if digest != SDIST_SHA256:
             raise UserError(f"{sdist}: sha256 {digest} is not the pinned llama-cpp-python=={LLAMA_CPP_PYTHON}'s; not using it")
         say(f"Unpacking llama.cpp's converter into {final.name}/ (once) ...")
-        with staged_dir(final) as staging:
-            _unpack_converter(sdist, staging)
+        try:
+            with staged_dir(final, final.with_name(f".{final.name}.partial-{os.getpid()}")) as staging:
+                _unpack_converter(sdist, staging)
+        except OSError:
+            if not (final / CONVERTER).is_file():
+                raise
+            # another export unpacked it at the same time: theirs is the same pinned file
     return final
 
 

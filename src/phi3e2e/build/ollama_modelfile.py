@@ -60,13 +60,21 @@ def stop_tokens(model_dir: Path) -> list[str]:
     """The tokens that end an answer: generation_config.json's eos_token_id (config.json's if absent), as text."""
     from tokenizers import Tokenizer
 
-    ids = None
+    ids, source = None, None
     for name in ("generation_config.json", "config.json"):
         path = model_dir / name
         if path.is_file() and ids is None:
-            ids = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+            try:
+                ids, source = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id"), path
+            except (ValueError, AttributeError):
+                raise UserError(f"{path}: not a JSON object") from None
+    ids = [ids] if isinstance(ids, int) else ids or []
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise UserError(f"{source}: eos_token_id must be a token id or a list of token ids")
+    try:
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises its own Exception subclass for a file it cannot read
+        raise UserError(f"{model_dir / 'tokenizer.json'}: not a tokenizer the tokenizers library reads ({e})") from None
     return [token for token in (tokenizer.id_to_token(i) for i in ids) if token]
 
 
