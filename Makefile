@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PROMPT ?= How long does shipping take?
 
-.PHONY: install demo test test-fast test-chaos lint clean-demo
+.PHONY: install demo test test-fast test-chaos test-gguf lint clean-demo
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): setup/requirements.txt setup/requirements-azure.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r setup/requirements.txt -r setup/requirements-azure.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@# The GGUF tests' converter source (export --format gguf fetches the same file itself; 77 MB, sha256-checked there)
+	rm -rf $(VENV)/llama-cpp-sdist
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(VENV)/llama-cpp-sdist
 	touch $(STAMP)
 	@echo "Installed. To type phi3e2e yourself: source $(VENV)/bin/activate (README.md: phi3e2e on your PATH)"
 
@@ -96,3 +99,13 @@ $(LLAMA_SERVER): $(PEERS_STAMP)
 # llama.cpp Q4_0/Q4_K_M and transformers fp32 (docs/performance.md). About 15 minutes.
 bench: install bench-peers
 	$(BIN)/python benchmarks/int4_options.py
+
+# export --format gguf's llama.cpp checks: llama-cpp-python (setup/requirements-gguf.txt) built from its PyPI
+# source into .venv (6-10 minutes on 2 cores, once; AMX left out as for bench-peers), then the GGUF tests, where
+# the greedy-token comparison and --quant Q4_K_M run (`make test` skips them without llama-cpp-python).
+GGUF_STAMP := $(VENV)/.installed-gguf-$(LLAMA_CPP_PYTHON)
+$(GGUF_STAMP): $(STAMP) setup/requirements-gguf.txt
+	CMAKE_ARGS="$$($(PYTHON) benchmarks/peers/cmake_args.py)" $(BIN)/python -m pip install --quiet -r setup/requirements-gguf.txt
+	touch $@
+test-gguf: $(GGUF_STAMP)
+	$(BIN)/python -m pytest -q tests/test_export_gguf.py

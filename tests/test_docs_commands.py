@@ -38,7 +38,7 @@ HELP_ONLY = [
     (r"^prepare(?!.*--tiny)(?!.*--data)", "downloads a model from the Hugging Face Hub (tests/test_prepare.py, fake Hub)"),
     (r"^prepare.*--data (?!TruthfulQA)", "the user's own file; tests/test_dataset_import.py imports each format"),
     (r"^eval\b", "builds the base model as int4 first; tests/test_eval.py runs it"),
-    (r"^export\b", "a ModelBuilder build per command; tests/test_export.py runs it"),
+    (r"^export\b", "a ModelBuilder build or a GGUF conversion per command; tests/test_export.py and test_export_gguf.py run them"),
     (r"^serve\b", "runs until stopped; tests/test_serve.py drives it"),
     (r"^push\b(?!.*--dry-run)", "uploads to the Hugging Face Hub; tests/test_push.py uses a stand-in Hub"),
 ]

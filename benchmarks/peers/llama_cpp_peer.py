@@ -8,11 +8,10 @@ from its PyPI source distribution), never in phi3e2e's own environment:
     .venv-peers/bin/python benchmarks/peers/llama_cpp_peer.py decode OUT.q4_0.gguf --prompt-ids 1,2,3 --threads 2
 
 `convert` runs the converter vendored in that source distribution (convert_hf_to_gguf.py,
-found under .venv-peers/llama.cpp/ or --llama-cpp-dir). Its Phi-3 path reads a sentencepiece
-tokenizer.model; phi3e2e's tiny and benchmark models carry a byte-level BPE tokenizer
-(tokenizer.json, GPT-2 style). Without touching the vendored files, this wrapper points the
-Phi-3 vocab step at the converter's own GPT-2 BPE path and names the pre-tokenizer "gpt-2"
-when its hash table does not know the tokenizer (GPT-2's regex is what ByteLevel uses).
+found under .venv-peers/llama.cpp/ or --llama-cpp-dir) and `quantize` llama.cpp's quantizer, both
+as `phi3e2e export --format gguf` does (phi3e2e.build.gguf_converter, read from this checkout's
+src/: it imports only the standard library and, inside functions, the converter and llama_cpp;
+it also explains the byte-level BPE tokenizer of phi3e2e's tiny and benchmark models).
 
 `decode` prints one JSON line: greedy decode tokens/s (prompt, then `--new-tokens` steps of
 llama_decode + argmax, each timed) for each repeat; `serve` keeps the model loaded and answers
@@ -26,56 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import runpy
 import sys
 import time
 from pathlib import Path
 
-DEFAULT_LLAMA_CPP_DIR = Path(__file__).resolve().parents[2] / ".venv-peers" / "llama.cpp"
-QUANT_TYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_LLAMA_CPP_DIR = REPO / ".venv-peers" / "llama.cpp"
+sys.path.insert(0, str(REPO / "src"))  # the peers venv has no phi3e2e installed
+from phi3e2e.build.gguf_converter import quantize as llama_quantize  # noqa: E402
+from phi3e2e.build.gguf_converter import run_converter  # noqa: E402
 
-
-def convert(hf_dir: Path, out_file: Path, llama_cpp_dir: Path, outtype: str) -> None:
-    converter = llama_cpp_dir / "convert_hf_to_gguf.py"
-    if not converter.is_file():
-        sys.exit(f"{converter}: not found; run `make bench-peers` (it unpacks the converter there)")
-    sys.path.insert(0, str(llama_cpp_dir))
-    sys.path.insert(1, str(llama_cpp_dir / "gguf-py"))
-    _use_gpt2_bpe_for_byte_level_phi3(hf_dir)
-    sys.argv = [str(converter), str(hf_dir), "--outfile", str(out_file), "--outtype", outtype]
-    runpy.run_path(str(converter), run_name="__main__")
-
-
-def _use_gpt2_bpe_for_byte_level_phi3(hf_dir: Path) -> None:
-    """Patch the converter's classes in memory (the vendored files stay as shipped)."""
-    if (hf_dir / "tokenizer.model").is_file():
-        return  # a real sentencepiece Phi-3: the converter's own path is right
-    import conversion  # the vendored package convert_hf_to_gguf.py imports; same module object
-    from conversion import phi as phi_models
-    from conversion.base import TextModel
-
-    phi_models.Phi3MiniModel.set_vocab = lambda self: self._set_vocab_gpt2()
-    known_pre = TextModel.get_vocab_base_pre
-
-    def vocab_base_pre(self, tokenizer) -> str:
-        try:
-            return known_pre(self, tokenizer)
-        except NotImplementedError:  # an unlisted tokenizer: ByteLevel pre-tokenization is GPT-2's
-            return "gpt-2"
-
-    TextModel.get_vocab_base_pre = vocab_base_pre
-    assert conversion.phi.Phi3MiniModel.set_vocab is phi_models.Phi3MiniModel.set_vocab
-
-
-def quantize(in_file: Path, out_file: Path, quant_type: str, threads: int) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant_type])
-    params.nthread = threads
-    status = llama_cpp.llama_model_quantize(str(in_file).encode(), str(out_file).encode(), params)
-    if status != 0:
-        sys.exit(f"llama_model_quantize {in_file} -> {quant_type} failed ({status})")
+QUANT_TYPES = ("Q4_0", "Q4_K_M", "Q8_0")  # llama.cpp ftypes LLAMA_FTYPE_MOSTLY_<type>
 
 
 class GreedyDecoder:
@@ -166,9 +126,9 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.command == "convert":
-        convert(args.hf_dir, args.out_file, args.llama_cpp_dir, args.outtype)
+        run_converter(args.llama_cpp_dir, args.hf_dir, args.out_file, args.outtype)
     elif args.command == "quantize":
-        quantize(args.in_file, args.out_file, args.quant_type, args.threads)
+        llama_quantize(args.in_file, args.out_file, args.quant_type, args.threads)
     else:
         ids = [int(i) for i in args.prompt_ids.split(",")]
         decoder = GreedyDecoder(args.gguf, ids, args.new_tokens, args.threads)
