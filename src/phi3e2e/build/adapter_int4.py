@@ -47,12 +47,14 @@ class AdapterForm:
 
 
 def base_key(base_model: Path, int4_options: dict, adapter_dir: Path) -> str:
-    """What makes two bases' model.onnx differ: the base model's files, the int4 options and which modules have
-    LoRA inputs (the adapter's target modules; its rank is a dynamic input dimension)."""
+    """What makes two bases' model.onnx differ: the base model's files, the int4 options, which modules have LoRA
+    inputs (the adapter's target modules) and its rank: ModelBuilder quantizes the LoRA MatMuls to int4 too, and
+    ExtractAdapters' dynamic rank holds for float weights only, so the int4 inputs keep the rank as a fixed
+    dimension (lora_A's weight_Q4 input is [r, 'lora_r', blob] in the built model.onnx)."""
     config = _adapter_config(adapter_dir)
     modules = config.get("target_modules")
     modules = sorted(modules) if isinstance(modules, list) else modules
-    return fingerprint(base_model, int4_options | {"lora_target_modules": modules})
+    return fingerprint(base_model, int4_options | {"lora_target_modules": modules, "lora_r": config.get("r")})
 
 
 def build_adapter_form(project: Project, base_model: Path, adapter_dir: Path, int4_options: dict, out_dir: Path,
