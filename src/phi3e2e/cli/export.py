@@ -67,4 +67,7 @@ def _export_adapter(project, run, device: str, precision: str, set_values, verbo
     shared = "built now" if form.base_built else "shared, already built"
     say(f"Done in {form.duration_s}s: {project.relative(form.folder)} ({form.adapter_bytes / 1e6:.2f} MB) on "
         f"{project.relative(form.base_dir)} ({form.base_bytes / 1e6:.1f} MB, {shared})")
+    if (form.folder.parent / "onnx-int4").is_dir():  # the folder decides what a run ships (runs.shipped_form)
+        say(f"The run still ships its merged onnx-int4/; delete {project.relative(form.folder.parent / 'onnx-int4')}/ "
+            "to ship (and serve) the adapter")
     say(f'Next:    phi3e2e chat --model {project.relative(form.folder)} --prompt "..."')
