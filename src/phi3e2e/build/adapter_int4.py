@@ -54,7 +54,10 @@ def base_key(base_model: Path, int4_options: dict, adapter_dir: Path) -> str:
     config = _adapter_config(adapter_dir)
     modules = config.get("target_modules")
     modules = sorted(modules) if isinstance(modules, list) else modules
-    return fingerprint(base_model, int4_options | {"lora_target_modules": modules, "lora_r": config.get("r")})
+    # Without the project's path: a copied project's new adapter runs share the base its old ones use (a base that
+    # differs after all is caught by the sha256 check of model.onnx).
+    return fingerprint(base_model, int4_options | {"lora_target_modules": modules, "lora_r": config.get("r")},
+                       with_path=False)
 
 
 def build_adapter_form(project: Project, base_model: Path, adapter_dir: Path, int4_options: dict, out_dir: Path,

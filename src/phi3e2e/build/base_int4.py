@@ -75,10 +75,11 @@ def _build_cached(target: Path, base_model: Path, options: dict, say: Callable[[
 BUILDER_REVISION = 2
 
 
-def fingerprint(base_model: Path, options: dict) -> str:
+def fingerprint(base_model: Path, options: dict, with_path: bool = True) -> str:
     """Changes when the base model's files, the options or phi3e2e's builder patches change, so a stale build is
-    never used."""
-    parts = [str(base_model.resolve()), json.dumps(options, sort_keys=True), f"builder:{BUILDER_REVISION}"]
+    never used. `with_path` False: the same for a copied or moved project (its files keep their sizes and times)."""
+    parts = [str(base_model.resolve()) if with_path else base_model.name, json.dumps(options, sort_keys=True),
+             f"builder:{BUILDER_REVISION}"]
     for path in sorted(base_model.glob("*")):
         if path.is_file():
             stat = path.stat()
