@@ -40,7 +40,7 @@ def export(
       phi3e2e export 20250101-120000-qlora --device cpu --precision int4
       phi3e2e export --device cuda --precision fp16
       phi3e2e export --set export.int4_block_size=32   # finer int4 blocks
-      phi3e2e export RUN --ship adapter                 # the adapter on the shared int4 base
+      phi3e2e export RUN --ship adapter   # the adapter, on the shared int4 base
     """
     from phi3e2e.build.export import export as export_model
     from phi3e2e.workflow.settings import int4_overrides

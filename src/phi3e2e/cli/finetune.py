@@ -76,7 +76,7 @@ def finetune(
       phi3e2e finetune --algo lora
       phi3e2e finetune --set lora.r=16 --set training.max_steps=50
       phi3e2e finetune --resume 20261129-101500-lora
-      phi3e2e finetune --ship adapter        # one int4 base in model-cache/ for every such run
+      phi3e2e finetune --ship adapter   # shares one int4 base with its kin
       phi3e2e finetune --algo qlora --target aml --compute gpu-a100 --dry-run
       phi3e2e finetune --algo qlora --target aml --compute gpu-a100 \\
           --model microsoft/Phi-3-mini-4k-instruct
