@@ -97,9 +97,7 @@ def build_adapter_form(project: Project, base_model: Path, adapter_dir: Path, in
         pointer = {"base": os.path.relpath(base_dir, final), "base_model_sha256": digest}
         atomic_write(form / runs.BASE_POINTER, json.dumps(pointer, indent=2) + "\n")
         publish(form, final, replace=True)  # replace: rebuilding a run whose base was deleted
-    except KeyboardInterrupt:
-        raise UserError("building the adapter form was interrupted; nothing was kept") from None
-    finally:
+    finally:  # an error or Ctrl-C keeps nothing half-built
         shutil.rmtree(staging, ignore_errors=True)
     return AdapterForm(final, base_dir, (final / runs.ADAPTER_FILE).stat().st_size, _bytes(base_dir), base_built,
                        runs.elapsed(start))

@@ -62,7 +62,8 @@ def _export_adapter(project, run, device: str, precision: str, set_values, verbo
     from phi3e2e.errors import UserError
 
     if set_values or precision != "int4" or device != "cpu":
-        raise UserError("--ship adapter builds like the run's own int4 model: leave out --set, --precision and --device")
+        raise UserError("--ship adapter builds like the run's own int4 model: "
+                        "leave out --set, --precision and --device")
     form = export_adapter(project, run, say=say, verbose=verbose)
     shared = "built now" if form.base_built else "shared, already built"
     say(f"Done in {form.duration_s}s: {project.relative(form.folder)} ({form.adapter_bytes / 1e6:.2f} MB) on "

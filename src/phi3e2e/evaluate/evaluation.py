@@ -73,7 +73,8 @@ def evaluate_run(
             base_int4 = cached_base_int4(project.model_cache, base_model, recorded_int4_options(record), say)
             folder = runs.shipped_form(run_dir) if form == "int4" else EVAL_FORMS[form]
             if not (run_dir / folder).is_dir():
-                raise UserError(f"{run_dir / folder}: missing; build it with `phi3e2e export {run_dir.name} --ship adapter`")
+                raise UserError(f"{run_dir / folder}: missing; build it with "
+                                f"`phi3e2e export {run_dir.name} --ship adapter`")
             models[form] = {"base": base_int4, "fine_tuned": run_dir / folder}
             measure = onnx_row_nll
         else:

@@ -27,7 +27,6 @@ from phi3e2e.runs.layout import (
     ONNX_INT4,
     REQUIRED_FILES,
     RUN_FILE,
-    SHIPPED_FORMS,
     TRAIN_LOG,
     check_run_name,
     checkpoints_dir,
@@ -59,7 +58,8 @@ from phi3e2e.runs.record import (
 )
 
 __all__ = [
-    "ADAPTER", "ADAPTER_FILE", "BASE_POINTER", "ONNX_ADAPTER", "SHIPPED_FORMS", "shipped_form", "adapter_base_dir", "CONFIG_FILE", "EVAL_FILE", "EVAL_PLOT", "EVAL_REPORT", "FORMS", "LOSS_PLOT", "MERGED", "OLIVE_LOG",
+    "ADAPTER", "ADAPTER_FILE", "BASE_POINTER", "ONNX_ADAPTER", "shipped_form", "adapter_base_dir",
+    "CONFIG_FILE", "EVAL_FILE", "EVAL_PLOT", "EVAL_REPORT", "FORMS", "LOSS_PLOT", "MERGED", "OLIVE_LOG",
     "ONNX_INT4", "REQUIRED_FILES", "RUN_FILE", "TRAIN_LOG", "check_run_name", "checkpoints_dir", "failed_dir",
     "missing_outputs", "new_run_name", "olive_cache_dir", "partial_dir", "fail_run", "finish_run", "last_checkpoint",
     "reopen_run", "start_run", "in_progress", "process_alive", "run_lock", "LATEST", "find_finished_run", "finished_runs", "match_run", "newest_onnx_model",

@@ -36,7 +36,6 @@ REQUIRED_FILES = {
 # the shared int4 base in model-cache/ (build/adapter_int4.py), and base.json, which names that base.
 ONNX_ADAPTER = "onnx-adapter"
 ADAPTER_FILE, BASE_POINTER = "model.onnx_adapter", "base.json"
-SHIPPED_FORMS = {"merged": ONNX_INT4, "adapter": ONNX_ADAPTER}  # --ship -> the int4 form the run ships
 
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 

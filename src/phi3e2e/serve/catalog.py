@@ -76,7 +76,8 @@ class Catalog:
                 build = (str(run.base_model), json.dumps(run.int4_options, sort_keys=True))
                 bases.setdefault(build, []).append(run.run_dir)
             found[run.run_dir.name] = ServedModel(run.run_dir.name, _epoch(run.finished_at), "fine-tuned", run.run_dir,
-                                                  dataset=run.dataset, version=run_version(run.run_dir), adapter=adapter)
+                                                  dataset=run.dataset, version=run_version(run.run_dir),
+                                                  adapter=adapter)
         names = [Path(folder).name for folder, _ in bases]
         for (folder, options), run_dirs in bases.items():
             name = BASE_PREFIX + Path(folder).name
