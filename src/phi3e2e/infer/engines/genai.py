@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -125,19 +126,29 @@ class GenaiEngine:
         except Exception as e:  # a deleted or damaged tokenizer.json: the runtime's RuntimeError
             raise UserError(f"{model_dir}: cannot load its tokenizer: {str(e).splitlines()[0][:200]}") from None
         self._adapters = None  # og.Adapters, made on the first load_adapter: one per model, shared by its answers
+        # onnxruntime-genai's src/models/adapters.cpp kept a model's adapters in a plain map with plain reference
+        # counts until a later release added a mutex: loading, unloading and activating one never run at once here
+        # (serve loads in a request thread and decodes in its generating thread), whichever 0.14.1 has.
+        self._adapters_lock = threading.Lock()
 
     def load_adapter(self, adapter_file: Path, name: str) -> None:
         """Make a LoRA adapter (an .onnx_adapter built for this base, build/adapter_int4.py) answerable as `name`."""
-        if self._adapters is None:
-            self._adapters = self._og.Adapters(self.model)
-        try:
-            self._adapters.load(str(adapter_file), name)
-        except Exception as e:  # the runtime's RuntimeError: a damaged file, or one built for another base
-            raise UserError(f"{adapter_file}: cannot load the adapter: {str(e).splitlines()[0][:200]}") from None
+        with self._adapters_lock:
+            if self._adapters is None:
+                self._adapters = self._og.Adapters(self.model)
+            try:
+                self._adapters.load(str(adapter_file), name)
+            except Exception as e:  # the runtime's RuntimeError: a damaged file, or one built for another base
+                raise UserError(f"{adapter_file}: cannot load the adapter: {str(e).splitlines()[0][:200]}") from None
 
     def unload_adapter(self, name: str) -> None:
-        if self._adapters is not None:
-            self._adapters.unload(name)
+        """Free an adapter's weights; one a finished answer's Generator still holds stays loaded (a few MB)."""
+        with self._adapters_lock:
+            if self._adapters is not None:
+                try:
+                    self._adapters.unload(name)
+                except Exception:  # noqa: BLE001  (the runtime refuses while its reference count is not 0)
+                    pass
 
     def use_huge_pages(self):
         """Start moving the loaded weights onto 2 MiB pages (once, in the background); the worker thread."""
@@ -161,7 +172,8 @@ class GenaiEngine:
         `adapter`: the name of a loaded adapter that answers (None: the base alone)."""
         generator = self._og.Generator(self.model, self.generator_params(len(prompt_tokens), options))
         if adapter is not None:
-            generator.set_active_adapter(self._adapters, adapter)
+            with self._adapters_lock:
+                generator.set_active_adapter(self._adapters, adapter)
         decoder = self.tokenizer.create_stream()
         try:
             generator.append_tokens(prompt_tokens)
