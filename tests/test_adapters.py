@@ -124,6 +124,7 @@ def test_serve_answers_each_adapter_run_on_one_loaded_base(adapter_project):
         with ThreadPoolExecutor(4) as pool:  # concurrent and streamed: each gets its own adapter's answer
             models = ["ad-plus", "ad-minus", "ad-plus", "ad-minus"]
             assert list(pool.map(ask, models)) == [alone[model] for model in models]
+        ask("base/tiny-phi3")  # the playground's base: the shared base with no adapter, not another copy
         state = health(server)
         shared = [name for name in state["models_loaded"] if name.startswith("shared-base/")]
         assert len(shared) == 1 and {"ad-plus", "ad-minus"} <= set(state["models_loaded"])
@@ -131,7 +132,7 @@ def test_serve_answers_each_adapter_run_on_one_loaded_base(adapter_project):
         base_bytes = sum(p.stat().st_size for p in base.iterdir() if p.is_file())
         adapters = sum((adapter_project.gen_model / n / runs.ONNX_ADAPTER / runs.ADAPTER_FILE).stat().st_size
                        for n in ("ad-plus", "ad-minus"))
-        assert state["models_bytes"] == base_bytes + adapters  # the base counted once
+        assert state["models_bytes"] == base_bytes + adapters  # the base counted once, for all three
     finally:
         server.stop()
     assert "Traceback" not in "".join(server.output)

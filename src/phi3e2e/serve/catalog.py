@@ -41,6 +41,7 @@ class ServedModel:
     build_options: Optional[dict] = None  # base: execution provider and int4 options
     version: str = ""  # fine-tuned: which folder holds the run now (a new run of the same name is another)
     adapter: Optional[Path] = None  # fine-tuned, shipped as an adapter: its .onnx_adapter (on model_dir, its base)
+    shared_base: Optional[Path] = None  # base: an adapter run's int4 base, which answers as the base with no adapter
 
     def as_openai(self) -> dict:
         extra = {"phi3e2e_kind": self.kind}
@@ -83,8 +84,13 @@ class Catalog:
             name = BASE_PREFIX + Path(folder).name
             if names.count(Path(folder).name) > 1:  # runs built the same base differently: one build each
                 name += "@" + hashlib.sha256(options.encode()).hexdigest()[:8]
+            # With no adapter active, an adapter run's shared base gives the plain base int4's logits exactly
+            # (tests/test_adapters.py): the base it already loads answers for base/<model> too.
+            shared = next((found[run_dir.name].adapter.parent for run_dir in run_dirs
+                           if found[run_dir.name].adapter is not None), None)
             found[name] = ServedModel(name, 0, "base", run_dirs[0], base_model=Path(folder),
-                                      build_options=json.loads(options))
+                                      build_options=json.loads(options),
+                                      shared_base=adapter_base_dir(shared, must_exist=False) if shared else None)
             for run_dir in run_dirs:
                 found[run_dir.name] = replace(found[run_dir.name], base_id=name)
         with self._lock:
@@ -112,6 +118,8 @@ class Catalog:
                 return adapter_base_dir(model.adapter.parent)  # a deleted base: one line saying how to rebuild it
             except UserError as e:
                 raise ApiError(500, f"{model.id}: {e}", "server_error") from None
+        if model.shared_base is not None and (model.shared_base / "model.onnx").is_file():
+            return model.shared_base
         if model.kind == "fine-tuned":
             return model.run_dir / ONNX_INT4
         from phi3e2e.build.base_int4 import cached_base_int4

@@ -72,8 +72,8 @@ class ModelRegistry:
         with self._load_lock:
             if (loaded := self._use(model)) is not None:
                 return loaded
-            if model.adapter is not None:
-                return self._load_adapter(model)
+            if model.adapter is not None or (model.shared_base and (model.shared_base / "model.onnx").is_file()):
+                return self._load_on_shared_base(model)
             model_dir = self.catalog.model_dir(model)
             size = _folder_bytes(model_dir)
             self._make_room(model.id, size)
@@ -90,8 +90,9 @@ class ModelRegistry:
                 self._loaded[model.id] = loaded
             return loaded
 
-    def _load_adapter(self, model) -> Loaded:
-        """An adapter run: its shared base (loaded once, held while the adapter is), then the adapter on it."""
+    def _load_on_shared_base(self, model) -> Loaded:
+        """An adapter run: its shared base (loaded once, held while the adapter is), then the adapter on it. A base
+        model that an adapter run's base stands for: that base itself, with no adapter."""
         base_dir = self.catalog.model_dir(model)
         key = SHARED_BASE + base_dir.name
         with self._lock:
@@ -110,18 +111,20 @@ class ModelRegistry:
                           users=1, last_used=time.monotonic())
             with self._lock:
                 self._loaded[key] = base
-        size = model.adapter.stat().st_size
+        size = model.adapter.stat().st_size if model.adapter is not None else 0
         try:
             self._make_room(model.id, size)
             from phi3e2e.infer.engines.genai import AdapterEngine
 
             self._adapter_loads += 1
-            engine = AdapterEngine(base.engine, model.adapter, f"{model.id}#{self._adapter_loads}")
+            engine = base.engine if model.adapter is None else AdapterEngine(
+                base.engine, model.adapter, f"{model.id}#{self._adapter_loads}")
         except (UserError, ApiError) as e:
             with self._lock:
                 base.users -= 1
             raise e if isinstance(e, ApiError) else ApiError(500, f"{model.id}: {e}", "server_error") from None
-        self.say(f"Loaded {model.id}: its adapter ({size / 1e6:.1f} MB) on {base_dir.name}")
+        self.say(f"Loaded {model.id}: " + (f"its adapter ({size / 1e6:.1f} MB) on {base_dir.name}" if model.adapter
+                                          else f"{base_dir.name} with no adapter"))
         loaded = Loaded(engine, base.chat_format, size, base.kv_bytes_per_token, users=1,
                         last_used=time.monotonic(), version=model.version, base_key=key)
         with self._lock:
@@ -167,7 +170,7 @@ class ModelRegistry:
                 gone = self._loaded.pop(name)
                 free += gone.bytes
                 self._let_go(gone)
-                if gone.base_key:
+                if gone.base_key and hasattr(gone.engine, "unload"):
                     gone.engine.unload()  # idle: no answer is using it
                 evicted.append(name)
         if evicted:
