@@ -142,6 +142,13 @@ def test_qlora_locally_without_cuda_says_what_to_use_instead(tiny_project):
     assert not tiny_project.gen_model.exists()
 
 
+def test_ship_adapter_is_refused_where_it_cannot_be_built(tiny_project):
+    aml = run_cli("finetune", "--ship", "adapter", "--target", "aml", "--dry-run", project=tiny_project)
+    assert_one_line_error(aml, "export RUN --ship adapter")
+    resumed = run_cli("finetune", "--resume", "some-run", "--ship", "adapter", project=tiny_project)
+    assert resumed.returncode == 2 and "--resume" in resumed.stderr
+
+
 def test_template_column_missing_from_data_is_named(tiny_project):
     result = run_cli("finetune", "--set", "data.text_template={Prompt} {Best Answer}", project=tiny_project)
     assert_one_line_error(result, "{Prompt}", "Question")

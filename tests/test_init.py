@@ -16,7 +16,7 @@ from phi3e2e.project import Project
 from phi3e2e.resources import aml_conda_env, templates_dir
 
 SCAFFOLD = ["datasets/", "model-cache/", "gen-model/", "templates/", "setup/", ".gitignore", "README.md"]
-TEMPLATES = ["lora.json.j2", "model-builder.json.j2", "qlora.json.j2"]
+TEMPLATES = ["adapter-int4.json.j2", "lora.json.j2", "model-builder.json.j2", "qlora.json.j2"]
 
 
 def tree(folder: Path) -> dict[str, str]:

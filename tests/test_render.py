@@ -36,9 +36,9 @@ def edit(template, old, new):
     template.write_text(text.replace(old, new, 1))
 
 
-def test_the_three_templates_ship_and_the_old_one_is_gone():
-    assert sorted(p.name for p in templates_dir().glob("*.j2")) == ["lora.json.j2", "model-builder.json.j2",
-                                                                    "qlora.json.j2"]
+def test_the_four_templates_ship_and_the_old_one_is_gone():
+    assert sorted(p.name for p in templates_dir().glob("*.j2")) == ["adapter-int4.json.j2", "lora.json.j2",
+                                                                    "model-builder.json.j2", "qlora.json.j2"]
 
 
 @pytest.mark.parametrize("algo, target", COMBINATIONS)

@@ -26,7 +26,10 @@ def finetune_and_evaluate(project: Project, spec: RunSpec, say: Callable[[str], 
     say(f"Done in {result.record.duration_s:.0f}s: {project.relative(result.run_dir)}/")
     say("  adapter/    LoRA adapter (PEFT)")
     say("  merged/     base model with the adapter merged in")
-    say("  onnx-int4/  int4 ONNX Runtime GenAI model")
+    if result.record.ships == "adapter":
+        say(f"  onnx-adapter/  int4 ONNX Runtime GenAI adapter, on {result.record.adapter_base}/ (shared)")
+    else:
+        say("  onnx-int4/  int4 ONNX Runtime GenAI model")
     if loss:
         say(f"  training loss {loss.first:.3f} -> {loss.last:.3f} (curve: loss.png)")
     closing_eval(project, result, say)

@@ -29,11 +29,11 @@ BUILT_FROM = "phi3e2e-built-from.json"
 
 def cached_base_int4(model_cache: Path, base_model: Path, options: dict, say: Callable[[str], None] = print) -> Path:
     """model-cache/.onnx-int4/<model>-<key>/: built once per base model (and its files) and options."""
-    key = _fingerprint(base_model, options)
+    key = fingerprint(base_model, options)
     target = model_cache / ".onnx-int4" / f"{base_model.name}-{key}"
     if _built(target):
         return target
-    with _building(target):
+    with build_lock(target):
         if _built(target):  # another eval built it while we waited
             return target
         return _build_cached(target, base_model, options, say)
@@ -44,7 +44,7 @@ def _built(target: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _building(target: Path):
+def build_lock(target: Path):
     """One builder per cached model at a time (an flock: released if the builder dies)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(target.name + ".lock"), "a") as lock:
@@ -75,10 +75,11 @@ def _build_cached(target: Path, base_model: Path, options: dict, say: Callable[[
 BUILDER_REVISION = 2
 
 
-def _fingerprint(base_model: Path, options: dict) -> str:
+def fingerprint(base_model: Path, options: dict, with_path: bool = True) -> str:
     """Changes when the base model's files, the options or phi3e2e's builder patches change, so a stale build is
-    never used."""
-    parts = [str(base_model.resolve()), json.dumps(options, sort_keys=True), f"builder:{BUILDER_REVISION}"]
+    never used. `with_path` False: the same for a copied or moved project (its files keep their sizes and times)."""
+    parts = [str(base_model.resolve()) if with_path else base_model.name, json.dumps(options, sort_keys=True),
+             f"builder:{BUILDER_REVISION}"]
     for path in sorted(base_model.glob("*")):
         if path.is_file():
             stat = path.stat()

@@ -12,7 +12,8 @@ from phi3e2e.cli.options import RunArgument, current_project, say
 def eval(  # the command is called `eval`
     run: RunArgument = None,
     forms: Annotated[
-        str, typer.Option("--forms", help="Model forms to compare, comma-separated: int4, merged, adapter.")
+        str, typer.Option("--forms", help="Model forms to compare, comma-separated: int4 (the one the run "
+                                          "ships), int4-adapter, merged, adapter.")
     ] = "int4",
     samples: Annotated[int, typer.Option("--samples", help="Eval questions answered side by side (int4).")] = 3,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest sample answer, in tokens.")] = 64,

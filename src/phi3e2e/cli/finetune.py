@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -59,11 +59,16 @@ def finetune(
     subscription: SubscriptionOption = None,
     resource_group: ResourceGroupOption = None,
     workspace: WorkspaceOption = None,
+    ship: Annotated[
+        Literal["merged", "adapter"],
+        typer.Option("--ship", help="The int4 model the run ships: merged (its own onnx-int4/, the default) or "
+                                    "adapter (onnx-adapter/ on the int4 base its runs share in model-cache/)."),
+    ] = "merged",
 ) -> None:
     """Fine-tune, merge the adapter and build the int4 ONNX model in gen-model/.
 
     Each run gets its own folder, gen-model/RUN/, with the adapter, the merged model and the
-    int4 ONNX model.
+    int4 ONNX model (with --ship adapter: onnx-adapter/, the adapter for the shared int4 base).
 
     Examples:
 
@@ -71,6 +76,7 @@ def finetune(
       phi3e2e finetune --algo lora
       phi3e2e finetune --set lora.r=16 --set training.max_steps=50
       phi3e2e finetune --resume 20261129-101500-lora
+      phi3e2e finetune --ship adapter   # shares one int4 base with its kin
       phi3e2e finetune --algo qlora --target aml --compute gpu-a100 --dry-run
       phi3e2e finetune --algo qlora --target aml --compute gpu-a100 \\
           --model microsoft/Phi-3-mini-4k-instruct
@@ -92,5 +98,5 @@ def finetune(
     )  # fmt: skip
     spec = RunSpec.of(algo=algo, target=target, model=model, data=data, run_name=run_name,
                       set_args=tuple(set_values or ()), dry_run=dry_run, verbose=verbose, resume=resume,
-                      target_options=azure)  # fmt: skip
+                      target_options=azure, ships=ship)  # fmt: skip
     finetune_and_evaluate(current_project(), spec, say)

@@ -24,8 +24,9 @@ def init(
     """Create a project folder, with editable copies of the Olive workflow templates.
 
     Writes datasets/, model-cache/, gen-model/, templates/, setup/ (the Azure ML conda file),
-    .gitignore and README.md. templates/ holds copies of lora.json.j2, qlora.json.j2 and
-    model-builder.json.j2; finetune and export render the project's copies, so edit them freely.
+    .gitignore and README.md. templates/ holds copies of lora.json.j2, qlora.json.j2,
+    model-builder.json.j2 and adapter-int4.json.j2; finetune and export render the project's
+    copies, so edit them freely.
     Where a project already is (any of those folders, or phi3e2e.json), nothing is changed.
 
     Examples:

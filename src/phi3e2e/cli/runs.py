@@ -61,12 +61,12 @@ def runs(
 
     now = datetime.now(timezone.utc)
     columns = ["run", "status", "algo", "target", "base model", "dataset", "steps", "train loss",
-               "held-out loss", "time", "age"]  # fmt: skip
+               "held-out loss", "ships", "time", "age"]  # fmt: skip
     cells = [_cells(row, now) for row in rows]
     console = _console()
     # Never a wrapped or cut cell: on a narrow terminal the least needed columns go instead
     # (`--json` and `runs show` have everything).
-    for optional in ("target", "dataset", "base model", "age"):
+    for optional in ("target", "dataset", "ships", "base model", "age"):
         width = sum(max(len(text) for text in [name, *(line[i] for line in cells)]) + 1 for i, name in enumerate(columns))
         if width <= console.width:
             break
@@ -83,7 +83,8 @@ def runs(
         if row.problem:  # whole, below the table: the reason is the part worth reading
             say(f"{row.name}: {row.problem}")
     hint = f"; {hidden} dry-run{'s' * (hidden > 1)} not shown (--all)" if hidden else ""
-    say("held-out loss: base int4 -> fine-tuned int4 (`phi3e2e eval RUN`); time: how long it ran; "
+    say("held-out loss: base int4 -> fine-tuned int4 (`phi3e2e eval RUN`); ships: the int4 form and its bytes "
+        "(an adapter answers on a shared base); time: how long it ran; "
         f"details: `phi3e2e runs show RUN`{hint}")
 
 
@@ -125,6 +126,7 @@ def show(run: RequiredRunArgument, as_json: JsonOption = False) -> None:
         ("training loss", _arrow(row.train_loss_first, row.train_loss_last)),
         ("duration", _duration(row.duration_s)),
         ("finished", record.finished_at or ""),
+        ("ships", _ships(row) + (f" (shared: {row.shared_base}/)" if row.shared_base else "")),
     ):
         summary.add_row(label, value)
     console.print(summary)
@@ -204,8 +206,14 @@ def rm(
     if not yes and not _confirm(f"Delete {project.relative(folder)}/ and every model in it?"):
         say("Nothing deleted.")
         raise typer.Exit(1)
-    remove_run(project, run)
+    removed = remove_run(project, run)
     say(f"Deleted {project.relative(folder)}/")
+    if removed.base_kept:
+        users = ", ".join(removed.base_users[:5]) + (" ..." if len(removed.base_users) > 5 else "")
+        say(f"Kept its int4 base {project.relative(removed.base_kept)}/: {len(removed.base_users)} other run"
+            f"{'s' * (len(removed.base_users) > 1)} answer on it ({users})")
+    elif removed.base_removed:
+        say(f"Deleted its int4 base {project.relative(removed.base_removed)}/ (no other run answers on it)")
 
 
 def _sweep_table(name: str, as_json: bool) -> None:
@@ -251,7 +259,7 @@ def _confirm(question: str) -> bool:
 
 def _cells(row, now: datetime) -> list[str]:
     if row.problem:
-        return [row.name, row.status, *[""] * 8, _age(row.when, now)]
+        return [row.name, row.status, *[""] * 9, _age(row.when, now)]
     return [
         row.name,
         _status(row.status),
@@ -262,9 +270,18 @@ def _cells(row, now: datetime) -> list[str]:
         "" if row.steps is None else str(row.steps),
         _arrow(row.train_loss_first, row.train_loss_last, digits=2),  # the table: 2 decimals; `show`: 3
         _arrow(row.eval_loss_base, row.eval_loss_fine_tuned, digits=2),
+        _ships(row),
         _duration(row.duration_s),
         _age(row.when, now),
     ]
+
+
+def _ships(row) -> str:
+    """The int4 form a run ships and its own bytes: `merged 2.1 GB`, or `adapter 25.2 MB` (+ its shared base)."""
+    if not row.ships:
+        return ""
+    size = "" if row.ships_bytes is None else " " + _bytes(row.ships_bytes)
+    return f"{row.ships}{size}" + (" + base" if row.ships == "adapter" else "")
 
 
 def _console():

@@ -23,8 +23,10 @@ from phi3e2e.evaluate.uncertainty import change_interval, kept_share, verdict
 from phi3e2e.project import Project
 from phi3e2e.storage import atomic_write
 
-# What `eval --forms` calls each run-folder form it can measure.
-EVAL_FORMS = {"int4": runs.ONNX_INT4, "merged": runs.MERGED, "adapter": runs.ADAPTER}
+# What `eval --forms` calls each run-folder form it can measure. "int4" is the int4 form the run ships
+# (onnx-int4/, or onnx-adapter/ for a run shipped as an adapter); "int4-adapter" its onnx-adapter/ beside it.
+EVAL_FORMS = {"int4": runs.ONNX_INT4, "int4-adapter": runs.ONNX_ADAPTER, "merged": runs.MERGED, "adapter": runs.ADAPTER}
+ONNX_EVAL_FORMS = ("int4", "int4-adapter")
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,13 @@ def evaluate_run(
     row_nll: dict[str, dict[str, list[float]]] = {}
     for form in options.forms:
         rows = data.token_ids
-        if form == "int4":
+        if form in ONNX_EVAL_FORMS:
             base_int4 = cached_base_int4(project.model_cache, base_model, recorded_int4_options(record), say)
-            models[form] = {"base": base_int4, "fine_tuned": run_dir / EVAL_FORMS[form]}
+            folder = runs.shipped_form(run_dir) if form == "int4" else EVAL_FORMS[form]
+            if not (run_dir / folder).is_dir():
+                raise UserError(f"{run_dir / folder}: missing; build it with "
+                                f"`phi3e2e export {run_dir.name} --ship adapter`")
+            models[form] = {"base": base_int4, "fine_tuned": run_dir / folder}
             measure = onnx_row_nll
         else:
             models[form] = {"base": base_model, "fine_tuned": run_dir / EVAL_FORMS[form]}
@@ -87,6 +93,7 @@ def evaluate_run(
         interval = change_interval(row_nll[form]["base"], row_nll[form]["fine_tuned"], [len(ids) - 1 for ids in rows])
         losses[form] |= {"change": change, "change_interval_95": interval, "verdict": verdict(change, interval, len(rows))}
     int4_keeps = _int4_keeps(losses, row_nll, data.token_ids)
+    adapter_keeps = _int4_keeps(losses, row_nll, data.token_ids, "int4-adapter")
 
     samples = []
     if options.samples and "int4" in models:
@@ -118,6 +125,7 @@ def evaluate_run(
         "max_length": record.settings.data.max_length,
         "losses": losses,
         "int4_keeps": int4_keeps,
+        **({"int4_adapter_keeps": adapter_keeps} if adapter_keeps else {}),
         "samples": samples,
         "seconds": runs.elapsed(start),
     }
@@ -127,12 +135,12 @@ def evaluate_run(
     return result
 
 
-def _int4_keeps(losses: dict, row_nll: dict, token_ids: list[list[int]]) -> Optional[dict]:
+def _int4_keeps(losses: dict, row_nll: dict, token_ids: list[list[int]], form: str = "int4") -> Optional[dict]:
     """The share of the merged model's gain the int4 build keeps, on the rows both were measured on."""
-    if "int4" not in losses or "merged" not in losses:
+    if form not in losses or "merged" not in losses:
         return None
     rows = losses["merged"]["rows"]
-    int4 = {which: mean_loss(row_nll["int4"][which][:rows], token_ids[:rows]) for which in ("base", "fine_tuned")}
+    int4 = {which: mean_loss(row_nll[form][which][:rows], token_ids[:rows]) for which in ("base", "fine_tuned")}
     int4_change = int4["fine_tuned"] - int4["base"]
     share = kept_share(int4_change, losses["merged"]["change"])
     return {"share": share, "rows": rows, "int4_change": round(int4_change, 4), "merged_change": losses["merged"]["change"],
@@ -213,9 +221,13 @@ def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int) -> 
     """Greedy continuations of full prompt strings with ONNX Runtime GenAI (as `chat` runs it)."""
     import onnxruntime_genai as og
 
+    adapter = model_dir / runs.ADAPTER_FILE if (model_dir / runs.ADAPTER_FILE).is_file() else None
     try:
-        model = og.Model(str(model_dir))
+        model = og.Model(str(runs.adapter_base_dir(model_dir) if adapter else model_dir))
         tokenizer = og.Tokenizer(model)
+        adapters = og.Adapters(model) if adapter else None
+        if adapter:
+            adapters.load(str(adapter), "fine_tuned")
     except Exception as e:  # a damaged model folder: the runtime's RuntimeError
         raise UserError(f"{model_dir}: cannot load the model ({str(e).splitlines()[0][:200]})") from None
     answers = []
@@ -224,6 +236,8 @@ def greedy_answers(model_dir: Path, prompts: list[str], max_new_tokens: int) -> 
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, do_sample=False)
         generator = og.Generator(model, params)
+        if adapters is not None:
+            generator.set_active_adapter(adapters, "fine_tuned")
         generator.append_tokens(prompt_ids)
         while not generator.is_done():
             generator.generate_next_token()

@@ -28,12 +28,26 @@ def torch_loss(model_dir: Path, token_ids: list[list[int]], base_model: Path, pr
 
 
 def onnx_row_nll(model_dir: Path, token_ids: list[list[int]], base_model: Path, progress=lambda i: None) -> list[float]:
-    """Each row's NLL, from the decoder ONNX graph's full-sequence logits (fed an empty KV cache)."""
+    """Each row's NLL, from the decoder ONNX graph's full-sequence logits (fed an empty KV cache).
+
+    An onnx-adapter/ folder is measured on its shared base with its LoRA weights active (onnxruntime's LoraAdapter,
+    the inputs ExtractAdapters made): what onnxruntime-genai's set_active_adapter feeds."""
     import numpy as np
     import onnxruntime as ort
 
+    from phi3e2e import runs
     from phi3e2e.infer.engines.genai import GENAI_CONFIG, genai_config
 
+    run_options = None
+    if (model_dir / runs.ADAPTER_FILE).is_file():
+        run_options = ort.RunOptions()
+        adapter = ort.LoraAdapter()
+        try:
+            adapter.Load(str(model_dir / runs.ADAPTER_FILE))
+        except Exception as e:  # a damaged file: onnxruntime's own error
+            raise UserError(f"{model_dir / runs.ADAPTER_FILE}: cannot load ({str(e).splitlines()[0][:200]})") from None
+        run_options.add_active_adapter(adapter)
+        model_dir = runs.adapter_base_dir(model_dir)
     try:
         filename = genai_config(model_dir)["model"]["decoder"]["filename"]
     except (KeyError, TypeError):
@@ -41,7 +55,9 @@ def onnx_row_nll(model_dir: Path, token_ids: list[list[int]], base_model: Path, 
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        session = ort.InferenceSession(str(model_dir / filename), providers=providers)
+        quiet = ort.SessionOptions()
+        quiet.log_severity_level = 3  # a base with LoRA inputs warns once per input that it is not constant-folded
+        session = ort.InferenceSession(str(model_dir / filename), quiet, providers=providers)
     except Exception as e:  # deleted or truncated model.onnx / model.onnx.data: onnxruntime's own errors
         raise UserError(f"{model_dir / filename}: cannot load the model ({str(e).splitlines()[0][:200]})") from None
     dtypes = {
@@ -64,7 +80,7 @@ def onnx_row_nll(model_dir: Path, token_ids: list[list[int]], base_model: Path, 
             else:  # past key/values: batch 1, no past tokens yet
                 shape = [dim if isinstance(dim, int) else (1 if "batch" in dim else 0) for dim in spec.shape]
                 feed[spec.name] = np.zeros(shape, dtype=dtypes[spec.type])
-        logits = session.run(["logits"], feed)[0][0, :-1].astype(np.float64)
+        logits = session.run(["logits"], feed, run_options)[0][0, :-1].astype(np.float64)
         targets = np.array(ids[1:])
         peak = logits.max(axis=-1)
         log_norm = np.log(np.exp(logits - peak[:, None]).sum(axis=-1)) + peak

@@ -46,7 +46,8 @@ class ChatSession:
         self.context_length = self.engine.context_length
         # The model's own chat template: the HF engine's tokenizer carries it, an int4 folder has its file.
         template = getattr(getattr(self.engine, "tokenizer", None), "chat_template", None)
-        self.chat_format = ChatFormat(template) if isinstance(template, str) else ChatFormat.of_folder(self.model_dir)
+        self.chat_format = ChatFormat(template) if isinstance(template, str) else ChatFormat.of_folder(
+            self.model_dir, getattr(self.engine, "model_dir", None))  # an onnx-adapter/'s template is its base's
 
     @property
     def form(self) -> str:

@@ -49,14 +49,16 @@ phi3e2e chat                    # talk to the newest fine-tuned model
 | `datasets/` | imported datasets (`phi3e2e prepare --data FILE`): train/eval splits and a summary |
 | `model-cache/` | base models (git-ignored) |
 | `gen-model/` | one folder per fine-tune run: `olive-config.json`, `adapter/`, `merged/`, `onnx-int4/` (git-ignored) |
-| `templates/` | the Olive workflows phi3e2e renders: `lora.json.j2`, `qlora.json.j2`, `model-builder.json.j2` |
+| `templates/` | Olive workflows: `lora.json.j2`, `qlora.json.j2`, `model-builder.json.j2`, `adapter-int4.json.j2` |
 | `setup/` | `conda.yaml`: the Python environment phi3e2e's Azure ML job installs |
 
 ## Editing the workflow
 
 `finetune` renders `templates/lora.json.j2` or `templates/qlora.json.j2` (QLoRA extends the LoRA
 file) at every run, and `export` renders `templates/model-builder.json.j2`, whose ModelBuilder
-pass is also the fine-tune's int4 step. An edit is picked up on the next command; no reinstall.
+pass is also the fine-tune's int4 step; `--ship adapter` renders `templates/adapter-int4.json.j2`
+(that ModelBuilder pass with the run's adapter, then ExtractAdapters).
+An edit is picked up on the next command; no reinstall.
 `phi3e2e finetune --dry-run` renders and checks the workflow without running it: a mistake
 fails naming the template file and its line or the Olive field. Delete a file here to fall
 back to the copy phi3e2e ships.

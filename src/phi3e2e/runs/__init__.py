@@ -12,6 +12,8 @@ The names below are the package's public face: `from phi3e2e import runs`, then 
 
 from phi3e2e.runs.layout import (
     ADAPTER,
+    ADAPTER_FILE,
+    BASE_POINTER,
     CONFIG_FILE,
     EVAL_FILE,
     EVAL_PLOT,
@@ -20,16 +22,19 @@ from phi3e2e.runs.layout import (
     LOSS_PLOT,
     MERGED,
     OLIVE_LOG,
+    ONNX_ADAPTER,
     ONNX_INT4,
     REQUIRED_FILES,
     RUN_FILE,
     TRAIN_LOG,
+    adapter_base_dir,
     check_run_name,
     checkpoints_dir,
     failed_dir,
     missing_outputs,
     olive_cache_dir,
     partial_dir,
+    shipped_form,
 )
 from phi3e2e.runs.lifecycle import fail_run, finish_run, last_checkpoint, reopen_run, start_run
 from phi3e2e.runs.locks import in_progress, new_run_name, process_alive, run_lock
@@ -53,7 +58,8 @@ from phi3e2e.runs.record import (
 )
 
 __all__ = [
-    "ADAPTER", "CONFIG_FILE", "EVAL_FILE", "EVAL_PLOT", "EVAL_REPORT", "FORMS", "LOSS_PLOT", "MERGED", "OLIVE_LOG",
+    "ADAPTER", "ADAPTER_FILE", "BASE_POINTER", "ONNX_ADAPTER", "shipped_form", "adapter_base_dir",
+    "CONFIG_FILE", "EVAL_FILE", "EVAL_PLOT", "EVAL_REPORT", "FORMS", "LOSS_PLOT", "MERGED", "OLIVE_LOG",
     "ONNX_INT4", "REQUIRED_FILES", "RUN_FILE", "TRAIN_LOG", "check_run_name", "checkpoints_dir", "failed_dir",
     "missing_outputs", "new_run_name", "olive_cache_dir", "partial_dir", "fail_run", "finish_run", "last_checkpoint",
     "reopen_run", "start_run", "in_progress", "process_alive", "run_lock", "LATEST", "find_finished_run", "finished_runs", "match_run", "newest_onnx_model",

@@ -8,6 +8,7 @@ gen-model/.olive-cache/ (shared by every run; safe to delete).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -31,6 +32,10 @@ REQUIRED_FILES = {
     MERGED: ["config.json", "*.safetensors", "tokenizer.json"],
     ONNX_INT4: ["genai_config.json", "model.onnx", "tokenizer.json"],
 }
+# A run shipped as an adapter (`--ship adapter`) holds onnx-adapter/ in place of onnx-int4/: its LoRA weights for
+# the shared int4 base in model-cache/ (build/adapter_int4.py), and base.json, which names that base.
+ONNX_ADAPTER = "onnx-adapter"
+ADAPTER_FILE, BASE_POINTER = "model.onnx_adapter", "base.json"
 
 _NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
@@ -59,11 +64,38 @@ def olive_cache_dir(gen_model: Path, name: str) -> Path:
     return gen_model / ".olive-cache" / name
 
 
-def missing_outputs(run_dir: Path) -> list[str]:
+def shipped_form(run_dir: Path) -> str:
+    """The int4 form a run ships: onnx-int4/ (merged), or onnx-adapter/ when it holds that and no onnx-int4/."""
+    if not (run_dir / ONNX_INT4).is_dir() and (run_dir / ONNX_ADAPTER / ADAPTER_FILE).is_file():
+        return ONNX_ADAPTER
+    return ONNX_INT4
+
+
+def missing_outputs(run_dir: Path, ships: str = "merged") -> list[str]:
     """Files a finished run must have but this one lacks (relative paths or glob patterns)."""
+    required = dict(REQUIRED_FILES)
+    if ships == "adapter":
+        del required[ONNX_INT4]
+        required[ONNX_ADAPTER] = [ADAPTER_FILE, BASE_POINTER]
     return [
         f"{form}/{pattern}"
-        for form, patterns in REQUIRED_FILES.items()
+        for form, patterns in required.items()
         for pattern in patterns
         if not any((run_dir / form).glob(pattern))
     ]
+
+
+def adapter_base_dir(adapter_folder: Path, must_exist: bool = True) -> Path:
+    """The shared int4 base an onnx-adapter/ folder answers on (its base.json); one line saying how to rebuild it."""
+    rebuild = f"rebuild it with `phi3e2e export {adapter_folder.parent.name} --ship adapter`"
+    try:
+        pointer = json.loads((adapter_folder / BASE_POINTER).read_text(encoding="utf-8"))
+        base = pointer["base"]
+        if not isinstance(base, str):
+            raise TypeError(base)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise UserError(f"{adapter_folder / BASE_POINTER}: missing or has no field 'base'; {rebuild}") from None
+    base_dir = (adapter_folder / base).resolve()
+    if must_exist and not (base_dir / "model.onnx").is_file():
+        raise UserError(f"{adapter_folder}: its int4 base {base_dir} is missing; {rebuild}")
+    return base_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from phi3e2e.errors import UserError
-from phi3e2e.runs.layout import ONNX_INT4, RUN_FILE
+from phi3e2e.runs.layout import ADAPTER_FILE, RUN_FILE, shipped_form
 from phi3e2e.runs.record import RunRecord, read_record, try_read_record
 
 
@@ -51,8 +51,9 @@ def find_finished_run(project, run: str | None) -> Path:
 
 def newest_onnx_model(gen_model: Path) -> Path:
     for run in finished_runs(gen_model):
-        if (run / ONNX_INT4 / "genai_config.json").is_file():
-            return run / ONNX_INT4
+        form = run / shipped_form(run)  # onnx-int4/, or onnx-adapter/ (a run shipped as an adapter)
+        if (form / "genai_config.json").is_file() or (form / ADAPTER_FILE).is_file():
+            return form
     raise UserError(f"no finished fine-tune in {gen_model}; run `phi3e2e finetune` first, or pass --model DIR")
 
 

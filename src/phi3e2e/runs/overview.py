@@ -42,6 +42,9 @@ class RunRow:
     duration_s: Optional[float] = None
     when: Optional[str] = None  # finished, else submitted, else the folder's last change (UTC, ISO)
     problem: Optional[str] = None  # why a broken row could not be read
+    ships: Optional[str] = None  # the int4 form it ships: "merged" (onnx-int4/) or "adapter" (onnx-adapter/)
+    ships_bytes: Optional[int] = None  # that form's bytes in the run folder (an adapter's base is shared, not counted)
+    shared_base: Optional[str] = None  # an adapter run's int4 base in model-cache/
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -98,6 +101,12 @@ def _row(project: Project, folder: Path) -> RunRow:
     )
     if record.train_loss:
         row.train_loss_first, row.train_loss_last = record.train_loss.first, record.train_loss.last
+    if record.status == "succeeded":
+        form = runs.shipped_form(folder)
+        row.ships = "adapter" if form == runs.ONNX_ADAPTER else "merged"
+        row.ships_bytes = _size(folder / form) if (folder / form).is_dir() else None
+        if form == runs.ONNX_ADAPTER:
+            row.shared_base = project.relative(runs.adapter_base_dir(folder / form, must_exist=False))
     evaluation = read_evaluation(folder)
     int4 = (evaluation or {}).get("losses", {}).get("int4") or {}
     row.eval_loss_base = (int4.get("base") or {}).get("loss")
@@ -232,13 +241,43 @@ def finish_removals(gen_model: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_run(project: Project, run: str) -> Path:
+@dataclass
+class Removed:
+    folder: Path
+    base_kept: Optional[Path] = None  # the adapter run's shared int4 base, kept for the runs listed
+    base_users: list[str] = field(default_factory=list)
+    base_removed: Optional[Path] = None  # ... or removed, no other run using it
+
+
+def adapter_base_users(project: Project, base_dir: Path, leaving_out: Optional[Path] = None) -> list[str]:
+    """The runs whose onnx-adapter/ answers on `base_dir` (every run folder, failed ones too: resumable)."""
+    users = []
+    for folder in sorted(project.gen_model.iterdir()) if project.gen_model.is_dir() else []:
+        pointer = folder / runs.ONNX_ADAPTER / runs.BASE_POINTER
+        if folder != leaving_out and pointer.is_file():
+            try:
+                if runs.adapter_base_dir(folder / runs.ONNX_ADAPTER, must_exist=False) == base_dir.resolve():
+                    users.append(folder.name)
+            except UserError:
+                continue  # a broken base.json names no base
+    return users
+
+
+def remove_run(project: Project, run: str) -> Removed:
     """Delete a run folder (and its resume checkpoints): renamed out of the way first, so it is gone
-    at once or not at all. A run still being built is refused."""
+    at once or not at all. A run still being built is refused. An adapter run's shared int4 base goes
+    with it only when no other run answers on it."""
     finish_removals(project.gen_model)
     folder = find_run_folder(project, run)
     check_not_running(project, folder)
     name = _run_name(folder)
+    removed = Removed(folder)
+    base_dir = None
+    if (folder / runs.ONNX_ADAPTER / runs.BASE_POINTER).is_file():
+        try:
+            base_dir = runs.adapter_base_dir(folder / runs.ONNX_ADAPTER, must_exist=False)
+        except UserError:
+            base_dir = None  # a broken base.json names no base: nothing else is removed
     with runs.run_lock(project.gen_model, name):  # no build of this name can start while it goes
         # A removal interrupted halfway leaves only hidden folders, never a half-deleted run; the next
         # `runs` or `runs rm` finishes it (finish_removals).
@@ -252,4 +291,13 @@ def remove_run(project: Project, run: str) -> Path:
             path.rename(away)
     for _, away in doomed:
         shutil.rmtree(away)
-    return folder
+    if base_dir is not None and base_dir.is_dir():
+        removed.base_users = adapter_base_users(project, base_dir)
+        if removed.base_users:
+            removed.base_kept = base_dir
+        else:  # the last run on it: its base goes too (renamed first, like the run)
+            away = base_dir.with_name(f".{base_dir.name}{REMOVING}{os.getpid()}")
+            base_dir.rename(away)
+            shutil.rmtree(away)
+            removed.base_removed = base_dir
+    return removed

@@ -93,6 +93,8 @@ class RunRecord(BaseModel):
     aml: Optional[AmlRecord] = None
     sweep: Optional[SweepTrial] = None
     pushes: Optional[list[PushRecord]] = None  # `phi3e2e push`, oldest first
+    ships: Optional[Literal["merged", "adapter"]] = None  # the int4 form it ships (None: merged, onnx-int4/)
+    adapter_base: Optional[str] = None  # onnx-adapter/'s shared int4 base in model-cache/ (build/adapter_int4.py)
 
     @computed_field
     @property

@@ -49,7 +49,8 @@ def create_app(registry: ModelRegistry, scheduler: Scheduler, api_key: Optional[
     @app.get("/health")
     def health():
         """Liveness, and what the server is doing: for operators and for tests of cancellation."""
-        return {"status": "ok", "models_loaded": registry.loaded_ids(), **scheduler.stats()}
+        return {"status": "ok", "models_loaded": registry.loaded_ids(), "models_bytes": registry.models_bytes(),
+                **scheduler.stats()}
 
     @app.get("/playground/config")
     def playground_config():

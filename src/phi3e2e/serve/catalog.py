@@ -1,4 +1,7 @@
-"""Which models a project serves: every finished run's onnx-int4/, and each run's base model as int4.
+"""Which models a project serves: every finished run's int4 model, and each run's base model as int4.
+
+A run shipped as an adapter (onnx-adapter/) is served on its shared int4 base: the registry loads that
+base once for every adapter run on it (registry.py).
 
 The base build is what `eval` compares against (phi3e2e.build.base_int4: the same builder and
 int4 options as the run's), so the playground's side-by-side view shows what the fine-tune changed
@@ -19,7 +22,7 @@ from typing import Callable, Optional
 
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
-from phi3e2e.runs import ONNX_INT4
+from phi3e2e.runs import ADAPTER_FILE, ONNX_ADAPTER, ONNX_INT4, adapter_base_dir, shipped_form
 from phi3e2e.serve.errors import ApiError
 
 BASE_PREFIX = "base/"  # run names cannot hold "/", so a base id never clashes with a run
@@ -37,6 +40,8 @@ class ServedModel:
     base_model: Optional[Path] = None  # base: the Hugging Face folder it is built from
     build_options: Optional[dict] = None  # base: execution provider and int4 options
     version: str = ""  # fine-tuned: which folder holds the run now (a new run of the same name is another)
+    adapter: Optional[Path] = None  # fine-tuned, shipped as an adapter: its .onnx_adapter (on model_dir, its base)
+    shared_base: Optional[Path] = None  # base: an adapter run's int4 base, which answers as the base with no adapter
 
     def as_openai(self) -> dict:
         extra = {"phi3e2e_kind": self.kind}
@@ -57,26 +62,35 @@ class Catalog:
         self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         if self.default_id not in {model.id for model in self.refresh()}:
-            raise UserError(f"run {self.default_id}: no {ONNX_INT4}/ model in it to serve")
+            raise UserError(f"run {self.default_id}: no {ONNX_INT4}/ or {ONNX_ADAPTER}/ model in it to serve")
 
     def refresh(self) -> list[ServedModel]:
         found: dict[str, ServedModel] = {}
         bases: dict[tuple[str, str], list[Path]] = {}  # (base folder, options) -> runs built that way
         for run in _finished_runs(self.project):
-            if not (run.run_dir / ONNX_INT4 / "genai_config.json").is_file():
-                continue
+            adapter = run.run_dir / ONNX_ADAPTER / ADAPTER_FILE
+            if shipped_form(run.run_dir) != ONNX_ADAPTER:
+                adapter = None
+                if not (run.run_dir / ONNX_INT4 / "genai_config.json").is_file():
+                    continue
             if run.base_model is not None and run.base_model.is_dir() and run.int4_options is not None:
                 build = (str(run.base_model), json.dumps(run.int4_options, sort_keys=True))
                 bases.setdefault(build, []).append(run.run_dir)
             found[run.run_dir.name] = ServedModel(run.run_dir.name, _epoch(run.finished_at), "fine-tuned", run.run_dir,
-                                                  dataset=run.dataset, version=run_version(run.run_dir))
+                                                  dataset=run.dataset, version=run_version(run.run_dir),
+                                                  adapter=adapter)
         names = [Path(folder).name for folder, _ in bases]
         for (folder, options), run_dirs in bases.items():
             name = BASE_PREFIX + Path(folder).name
             if names.count(Path(folder).name) > 1:  # runs built the same base differently: one build each
                 name += "@" + hashlib.sha256(options.encode()).hexdigest()[:8]
+            # With no adapter active, an adapter run's shared base gives the plain base int4's logits exactly
+            # (tests/test_adapters.py): the base it already loads answers for base/<model> too.
+            shared = next((found[run_dir.name].adapter.parent for run_dir in run_dirs
+                           if found[run_dir.name].adapter is not None), None)
             found[name] = ServedModel(name, 0, "base", run_dirs[0], base_model=Path(folder),
-                                      build_options=json.loads(options))
+                                      build_options=json.loads(options),
+                                      shared_base=adapter_base_dir(shared, must_exist=False) if shared else None)
             for run_dir in run_dirs:
                 found[run_dir.name] = replace(found[run_dir.name], base_id=name)
         with self._lock:
@@ -97,7 +111,15 @@ class Catalog:
             return self._models[model_id]
 
     def model_dir(self, model: ServedModel) -> Path:
-        """The int4 folder to load; a base model is built here on its first use (minutes for Phi-3-mini)."""
+        """The int4 folder to load (an adapter run's: its shared base); a base model is built here on its first use
+        (minutes for Phi-3-mini)."""
+        if model.adapter is not None:
+            try:
+                return adapter_base_dir(model.adapter.parent)  # a deleted base: one line saying how to rebuild it
+            except UserError as e:
+                raise ApiError(500, f"{model.id}: {e}", "server_error") from None
+        if model.shared_base is not None and (model.shared_base / "model.onnx").is_file():
+            return model.shared_base
         if model.kind == "fine-tuned":
             return model.run_dir / ONNX_INT4
         from phi3e2e.build.base_int4 import cached_base_int4
@@ -115,7 +137,8 @@ class Catalog:
         if model.dataset is None:
             return []
         eval_file = model.dataset / "eval.jsonl"
-        chat_format = ChatFormat.of_folder(model.run_dir / ONNX_INT4)
+        base = adapter_base_dir(model.adapter.parent, must_exist=False) if model.adapter is not None else None
+        chat_format = ChatFormat.of_folder(model.run_dir / ONNX_INT4, base)
         examples = []
         try:
             with open(eval_file, encoding="utf-8") as f:
@@ -162,8 +185,10 @@ def _finished_runs(project: Project) -> list[_Run]:
 
 def run_version(run_dir: Path) -> str:
     """Which run folder holds this name now ("" when none): its inode and its record's last change."""
+    form = shipped_form(run_dir)
+    model_file = run_dir / form / (ADAPTER_FILE if form == ONNX_ADAPTER else "genai_config.json")
     try:
-        return f"{run_dir.stat().st_ino}:{(run_dir / ONNX_INT4 / 'genai_config.json').stat().st_mtime_ns}"
+        return f"{run_dir.stat().st_ino}:{model_file.stat().st_mtime_ns}"
     except OSError:
         return ""
 

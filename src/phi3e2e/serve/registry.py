@@ -4,6 +4,10 @@ A model's memory is counted as its folder's size (the int4 weights as loaded); t
 progress add their KV caches (scheduler.py asks `kv_room`). Loading a model that does not fit
 unloads the least recently used models that no request is using; if that is not enough, the
 request is refused with 503 rather than the machine swapping.
+
+Adapter runs (onnx-adapter/) share their int4 base: it is loaded once, as its own entry
+(`shared-base/<folder>`), counted once and held while any adapter on it is loaded; each adapter
+run adds only its .onnx_adapter file's bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from phi3e2e.serve.catalog import Catalog
 from phi3e2e.serve.errors import ApiError
 
 GIB = 1 << 30
+SHARED_BASE = "shared-base/"  # the registry's entry for a base that adapter runs share (not a served model id)
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Loaded:
     users: int = 0
     last_used: float = 0.0
     version: str = ""  # the catalog's version of the model when it was loaded
+    base_key: Optional[str] = None  # an adapter run's: the entry of the shared base it holds
 
 
 class ModelRegistry:
@@ -41,6 +47,7 @@ class ModelRegistry:
         self._loaded: dict[str, Loaded] = {}
         self._lock = threading.Lock()  # guards _loaded
         self._load_lock = threading.Lock()  # one load at a time, so two loads never both count on the same room
+        self._adapter_loads = 0  # each adapter load gets its own name in the base's og.Adapters
 
     def models_bytes(self) -> int:
         with self._lock:
@@ -65,6 +72,8 @@ class ModelRegistry:
         with self._load_lock:
             if (loaded := self._use(model)) is not None:
                 return loaded
+            if model.adapter is not None or (model.shared_base and (model.shared_base / "model.onnx").is_file()):
+                return self._load_on_shared_base(model)
             model_dir = self.catalog.model_dir(model)
             size = _folder_bytes(model_dir)
             self._make_room(model.id, size)
@@ -81,6 +90,53 @@ class ModelRegistry:
                 self._loaded[model.id] = loaded
             return loaded
 
+    def _load_on_shared_base(self, model) -> Loaded:
+        """An adapter run: its shared base (loaded once, held while the adapter is), then the adapter on it. A base
+        model that an adapter run's base stands for: that base itself, with no adapter."""
+        base_dir = self.catalog.model_dir(model)
+        key = SHARED_BASE + base_dir.name
+        with self._lock:
+            base = self._loaded.get(key)
+            if base is not None:
+                base.users += 1  # held by this adapter until it is unloaded
+        if base is None:
+            size = _folder_bytes(base_dir)
+            self._make_room(key, size)
+            self.say(f"Loading the int4 base {base_dir.name} that adapter runs share ({size / GIB:.2f} GiB) ...")
+            try:
+                engine = _open_engine(base_dir, self.device)
+            except UserError as e:
+                raise ApiError(500, f"{model.id}: {e}", "server_error") from None
+            base = Loaded(engine, ChatFormat.of_folder(base_dir), size, _kv_bytes_per_token(engine, self.device),
+                          users=1, last_used=time.monotonic())
+            with self._lock:
+                self._loaded[key] = base
+        size = model.adapter.stat().st_size if model.adapter is not None else 0
+        try:
+            self._make_room(model.id, size)
+            from phi3e2e.infer.engines.genai import AdapterEngine
+
+            self._adapter_loads += 1
+            engine = base.engine if model.adapter is None else AdapterEngine(
+                base.engine, model.adapter, f"{model.id}#{self._adapter_loads}")
+        except (UserError, ApiError) as e:
+            with self._lock:
+                base.users -= 1
+            raise e if isinstance(e, ApiError) else ApiError(500, f"{model.id}: {e}", "server_error") from None
+        self.say(f"Loaded {model.id}: " + (f"its adapter ({size / 1e6:.1f} MB) on {base_dir.name}" if model.adapter
+                                          else f"{base_dir.name} with no adapter"))
+        loaded = Loaded(engine, base.chat_format, size, base.kv_bytes_per_token, users=1,
+                        last_used=time.monotonic(), version=model.version, base_key=key)
+        with self._lock:
+            self._loaded[model.id] = loaded
+        return loaded
+
+    def _let_go(self, loaded: Loaded) -> None:
+        """An entry is gone (with self._lock held): an adapter frees its hold on the shared base."""
+        if loaded.base_key and (base := self._loaded.get(loaded.base_key)) is not None:
+            base.users -= 1
+            base.last_used = time.monotonic()
+
     def release(self, loaded: Loaded) -> None:
         with self._lock:
             loaded.users -= 1
@@ -91,6 +147,7 @@ class ModelRegistry:
             loaded = self._loaded.get(model.id)
             if loaded is not None and loaded.version != model.version:
                 del self._loaded[model.id]  # stale: its answers in progress hold it until they end
+                self._let_go(loaded)
                 self.say(f"Unloaded {model.id}: its run folder was removed or replaced")
                 return None
             if loaded is not None:
@@ -110,7 +167,11 @@ class ModelRegistry:
             evicted = []
             while free < size and idle:
                 _, name = idle.pop(0)
-                free += self._loaded.pop(name).bytes
+                gone = self._loaded.pop(name)
+                free += gone.bytes
+                self._let_go(gone)
+                if gone.base_key and hasattr(gone.engine, "unload"):
+                    gone.engine.unload()  # idle: no answer is using it
                 evicted.append(name)
         if evicted:
             gc.collect()  # the engines' memory goes back now, before the new model is loaded

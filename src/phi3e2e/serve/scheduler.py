@@ -158,7 +158,8 @@ class Scheduler:
     def _batched(self, job: Job) -> bool:
         # Batched decoding is checked on CPU only (this project has no onnxruntime-genai CUDA build to check it
         # on): on a GPU every answer keeps its own generator, as with batching off.
-        return self.max_batch > 1 and job.engine.device == "cpu"
+        # An adapter run's answers each keep their own generator: og.Engine has no adapter API (genai.AdapterEngine).
+        return self.max_batch > 1 and job.engine.device == "cpu" and getattr(job.engine, "batches", True)
 
     def _decode(self, group: list[Job]):
         # A batch of one gains nothing from the Engine: alone, an answer takes `chat`'s path (og.Generator).

@@ -26,10 +26,11 @@ def finetune(
     say: Callable[[str], None] = print,
     aml_options=None,
     resume: Optional[str] = None,
+    ships: str = "merged",
 ) -> FinetuneResult:
     spec = RunSpec.of(algo=algo, target=target, model=model, data=data, run_name=run_name,
                       set_args=tuple(set_args or ()), dry_run=dry_run, verbose=verbose, resume=resume,
-                      target_options=aml_options)  # fmt: skip
+                      target_options=aml_options, ships=ships)  # fmt: skip
     return run_spec(project, spec, say)
 
 

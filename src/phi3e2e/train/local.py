@@ -166,9 +166,11 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
             raise UserError(f"run produced incomplete models, missing {', '.join(missing)}; see olive.log")
         if plan.build_device == "cpu":
             # A sweep's trials skip the saved prepacked weights (twice the model's size on disk each): the sweep
-            # saves them for its best trial only.
+            # saves them for its best trial only; an adapter run ships no onnx-int4/ to save them for.
             record.cpu_int4 = tune_for_cpu(staging / runs.ONNX_INT4, plan.settings.export,
-                                           prepack=plan.record.sweep is None)
+                                           prepack=plan.record.sweep is None and record.ships != "adapter")
+        if record.ships == "adapter":
+            _ship_adapter(project, record, staging, say, verbose)
         for scratch in (OLIVE_OUTPUT, OLIVE_CACHE, CHECKPOINTS):
             shutil.rmtree(staging / scratch, ignore_errors=True)
         record.duration_s = round(runs.elapsed(start) + (resumed.earlier_s if resumed else 0), 1)  # all attempts
@@ -187,6 +189,20 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
     shutil.rmtree(runs.checkpoints_dir(gen_model, plan.name), ignore_errors=True)
     shutil.rmtree(runs.olive_cache_dir(gen_model, plan.name), ignore_errors=True)
     return FinetuneResult(run_dir, run_dir / runs.CONFIG_FILE, False, record)
+
+
+def _ship_adapter(project: Project, record: runs.RunRecord, staging: Path, say: Callable[[str], None],
+                  verbose: bool) -> None:
+    """--ship adapter: onnx-adapter/ on the shared int4 base replaces the merged onnx-int4/ (build/adapter_int4.py)."""
+    from phi3e2e.build.adapter_int4 import build_adapter_form
+    from phi3e2e.build.options import recorded_int4_options
+
+    form = build_adapter_form(project, project.resolve(record.base_model), staging / runs.ADAPTER,
+                              recorded_int4_options(record), staging, say, verbose)
+    record.adapter_base = project.relative(form.base_dir)
+    shutil.rmtree(staging / runs.ONNX_INT4)
+    if missing := runs.missing_outputs(staging, ships="adapter"):
+        raise UserError(f"run produced incomplete models, missing {', '.join(missing)}; see olive.log")
 
 
 # What a failed run does not keep: Olive's copies of the models (gigabytes for Phi-3-mini).

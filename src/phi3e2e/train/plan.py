@@ -97,6 +97,7 @@ def plan_run(
         settings=settings,
         versions=stack_versions(),
         data_sha256=runs.data_fingerprint(inputs.dataset_dir) if inputs.dataset_dir else None,
+        ships="adapter" if spec.ships == "adapter" else None,
     )
     return RunPlan(name, spec, inputs, settings, workflow, record, notes)
 

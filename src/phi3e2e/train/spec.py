@@ -7,7 +7,7 @@ device: on a GPU target, or on this machine only if it has one.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -19,6 +19,10 @@ RESUME_TAKES_RECORDED = ("--resume RUN uses the run's own recorded settings: lea
                          "--data, --target and --dry-run")  # fmt: skip
 QLORA_NEEDS_CUDA = ("QLoRA needs a CUDA GPU (bitsandbytes 4-bit has no CPU path) and none was found: "
                     "use --algo lora here, or --target aml to run QLoRA on Azure ML GPU compute")  # fmt: skip
+
+
+SHIP_ADAPTER_LOCAL = ("--ship adapter is built where the run finishes (local); for an Azure ML run, build it after "
+                      "the download with `phi3e2e export RUN --ship adapter`")
 
 
 class RunSpec(BaseModel):
@@ -34,6 +38,7 @@ class RunSpec(BaseModel):
     verbose: bool = False
     resume: Optional[str] = None
     target_options: Any = None  # the target's own options (Azure ML: AmlOptions)
+    ships: Literal["merged", "adapter"] = "merged"  # the int4 form the run ships (docs/models.md measures both)
 
     @classmethod
     def of(cls, **fields) -> "RunSpec":
@@ -49,8 +54,10 @@ class RunSpec(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> "RunSpec":
         if self.resume and (self.run_name or self.set_args or self.dry_run or self.model or self.data
-                            or self.target is not None):  # fmt: skip
+                            or self.target is not None or self.ships != "merged"):  # fmt: skip
             raise ValueError(RESUME_TAKES_RECORDED)
+        if self.ships == "adapter" and self.on_target.name != "local":
+            raise ValueError(SHIP_ADAPTER_LOCAL)
         if self.algo == "qlora" and not self.on_target.gpu_compute and not self.dry_run and not cuda_available():
             raise ValueError(QLORA_NEEDS_CUDA)
         return self

@@ -169,6 +169,32 @@ class ExportWorkflow(_Strict):
     log_severity_level: Literal[0, 1, 2, 3, 4]
 
 
+class HfModelWithAdapter(HfModel):
+    adapter_path: str = Field(min_length=1)  # a PEFT LoRA folder: ModelBuilder builds its MatMuls beside the base's
+
+
+class ExtractAdaptersPass(_Strict):
+    type: Literal["ExtractAdapters"]  # Olive's defaults: optional LoRA inputs, dynamic rank, .onnx_adapter file
+
+
+class AdapterPasses(_Strict):
+    int4: ModelBuilderPass
+    extract: ExtractAdaptersPass
+
+
+class AdapterWorkflow(_Strict):
+    """`--ship adapter`'s workflow: base model + LoRA adapter -> ModelBuilder -> ExtractAdapters."""
+
+    input_model: HfModelWithAdapter
+    systems: dict[str, LocalSystem]
+    passes: AdapterPasses
+    host: str
+    target: str
+    cache_dir: str
+    output_dir: str
+    log_severity_level: Literal[0, 1, 2, 3, 4]
+
+
 def validate_workflow(config: dict, source: str, schema: type[BaseModel] = OliveWorkflow) -> BaseModel:
     """Validate a rendered workflow; the error names `source` and the failing fields' paths."""
     try:

@@ -17,13 +17,14 @@ from pydantic import BaseModel
 
 from phi3e2e.errors import UserError
 from phi3e2e.resources import templates_dir
-from phi3e2e.workflow.olive_schema import ExportWorkflow, OliveWorkflow, validate_workflow
+from phi3e2e.workflow.olive_schema import AdapterWorkflow, ExportWorkflow, OliveWorkflow, validate_workflow
 from phi3e2e.workflow.settings import Algo, ExportSettings, FinetuneSettings
 
 # One template per workflow: qlora extends lora, and both take their int4 pass from the
 # ModelBuilder macro in model-builder.json.j2, which `export` renders on its own.
 WORKFLOW_TEMPLATES: dict[str, str] = {"lora": "lora.json.j2", "qlora": "qlora.json.j2"}
 MODEL_BUILDER_TEMPLATE = "model-builder.json.j2"
+ADAPTER_TEMPLATE = "adapter-int4.json.j2"
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,26 @@ def render_model_builder(
         ExportWorkflow,
         s={"export": build},
         paths={"model": str(model), "output": "olive-output", "cache": ".olive-cache"},
+        **_system(device == "cuda"),
+    )
+
+
+def render_adapter_int4(
+    model: Path,
+    adapter: Path,
+    device: Literal["cpu", "cuda"],
+    int4_options: dict,
+    project_templates: Optional[Path] = None,
+) -> RenderedWorkflow:
+    """The validated workflow of `--ship adapter`: base `model` + LoRA `adapter` -> ModelBuilder int4 (the same
+    macro as finetune's int4 step) -> ExtractAdapters (adapter-int4.json.j2)."""
+    build = {name: None for name in ExportSettings.model_fields} | int4_options | {"precision": "int4"}
+    return _render(
+        ADAPTER_TEMPLATE,
+        project_templates,
+        AdapterWorkflow,
+        s={"export": build},
+        paths={"model": str(model), "adapter": str(adapter), "output": "olive-output", "cache": ".olive-cache"},
         **_system(device == "cuda"),
     )
 

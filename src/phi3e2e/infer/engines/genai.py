@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -129,6 +130,30 @@ class GenaiEngine:
             self.tokenizer = og.Tokenizer(self.model)
         except Exception as e:  # a deleted or damaged tokenizer.json: the runtime's RuntimeError
             raise UserError(f"{model_dir}: cannot load its tokenizer: {str(e).splitlines()[0][:200]}") from None
+        self._adapters = None  # og.Adapters, made on the first load_adapter: one per model, shared by its answers
+        # onnxruntime-genai's src/models/adapters.cpp kept a model's adapters in a plain map with plain reference
+        # counts until a later release added a mutex: loading, unloading and activating one never run at once here
+        # (serve loads in a request thread and decodes in its generating thread), whichever 0.14.1 has.
+        self._adapters_lock = threading.Lock()
+
+    def load_adapter(self, adapter_file: Path, name: str) -> None:
+        """Make a LoRA adapter (an .onnx_adapter built for this base, build/adapter_int4.py) answerable as `name`."""
+        with self._adapters_lock:
+            if self._adapters is None:
+                self._adapters = self._og.Adapters(self.model)
+            try:
+                self._adapters.load(str(adapter_file), name)
+            except Exception as e:  # the runtime's RuntimeError: a damaged file, or one built for another base
+                raise UserError(f"{adapter_file}: cannot load the adapter: {str(e).splitlines()[0][:200]}") from None
+
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter's weights; one a finished answer's Generator still holds stays loaded (a few MB)."""
+        with self._adapters_lock:
+            if self._adapters is not None:
+                try:
+                    self._adapters.unload(name)
+                except Exception:  # noqa: BLE001  (the runtime refuses while its reference count is not 0)
+                    pass
 
     def use_huge_pages(self):
         """Start moving the loaded weights onto 2 MiB pages (once, in the background); the worker thread."""
@@ -146,9 +171,14 @@ class GenaiEngine:
         for token, text in self.stream_tokens(prompt_tokens, options):
             yield None if self.is_end(token) else text
 
-    def stream_tokens(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[tuple[int, str]]:
-        """(token id, its text) per generated token; an end-of-turn token comes last, with text ""."""
+    def stream_tokens(self, prompt_tokens: list[int], options: GenerationOptions,
+                      adapter: Optional[str] = None) -> Iterator[tuple[int, str]]:
+        """(token id, its text) per generated token; an end-of-turn token comes last, with text "".
+        `adapter`: the name of a loaded adapter that answers (None: the base alone)."""
         generator = self._og.Generator(self.model, self.generator_params(len(prompt_tokens), options))
+        if adapter is not None:
+            with self._adapters_lock:
+                generator.set_active_adapter(self._adapters, adapter)
         decoder = self.tokenizer.create_stream()
         try:
             generator.append_tokens(prompt_tokens)
@@ -175,3 +205,40 @@ class GenaiEngine:
     def is_end(self, token: int) -> bool:
         """An end-of-turn / end-of-text token (genai_config's eos_token_id)."""
         return token in self._end_ids
+
+
+class AdapterEngine:
+    """A fine-tune's LoRA adapter answering on a loaded base GenaiEngine: the base's weights are loaded once for
+    every adapter on it, each answer picks its adapter (`set_active_adapter` on its own Generator).
+
+    `batches` False: onnxruntime-genai 0.14.1's request Engine has no adapter API (og.Engine: add_request, step,
+    remove_request, has_pending_requests; og.Request: add_tokens, get/has_unseen_token(s), is_done, opaque data;
+    the C API's only OgaSetActiveAdapter takes a Generator), so adapter answers decode one per Generator."""
+
+    form = "onnx-adapter"
+    batches = False
+
+    def __init__(self, base: GenaiEngine, adapter_file: Path, name: str):
+        base.load_adapter(adapter_file, name)
+        self.base, self.adapter_file, self.name = base, adapter_file, name
+        self.model_dir, self.device, self.context_length = base.model_dir, base.device, base.context_length
+        self.built_for, self.tokenizer, self.model = base.built_for, base.tokenizer, base.model
+
+    def encode(self, text: str) -> list[int]:
+        return self.base.encode(text)
+
+    def is_end(self, token: int) -> bool:
+        return self.base.is_end(token)
+
+    def use_huge_pages(self):
+        return self.base.use_huge_pages()
+
+    def stream(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[Optional[str]]:
+        for token, text in self.stream_tokens(prompt_tokens, options):
+            yield None if self.is_end(token) else text
+
+    def stream_tokens(self, prompt_tokens: list[int], options: GenerationOptions) -> Iterator[tuple[int, str]]:
+        return self.base.stream_tokens(prompt_tokens, options, adapter=self.name)
+
+    def unload(self) -> None:
+        self.base.unload_adapter(self.name)
