@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import mmap
 import os
 import sys
@@ -22,7 +21,6 @@ from phi3e2e.infer.huge_pages import (
     anonymous_regions,
     collapse_new,
     collapse_new_in_background,
-    huge_malloc_env,
     new_huge_spans,
 )
 
@@ -152,57 +150,3 @@ def test_chat_moves_its_weights_after_the_first_answer_not_before(finished_run):
     worker.join(timeout=60)
     list(engine.stream_tokens(engine.encode("Hi"), options))
     assert engine.huge_pages_done is worker  # once per load
-
-
-def test_the_malloc_tunable_is_added_only_where_glibc_and_the_kernel_use_it_and_the_user_has_not_chosen():
-    madvise = "always [madvise] never\n"
-    added = huge_malloc_env({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "glibc 2.36", madvise)
-    assert added == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
-    assert huge_malloc_env({}, "glibc 2.35", madvise)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-    assert huge_malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "glibc 2.36", madvise) is None  # theirs
-    assert huge_malloc_env({}, "glibc 2.34", madvise) is None  # the tunable came in 2.35
-    assert huge_malloc_env({}, "", madvise) is None  # musl, or not Linux
-    assert huge_malloc_env({}, "glibc 2.36", "always madvise [never]\n") is None
-
-
-ALLOCATE_64_MB = """
-import re
-weights = bytearray(64 << 20)  # one malloc: glibc maps it, and the tunable asks for huge pages before it is filled
-weights[::4096] = b"\\x01" * len(weights[::4096])
-print(re.search(r"AnonHugePages:\\s+(\\d+)", open("/proc/self/smaps_rollup").read()).group(1))
-"""
-
-
-def test_a_process_started_with_the_tunable_fills_its_allocations_onto_huge_pages():
-    """What the restart buys: no copy afterwards, the memory is on 2 MiB pages as it fills (a real child process)."""
-    import subprocess
-
-    environ = huge_malloc_env(os.environ)
-    if environ is None or _thp_mode() in ("never", "absent"):
-        pytest.skip("glibc older than 2.35, not glibc, or transparent huge pages off")
-    huge_kb = [int(subprocess.run([sys.executable, "-c", ALLOCATE_64_MB], env=env, capture_output=True, text=True,
-                                  check=True).stdout) for env in (dict(os.environ), environ)]  # fmt: skip
-    assert huge_kb[1] * 1024 >= 48 * MB
-    assert huge_kb[0] * 1024 < 16 * MB  # madvise mode: a plain malloc gets 4 KiB pages
-
-
-def test_chat_restarts_once_with_the_tunable_and_answers(finished_run):
-    import subprocess
-    import time
-
-    project, _ = finished_run
-    if huge_malloc_env(os.environ) is None:
-        pytest.skip("glibc older than 2.35, not glibc, or transparent huge pages off: chat does not restart")
-    chat = subprocess.Popen([sys.executable, "-m", "phi3e2e", "chat", "--json", "--max-length", "4"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PHI3E2E_PROJECT_DIR=str(project.root)))  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while b"glibc.malloc.hugetlb=1" not in Path(f"/proc/{chat.pid}/environ").read_bytes():
-            assert time.monotonic() < deadline and chat.poll() is None, "chat did not restart with the tunable"
-            time.sleep(0.05)
-        out, err = chat.communicate("Do you ship?\n", timeout=120)
-    finally:
-        chat.kill()
-    assert chat.returncode == 0, err
-    assert json.loads(out)["tokens"] > 0  # the same process (pid), restarted, answers

@@ -1,3 +1,3 @@
-from phi3e2e.cli.entry import main
+from phi3e2e.cli.app import main
 
 main()

@@ -10,29 +10,20 @@ Only memory the model load itself mapped is touched: the caller snapshots the pr
 mappings before loading (`anonymous_regions()`) and hands both snapshots to `collapse_new`.
 `madvise(MADV_COLLAPSE)` (Linux 6.1+) makes the huge pages at once; on older kernels, with
 transparent huge pages set to `never`, or on other systems nothing happens.
-
-Cheaper still is to fill the weights onto huge pages in the first place: glibc's malloc does that for
-its own mappings when started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35+), which
-`huge_malloc_env` gives the commands that load a model (cli/entry.py). The collapse then finds little
-left to copy, and stays for systems where the tunable does nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import sys
 import threading
 from pathlib import Path
-from typing import Mapping, Optional
 
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 HUGE_PAGE = 2 << 20
 SMAPS = Path("/proc/self/smaps")
-THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-HUGE_MALLOC = "glibc.malloc.hugetlb"
 
 Region = tuple[int, int]  # [start, end) addresses
 
@@ -104,35 +95,3 @@ def collapse_new_in_background(before: dict[Region, int], after: dict[Region, in
     worker = threading.Thread(target=collapse_new, args=(before, after), name="huge-pages", daemon=True)
     worker.start()
     return worker
-
-
-def huge_malloc_env(environ: Mapping[str, str], libc: Optional[str] = None, thp_mode: Optional[str] = None):
-    """`environ` plus glibc's tunable that puts malloc's mappings on transparent huge pages, or None when it
-    would do nothing or the user chose already (their GLIBC_TUNABLES names it): not glibc 2.35+, or
-    transparent huge pages `never`. Read at process start, so it takes a fresh exec to apply."""
-    libc = libc if libc is not None else _libc_version()
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if HUGE_MALLOC in tunables or not _at_least(libc, (2, 35)):
-        return None
-    try:
-        thp_mode = thp_mode if thp_mode is not None else THP_MODE.read_text()
-    except OSError:
-        return None
-    if "[never]" in thp_mode:
-        return None
-    return dict(environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, f"{HUGE_MALLOC}=1"])))
-
-
-def _libc_version() -> str:
-    try:
-        return os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"; musl and others have none
-    except (ValueError, OSError, AttributeError):
-        return ""
-
-
-def _at_least(libc: str, version: tuple[int, int]) -> bool:
-    name, _, number = libc.partition(" ")
-    try:
-        return name == "glibc" and tuple(int(part) for part in number.split(".")[:2]) >= version
-    except ValueError:
-        return False
