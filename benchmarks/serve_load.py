@@ -150,8 +150,13 @@ def llama_gguf(project: Path, binary: Path) -> Path:
     source = binary.resolve().parents[2]  # <llama.cpp>/build/bin/llama-server
     if not q4_0.is_file():
         log("Converting the model to GGUF Q4_0 for llama-server (once) ...")
+        # The GGUF's name comes from the folder's; llama.cpp treats a model named "phi3..." as a real Phi-3 and looks
+        # up "<|end|>", which the benchmark tokenizer lacks ("unordered_map::at" at load).
+        unnamed = project / "gguf-source"
+        if not unnamed.exists():
+            unnamed.symlink_to(hf_dir.resolve())
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "peers" / "llama_cpp_peer.py"), "convert",
-                        str(hf_dir), str(f16), "--llama-cpp-dir", str(source)], check=True)
+                        str(unnamed), str(f16), "--llama-cpp-dir", str(source)], check=True)
         subprocess.run([str(binary.with_name("llama-quantize")), str(f16), str(q4_0), "Q4_0"], check=True,
                        stdout=subprocess.DEVNULL)
         f16.unlink()

@@ -1,5 +1,6 @@
-"""This CPU's prepacked weights, saved when the run is built and mapped at load: the same answers, a cache that
-is rebuilt when stale, never a reason to fail, never shipped. Real onnxruntime sessions and files throughout."""
+"""This CPU's prepacked weights, saved when the run is built (if the user chose them) and mapped at load: the same
+answers, a cache that is rebuilt when stale, never a reason to fail, never shipped. Real onnxruntime sessions and
+files throughout."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from phi3e2e.infer.engines.genai import GenaiEngine, genai_config
 from phi3e2e.infer.generation import GenerationOptions
-from phi3e2e.infer.prepacked import CACHE, save_prepacked, saved_model
+from phi3e2e.infer.prepacked import CACHE, SWITCH, save_prepacked, saved_model
 from phi3e2e.share.hub import pushed_files
 
 pytestmark = pytest.mark.e2e
@@ -30,23 +31,39 @@ def int4_copy(finished_run, tmp_path):
     return copy
 
 
-def test_a_local_build_saves_the_prepacked_weights_and_chat_loads_them_with_the_same_answers(finished_run, int4_copy):
-    project, run_dir = finished_run
-    built = GenaiEngine(run_dir / "onnx-int4")
-    assert built.prepacked is not None and (run_dir / "onnx-int4" / built.prepacked).is_file()
-    assert (run_dir / "onnx-int4" / built.prepacked).with_name("model.onnx.data").stat().st_size > 0
+def test_builds_save_them_only_when_chosen_and_chat_then_loads_them_with_the_same_answers(int4_copy, monkeypatch):
+    from phi3e2e.build.options import tune_for_cpu
+    from phi3e2e.workflow.settings import ExportSettings
+
     plain = GenaiEngine(int4_copy)
     assert plain.prepacked is None
-    assert _tokens(built) == _tokens(plain)  # the same kernels on the same packed bytes: identical, not close
+    expected = _tokens(plain)
+    monkeypatch.delenv(SWITCH, raising=False)
+    assert tune_for_cpu(int4_copy, ExportSettings())["prepacked_for_this_cpu"] is False  # the default: not saved
+    assert not (int4_copy / CACHE).exists()
+    monkeypatch.setenv(SWITCH, "1")
+    assert tune_for_cpu(int4_copy, ExportSettings(), prepack=False)["prepacked_for_this_cpu"] is False  # sweep trials
+    assert tune_for_cpu(int4_copy, ExportSettings())["prepacked_for_this_cpu"] is True
 
-    # A cache for this CPU is never shipped: not to the Hub, not in an Azure ML upload (the SDK's own ignore rules).
-    pushed = [name for name, _ in pushed_files(run_dir, "int4")[1]]
-    assert pushed and not any(CACHE in name for name in pushed)
+    built = GenaiEngine(int4_copy)
+    assert built.prepacked is not None and (int4_copy / built.prepacked).with_name("model.onnx.data").stat().st_size
+    assert _tokens(built) == expected  # the same kernels on the same packed bytes: identical, not close
+
+    # A cache for this CPU is never shipped: not in an Azure ML upload (the SDK's own ignore rules), not to the Hub.
     from azure.ai.ml._utils._asset_utils import get_ignore_file
 
-    ignore = get_ignore_file(run_dir / "onnx-int4")
-    assert ignore.is_file_excluded(run_dir / "onnx-int4" / built.prepacked)
-    assert not ignore.is_file_excluded(run_dir / "onnx-int4" / "model.onnx")
+    ignore = get_ignore_file(int4_copy)
+    assert ignore.is_file_excluded(int4_copy / built.prepacked)
+    assert not ignore.is_file_excluded(int4_copy / "model.onnx")
+
+
+def test_push_leaves_the_cache_out(finished_run, tmp_path):
+    _, run_dir = finished_run
+    run_copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, run_copy)
+    assert save_prepacked(run_copy / "onnx-int4", threads=1) is not None
+    pushed = [name for name, _ in pushed_files(run_copy, "int4")[1]]
+    assert "model.onnx" in pushed and not any(CACHE in name for name in pushed)
 
 
 def test_a_changed_model_file_makes_the_cache_stale_and_a_new_save_replaces_it(int4_copy):

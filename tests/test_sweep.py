@@ -264,9 +264,6 @@ def test_trials_are_ordinary_runs_ranked_by_int4_held_out_loss(swept):
     listed = json.loads(run_cli("runs", "--json", project=project).stdout)
     assert {"s-t1", "s-t2", "s-t3", "s-t4"} <= {row["name"] for row in listed}
     assert "Resuming s-t3" in swept[4]  # the interrupted trial continued, not started over
-    # Only the best trial carries this CPU's saved prepacked weights (twice a model's size on disk each).
-    prepacked = {t.run for t in record.trials if (project.gen_model / t.run / "onnx-int4" / ".prepacked").is_dir()}
-    assert prepacked == {ranked[0]["run"]}
 
 
 @pytest.mark.e2e

@@ -106,10 +106,12 @@ def export(
         run_olive(staging / EXPORT_CONFIG, staging / EXPORT_LOG, say, verbose=verbose)
         model_dir = _collect_model(staging, staging / EXPORT_LOG)
         if device == "cpu":
+            from phi3e2e.infer import prepacked
             from phi3e2e.infer.engines.genai import use_all_cores
-            from phi3e2e.infer.prepacked import save_prepacked
 
-            save_prepacked(model_dir, use_all_cores(model_dir))  # all cores, and this CPU's prepacked weights
+            threads = use_all_cores(model_dir)  # ModelBuilder leaves onnxruntime-genai on one decode thread
+            if prepacked.wanted():
+                prepacked.save_prepacked(model_dir, threads)
         for kept in (EXPORT_CONFIG, EXPORT_LOG):
             shutil.move(staging / kept, model_dir / kept)
         record = {

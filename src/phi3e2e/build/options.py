@@ -109,13 +109,13 @@ def recorded_int4_options(record: RunRecord) -> dict:
 
 
 def tune_for_cpu(onnx_dir: Path, export: ExportSettings, prepack: bool = True) -> dict:
-    """Decode on every physical core (written into genai_config.json) and save this CPU's prepacked weights;
-    what was chosen, for run.json."""
+    """Decode on every physical core (written into genai_config.json), and save this CPU's prepacked weights when
+    the user chose them (PHI3E2E_PREPACKED=1); what was chosen, for run.json."""
+    from phi3e2e.infer import prepacked as saved
     from phi3e2e.infer.engines.genai import use_all_cores
-    from phi3e2e.infer.prepacked import save_prepacked
 
     threads = use_all_cores(onnx_dir)
     options = export.model_dump(exclude={"precision"})
-    prepacked = save_prepacked(onnx_dir, threads) if prepack else None  # starts then map, not repack
+    prepacked = saved.save_prepacked(onnx_dir, threads) if prepack and saved.wanted() else None
     return {"build_options": options, "intra_op_num_threads": threads, "chosen_by": "docs/performance.md",
             "prepacked_for_this_cpu": prepacked is not None}

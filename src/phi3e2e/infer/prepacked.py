@@ -1,14 +1,18 @@
 """Start a CPU int4 model by mapping its weights instead of repacking them: onnxruntime's saved prepacked weights.
 
-At load, onnxruntime repacks every int4 MatMul weight into its kernel's layout: 2.7 s of a 32-layer
-`chat --prompt`'s 4.4 s, into 2.1 GB of anonymous memory (docs/performance.md). onnxruntime 1.32 can save a
-session's optimized graph with those repacked weights in its external data file
-(`session.save_external_prepacked_constant_initializers`); a session made from the saved file maps them from
-the file instead of repacking. The layout depends on the CPU's instruction set and on onnxruntime's version, so
-the saved form is a cache for this CPU and version: `.prepacked/<key>/` inside the model folder, made when phi3e2e
-builds the model on this machine (`tune_for_cpu`, `export`), used by GenaiEngine through a config overlay (the
-decoder's file name), and never shipped (`push` and `deploy` leave dot-folders out). A stale or missing cache
-only means the usual load.
+At load, onnxruntime repacks every int4 MatMul weight into its kernel's layout, into anonymous memory.
+onnxruntime 1.32 can save a session's optimized graph with those repacked weights in its external data file
+(`session.save_external_prepacked_constant_initializers`); a session made from the saved file maps them from the
+file instead of repacking. Measured at 16 layers (benchmarks/cold_start.py, docs/performance.md): `chat --prompt`
+start -> exit 1.90 -> 1.40 s, but decode ~10% slower (the file's pages are mostly 4 KiB pages, where the repacked
+copy is moved onto 2 MiB ones), and the saved file holds the original weights too (about twice the model's size on
+disk). So it is a choice, not the default: PHI3E2E_PREPACKED=1 when a run is built (finetune, export, a sweep's
+best trial) saves it; chat, eval and serve use it when it is there.
+
+The layout depends on the CPU's instruction set and on onnxruntime's version, so the saved form is a cache for
+this CPU and version: `.prepacked/<key>/` inside the model folder, used by GenaiEngine through a config overlay
+(the decoder's file name), never shipped (`push` leaves dot-folders out, `.amlignore` keeps it out of Azure ML
+uploads). A stale or missing cache only means the usual load.
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ from phi3e2e.storage import staged_dir
 
 CACHE = ".prepacked"
 MODEL_FILE = "model.onnx"
-SWITCH = "PHI3E2E_PREPACKED"  # =0: no saved prepacked weights (they take about twice the model's size on disk)
+SWITCH = "PHI3E2E_PREPACKED"  # =1: builds save them (see above for the trade)
+
+
+def wanted() -> bool:
+    """Whether the user chose saved prepacked weights for the runs built now."""
+    return os.environ.get(SWITCH) == "1"
 
 
 def decoder_file(settings: dict) -> Optional[str]:
@@ -57,12 +66,9 @@ def saved_model(model_dir: Path, settings: dict) -> Optional[Path]:
 
 def save_prepacked(model_dir: Path, threads: Optional[int] = None) -> Optional[Path]:
     """Make this CPU's prepacked model (once; older ones removed). Returns it relative to `model_dir`, or None
-    when the folder is not writable, the disk is full or the user turned it off (PHI3E2E_PREPACKED=0): a cache,
-    never a reason to fail a build."""
+    when the folder is not writable or the disk is full: a cache, never a reason to fail a build."""
     from phi3e2e.infer.engines.genai import genai_config
 
-    if os.environ.get(SWITCH) == "0":
-        return None
     settings = genai_config(model_dir)
     key = cache_key(model_dir, settings)
     if key is None:

@@ -63,12 +63,11 @@ def run_sweep(project: Project, record: SweepRecord, say: Callable[[str], None],
         record.status, record.finished_at = "finished", runs.now()
         record.best = best_trial(record, gen_model)
         write_sweep(gen_model, record)
-    if record.best is not None:  # the trial people will chat with starts fast (infer/prepacked.py)
-        from phi3e2e.infer.prepacked import save_prepacked
+    from phi3e2e.infer import prepacked
 
-        best = record.trial(record.best)
-        if best and (gen_model / best.run / runs.ONNX_INT4 / "genai_config.json").is_file():
-            save_prepacked(gen_model / best.run / runs.ONNX_INT4)
+    best = record.trial(record.best) if record.best is not None and prepacked.wanted() else None
+    if best and (gen_model / best.run / runs.ONNX_INT4 / "genai_config.json").is_file():
+        prepacked.save_prepacked(gen_model / best.run / runs.ONNX_INT4)  # chosen: for the trial people chat with
     return record
 
 
