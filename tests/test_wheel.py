@@ -29,7 +29,8 @@ def test_wheel_carries_templates_and_sample_data(tmp_path):
     (wheel,) = tmp_path.glob("phi3e2e-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert sorted(n for n in names if n.startswith("phi3e2e/templates/")) == [
-        "phi3e2e/templates/lora.json.j2", "phi3e2e/templates/model-builder.json.j2", "phi3e2e/templates/qlora.json.j2"]
+        "phi3e2e/templates/adapter-int4.json.j2", "phi3e2e/templates/lora.json.j2", "phi3e2e/templates/model-builder.json.j2",
+        "phi3e2e/templates/qlora.json.j2"]
     assert "phi3e2e/sample_data/sample-qa.jsonl" in names
     assert "phi3e2e/aml/conda.yaml" in names  # the Azure ML job's environment
     # Every module of the source tree (a too-wide .gitignore pattern once left src/phi3e2e/build/ out).

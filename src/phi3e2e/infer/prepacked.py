@@ -67,10 +67,11 @@ def saved_model(model_dir: Path, settings: dict) -> Optional[Path]:
 def save_prepacked(model_dir: Path, threads: Optional[int] = None) -> Optional[Path]:
     """Make this CPU's prepacked model (once; older ones removed). Returns it relative to `model_dir`, or None
     when the folder is not writable or the disk is full: a cache, never a reason to fail a build."""
-    from phi3e2e.infer.engines.genai import genai_config
-
-    settings = genai_config(model_dir)
-    key = cache_key(model_dir, settings)
+    try:  # read here, not through engines/genai.py (which imports this module)
+        settings = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no model to save for; loading it will say what is wrong
+    key = cache_key(model_dir, settings) if isinstance(settings, dict) else None
     if key is None:
         return None
     cache = model_dir / CACHE
