@@ -33,9 +33,10 @@ demo: install
 		--model $(DEMO)/model-cache/tiny-phi3 --data $(DEMO)/datasets/sample
 	PHI3E2E_PROJECT_DIR=$(CURDIR) $(BIN)/phi3e2e chat --model gen-model/$(DEMO_RUN) --prompt "$(DEMO_PROMPT)"
 
-# The playground's browser test drives Debian's chromium (CI runs as root on a fresh machine).
+# The playground's browser test drives Debian's chromium, and the Ollama Modelfile's template is rendered by Go's
+# own text/template, as Ollama renders it (CI runs as root on a fresh machine).
 test: install
-	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	@(test -x /usr/bin/chromium && command -v go >/dev/null) || (apt-get update -qq && apt-get install -y -qq chromium golang-go)
 	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The daily lane: everything that neither trains, builds nor starts a browser (418 tests, 73 s on 2 cores).
