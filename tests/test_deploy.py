@@ -294,6 +294,12 @@ def test_blue_green_smoke_test_canary_promotion_and_rollback(project, azure):
 
     promoted = _deploy(project, ml_client, "e2e-b", traffic=100)  # the same run again: its share moves
     assert promoted.traffic == {"r-e2e": 0, "r-e2e-b": 100}
+    # run.json says where the run is served, each deploy in turn, and never the key.
+    deploys = runs.read_record(project.gen_model / "e2e-b").deploys
+    assert [(d.endpoint, d.deployment, d.traffic) for d in deploys] == [("faq-bot", "r-e2e-b", 10),
+                                                                         ("faq-bot", "r-e2e-b", 100)]
+    assert deploys[-1].base_url == f"{fake.gateway_url}/v1"
+    assert ENDPOINT_KEY not in (project.gen_model / "e2e-b" / "run.json").read_text()
 
     fake.broken.add("r-e2e-c")
     with pytest.raises(UserError) as failed:

@@ -158,7 +158,22 @@ def deploy(ml_client, request: DeployRequest, files: DeployFiles, say: Callable[
     endpoint.traffic = traffic
     ml_client.online_endpoints.begin_create_or_update(endpoint).result()
     say(f"Traffic: {_shares(traffic)}")
-    return Rollout(request.endpoint, request.deployment, base_url, traffic, registered)
+    rollout = Rollout(request.endpoint, request.deployment, base_url, traffic, registered)
+    _remember(request, rollout)
+    return rollout
+
+
+def _remember(request: DeployRequest, rollout: Rollout) -> None:
+    """run.json says where the run is served, as it says where it was pushed (no key, no subscription id)."""
+    from phi3e2e import runs
+
+    with runs.run_lock(request.run_dir.parent, request.run_dir.name):  # not beside a `runs rm` or another write
+        record = runs.read_record(request.run_dir)
+        deployed = runs.DeployRecord(endpoint=rollout.endpoint, deployment=rollout.deployment,
+                                     base_url=rollout.base_url, traffic=rollout.traffic[rollout.deployment],
+                                     model=rollout.model, at=runs.now())  # fmt: skip
+        record.deploys = [*(record.deploys or []), deployed]
+        runs.write_record(request.run_dir, record)
 
 
 def _shares(traffic: dict[str, int]) -> str:

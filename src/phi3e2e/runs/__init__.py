@@ -42,6 +42,7 @@ from phi3e2e.runs.lookup import LATEST, find_finished_run, finished_runs, match_
 from phi3e2e.runs.record import (
     SCHEMA_VERSION,
     AmlRecord,
+    DeployRecord,
     LossSummary,
     PushRecord,
     ResumePoint,
@@ -63,7 +64,8 @@ __all__ = [
     "ONNX_INT4", "REQUIRED_FILES", "RUN_FILE", "TRAIN_LOG", "check_run_name", "checkpoints_dir", "failed_dir",
     "missing_outputs", "new_run_name", "olive_cache_dir", "partial_dir", "fail_run", "finish_run", "last_checkpoint",
     "reopen_run", "start_run", "in_progress", "process_alive", "run_lock", "LATEST", "find_finished_run", "finished_runs", "match_run", "newest_onnx_model",
-    "run_folders", "SCHEMA_VERSION", "AmlRecord", "LossSummary", "PushRecord", "ResumePoint", "RunRecord", "Status",
+    "run_folders", "SCHEMA_VERSION", "AmlRecord",
+    "DeployRecord", "LossSummary", "PushRecord", "ResumePoint", "RunRecord", "Status",
     "SweepTrial",
     "data_fingerprint", "elapsed", "file_sha256", "now", "read_record", "try_read_record", "write_record",
 ]  # fmt: skip

@@ -66,6 +66,18 @@ class PushRecord(BaseModel):
     at: str
 
 
+class DeployRecord(BaseModel):
+    """One `phi3e2e deploy`: the endpoint and deployment that serve the run (the endpoint's key is never recorded)."""
+
+    to: Literal["aml"] = "aml"
+    endpoint: str
+    deployment: str
+    base_url: str  # what an openai client takes
+    traffic: int  # this deployment's share (percent) when the deploy ended
+    model: str  # the registered asset, name:version
+    at: str
+
+
 class RunRecord(BaseModel):
     """run.json. Paths (base_model, dataset) are relative to the project where they lie inside it."""
 
@@ -93,6 +105,7 @@ class RunRecord(BaseModel):
     aml: Optional[AmlRecord] = None
     sweep: Optional[SweepTrial] = None
     pushes: Optional[list[PushRecord]] = None  # `phi3e2e push`, oldest first
+    deploys: Optional[list[DeployRecord]] = None  # `phi3e2e deploy`, oldest first
     ships: Optional[Literal["merged", "adapter"]] = None  # the int4 form it ships (None: merged, onnx-int4/)
     adapter_base: Optional[str] = None  # onnx-adapter/'s shared int4 base in model-cache/ (build/adapter_int4.py)
 
