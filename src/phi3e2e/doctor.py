@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Literal, Mapping, Optional
 
 from phi3e2e.infer.threads import physical_cores
-from phi3e2e.machine import MEMINFO, meminfo
+from phi3e2e.machine import MEMINFO, cpu_info, meminfo
 from phi3e2e.project import Project
 from phi3e2e.resources import azure_requirements_file, requirements_file
 from phi3e2e.train.aml.workspace import ENV_VARS, find_config_file
@@ -141,22 +141,6 @@ def _short(path: Path) -> str:
 
 # What onnxruntime's int4 MatMulNBits kernels use, best last: AVX2+FMA at least, AVX-512, VNNI dot products, AMX tiles.
 SIMD_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
-
-
-def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    """(model name, flags) of the first CPU listed; the platform's name and no flags where there is no /proc/cpuinfo."""
-    model, flags = "", set()
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), flags
-    for line in text.splitlines():
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key == "model name" and not model:
-            model = value
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model or platform.machine(), flags
 
 
 def check_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> Check:

@@ -1,7 +1,9 @@
-"""What this machine has (read by serve's memory budget, eval's choice of forms and `phi3e2e doctor`)."""
+"""What this machine has (read by serve's memory budget, eval's choice of forms, the saved prepacked weights' key
+and `phi3e2e doctor`)."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Optional
 
@@ -25,3 +27,19 @@ def meminfo(path: Path = MEMINFO) -> dict[str, int]:
 def available_memory_bytes(path: Path = MEMINFO) -> Optional[int]:
     """MemAvailable: what can be allocated without swapping; None where /proc/meminfo says nothing."""
     return meminfo(path).get("MemAvailable")
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
+    """(model name, flags) of the first CPU listed; the platform's name and no flags where there is no /proc/cpuinfo."""
+    model, flags = "", set()
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), flags
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name" and not model:
+            model = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model or platform.machine(), flags

@@ -8,6 +8,7 @@ a staging name and renamed to its final name as the last step.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -62,3 +63,12 @@ def publish(staging: Path, final: Path, replace: bool = False) -> Path:
     else:
         staging.rename(final)
     return final
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path) -> Iterator[None]:
+    """One process at a time inside the block (an flock: released if the holder dies); others wait."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

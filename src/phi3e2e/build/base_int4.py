@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from phi3e2e.errors import UserError
-from phi3e2e.storage import staged_dir
+from phi3e2e.storage import exclusive_lock, staged_dir
 
 BUILT_FROM = "phi3e2e-built-from.json"
 
@@ -46,9 +45,7 @@ def _built(target: Path) -> bool:
 @contextlib.contextmanager
 def build_lock(target: Path):
     """One builder per cached model at a time (an flock: released if the builder dies)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(target.with_name(target.name + ".lock")):
         yield
 
 

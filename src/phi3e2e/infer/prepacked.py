@@ -17,8 +17,6 @@ uploads). A stale or missing cache only means the usual load.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from phi3e2e.storage import staged_dir
+from phi3e2e.machine import cpu_info
+from phi3e2e.storage import exclusive_lock, staged_dir
 
 CACHE = ".prepacked"
 MODEL_FILE = "model.onnx"
@@ -51,9 +50,10 @@ def cache_key(model_dir: Path, settings: dict) -> Optional[str]:
     if not name or not (model_dir / name).is_file():
         return None
     files = sorted(p for p in model_dir.iterdir() if p.is_file() and p.name.startswith(Path(name).name))
-    parts = {"onnxruntime": version("onnxruntime"), "cpu": _cpu_signature(), "decoder": name,
+    cpu_model, cpu_flags = cpu_info()  # the instruction sets onnxruntime packs for
+    parts = {"onnxruntime": version("onnxruntime"), "cpu": [cpu_model, sorted(cpu_flags)], "decoder": name,
              "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def saved_model(model_dir: Path, settings: dict) -> Optional[Path]:
@@ -77,9 +77,9 @@ def save_prepacked(model_dir: Path, threads: Optional[int] = None) -> Optional[P
     cache = model_dir / CACHE
     try:
         cache.mkdir(exist_ok=True)
-        with _locked(cache / ".lock"):
-            if saved_model(model_dir, settings):
-                return saved_model(model_dir, settings)
+        with exclusive_lock(cache / ".lock"):  # a second process waits, then finds the first's cache
+            if (cache / key / MODEL_FILE).is_file():
+                return Path(CACHE) / key / MODEL_FILE
             for old in cache.iterdir():  # other CPUs' or older builds' layouts, and what a kill left half made
                 if old.is_dir():
                     shutil.rmtree(old, ignore_errors=True)
@@ -115,26 +115,3 @@ def _optimize(source: Path, target: Path, threads: Optional[int]) -> None:
     onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     if not target.with_name(target.name + ".data").is_file():
         raise OSError(f"{target}: onnxruntime saved no external data")
-
-
-@contextlib.contextmanager
-def _locked(lock_file: Path):
-    """Two processes building at once: the second waits, then finds the first's cache."""
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _cpu_signature() -> str:
-    """The CPU model and its instruction-set flags (the kernels onnxruntime packs for)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        import platform
-
-        return platform.processor() or platform.machine()
-    wanted = ("model name", "flags")
-    return "|".join(next((line for line in lines if line.startswith(key)), "") for key in wanted)
