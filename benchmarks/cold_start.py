@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from full_depth import LLAMA_CPP_ENTRY, SHORT_PROMPT, python_code, run_measured  # noqa: E402
+from full_depth import LLAMA_CPP_ENTRY, SHORT_PROMPT, chat_command, python_code, run_measured  # noqa: E402
 from int4_options import PEERS_PYTHON, RESULTS, wait_until_quiet  # noqa: E402
 
 ANSWER_TOKENS = 128
@@ -58,12 +58,6 @@ def model_folders(onnx_dir: Path, work: Path) -> dict[str, Path]:
         save_prepacked(folders["prepacked"])
         log(f"  {time.perf_counter() - start:.1f} s")
     return folders
-
-
-def chat(folder: Path, env: dict, max_length: int, json_out: bool) -> list[str]:
-    command = [str(Path(sys.executable).with_name("phi3e2e")), "chat", "--model", str(folder), "--prompt",
-               SHORT_PROMPT, "--max-length", str(max_length), "--min-length", str(max_length)]
-    return command + (["--json"] if json_out else [])
 
 
 def main() -> None:
@@ -99,9 +93,9 @@ def main() -> None:
         for name, (folder, extra) in configs.items():
             env = dict(os.environ, **extra)
             wait_until_quiet(args.max_busy, args.max_wait)
-            start_exit = run_measured(chat(folder, env, 1, False), env=env)["seconds"]
+            start_exit = run_measured(chat_command(folder, 1), env=env)["seconds"]
             wait_until_quiet(args.max_busy, args.max_wait)
-            answer = json.loads(run_measured(chat(folder, env, ANSWER_TOKENS, True), env=env)["stdout"])
+            answer = json.loads(run_measured([*chat_command(folder, ANSWER_TOKENS), "--json"], env=env)["stdout"])
             samples[name].append({"start_to_exit_s": start_exit, "first_token_s": answer["first_token_seconds"],
                                   "decode_tok_s": answer["decode_tokens_per_second"]})
         if peer:
