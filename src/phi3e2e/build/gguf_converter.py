@@ -25,7 +25,6 @@ files stay as shipped. A real Phi-3 (sentencepiece tokenizer.model) takes the co
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import runpy
@@ -52,6 +51,7 @@ def converter_dir(model_cache: Path, say: Callable[[str], None] = print) -> Path
     bench-peers` fetched), else fetched with pip; either way its sha256 must be the pinned one.
     """
     from phi3e2e.errors import UserError
+    from phi3e2e.runs import file_sha256  # here: the benchmark peer imports this module without pydantic
     from phi3e2e.storage import staged_dir
 
     final = model_cache / f".llama.cpp-{LLAMA_CPP_PYTHON}"
@@ -66,7 +66,7 @@ def converter_dir(model_cache: Path, say: Callable[[str], None] = print) -> Path
                 raise UserError(f"{SDIST_ENV}={given}: no such file")
         else:
             sdist = _download_sdist(Path(download), say)
-        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+        digest = file_sha256(sdist)  # read in chunks, not 77 MB at once
         if digest != SDIST_SHA256:
             raise UserError(f"{sdist}: sha256 {digest} is not the pinned llama-cpp-python=={LLAMA_CPP_PYTHON}'s; not using it")
         say(f"Unpacking llama.cpp's converter into {final.name}/ (once) ...")
