@@ -72,3 +72,10 @@ def exclusive_lock(lock_file: Path) -> Iterator[None]:
     with open(lock_file, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def disk_bytes(path: Path) -> int:
+    """A file's size, or the sum of every file's under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())

@@ -27,7 +27,7 @@ from phi3e2e import runs
 from phi3e2e.build.base_int4 import build_lock, fingerprint
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
-from phi3e2e.storage import atomic_write, publish, staging_name
+from phi3e2e.storage import atomic_write, disk_bytes, publish, staging_name
 
 BASES = ".onnx-int4-adapters"  # under model-cache/, beside base_int4's .onnx-int4/
 BASE_RECORD = "phi3e2e-adapter-base.json"
@@ -99,7 +99,7 @@ def build_adapter_form(project: Project, base_model: Path, adapter_dir: Path, in
         publish(form, final, replace=True)  # replace: rebuilding a run whose base was deleted
     finally:  # an error or Ctrl-C keeps nothing half-built
         shutil.rmtree(staging, ignore_errors=True)
-    return AdapterForm(final, base_dir, (final / runs.ADAPTER_FILE).stat().st_size, _bytes(base_dir), base_built,
+    return AdapterForm(final, base_dir, (final / runs.ADAPTER_FILE).stat().st_size, disk_bytes(base_dir), base_built,
                        runs.elapsed(start))
 
 
@@ -124,7 +124,7 @@ def _share_base(built: Path, base_dir: Path, digest: str, device: str, say: Call
             use_all_cores(staging)  # ModelBuilder leaves onnxruntime-genai on one decode thread
         (staging / BASE_RECORD).write_text(json.dumps({"model_sha256": digest}, indent=2) + "\n")
         publish(staging, base_dir, replace=base_dir.exists())  # a half-removed base is replaced whole
-        say(f"Built the shared int4 base {base_dir.parent.name}/{base_dir.name} ({_bytes(base_dir) / 1e6:.1f} MB)")
+        say(f"Built the shared int4 base {base_dir.parent.name}/{base_dir.name} ({disk_bytes(base_dir) / 1e6:.1f} MB)")
         return True
 
 
@@ -164,7 +164,3 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data
-
-
-def _bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())

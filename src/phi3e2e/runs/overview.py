@@ -19,6 +19,7 @@ from typing import Optional
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
+from phi3e2e.storage import disk_bytes
 
 RUNNING, INTERRUPTED, BROKEN = "running", "interrupted", "broken"
 
@@ -104,7 +105,7 @@ def _row(project: Project, folder: Path) -> RunRow:
     if record.status == "succeeded":
         form = runs.shipped_form(folder)
         row.ships = "adapter" if form == runs.ONNX_ADAPTER else "merged"
-        row.ships_bytes = _size(folder / form) if (folder / form).is_dir() else None
+        row.ships_bytes = disk_bytes(folder / form) if (folder / form).is_dir() else None
         if form == runs.ONNX_ADAPTER:
             row.shared_base = project.relative(runs.adapter_base_dir(folder / form, must_exist=False))
     evaluation = read_evaluation(folder)
@@ -168,14 +169,10 @@ def _run_name(folder: Path) -> str:
 def run_details(project: Project, run: str) -> RunDetails:
     folder = find_run_folder(project, run)
     record = runs.read_record(folder)  # `show` of a broken run: the one line naming the file and field
-    files = sorted((entry.name, _size(entry)) for entry in folder.iterdir())
+    files = sorted((entry.name, disk_bytes(entry)) for entry in folder.iterdir())
     return RunDetails(_row(project, folder), record, files, read_evaluation(folder))
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
 
 # The settings sections an algorithm does not read: a LoRA run never quantizes (qlora.*).
