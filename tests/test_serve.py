@@ -147,11 +147,13 @@ def test_sixteen_parallel_requests_from_eight_clients_get_their_own_answers(serv
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(one, range(16)))
     assert answers == alone + alone  # greedy: under load every client gets exactly its own answer
-    assert health(server)["answers_batched"] - before["answers_batched"] >= 4  # and they decoded together
+    assert health(server)["answers_batched"] - before["answers_batched"] >= 8  # and they decoded together
+    assert health(server)["largest_batch"] > 4  # more than onnxruntime-genai's own Engine takes
 
 
 def test_a_batch_gives_the_tokens_each_answer_gets_on_its_own_generator(served):
-    """The batched path (og.Engine) against the unbatched one (og.Generator), token ids, distinct prompts."""
+    """The batched path (one og.Generator, a row per answer) against the unbatched one, token ids, prompts of
+    different lengths (padded), each answer with its own max_tokens and min_tokens."""
     from phi3e2e.chat_format import ChatFormat
     from phi3e2e.infer.engines.genai import GenaiEngine
     from phi3e2e.infer.engines.genai_batch import BatchDecode, SingleDecode
@@ -164,7 +166,7 @@ def test_a_batch_gives_the_tokens_each_answer_gets_on_its_own_generator(served):
     prompts = [engine.encode(chat_format.messages_prompt([("user", question)])) for question in questions]
     assert len({len(prompt) for prompt in prompts}) > 1  # the batch pads the shorter prompts
     lengths = [GenerationOptions(max_new_tokens=n, min_new_tokens=n) for n in (12, 20, 6, 16)]
-    lengths[0] = GenerationOptions(max_new_tokens=20)  # may end at its end of turn, which a batch never shows
+    lengths[0] = GenerationOptions(max_new_tokens=20)  # may end at its end of turn
 
     def tokens(decode, rows: int) -> list[list[int]]:
         got, ended = [[] for _ in range(rows)], set()
@@ -180,6 +182,66 @@ def test_a_batch_gives_the_tokens_each_answer_gets_on_its_own_generator(served):
     alone = [tokens(SingleDecode(engine, prompt, options), 1)[0] for prompt, options in zip(prompts, lengths)]
     assert tokens(BatchDecode(engine, list(zip(prompts, lengths))), 4) == alone
     assert [len(answer) for answer in alone[1:]] == [20, 6, 16]
+
+
+def test_a_batch_takes_more_than_four_answers_each_sampling_with_its_own_settings(served):
+    """Seven answers in one batch (onnxruntime-genai's Engine took four at most): the greedy ones are their lone
+    answers; a seeded sampled one repeats whatever else shares its batch, and another seed samples another."""
+    from phi3e2e.chat_format import ChatFormat
+    from phi3e2e.infer.engines.genai import GenaiEngine
+    from phi3e2e.infer.engines.genai_batch import BatchDecode, SingleDecode
+    from phi3e2e.infer.generation import GenerationOptions
+
+    server, run = served
+    model_dir = server.project.gen_model / run / "onnx-int4"
+    engine, chat_format = GenaiEngine(model_dir, huge_pages=False), ChatFormat.of_folder(model_dir)
+    questions = ["Hi", "Zone 4?", "Do you ship to Canada?", "How long does shipping take?", "Refunds?",
+                 "Which beans are roasted darkest, and why?"]
+    prompts = [engine.encode(chat_format.messages_prompt([("user", question)])) for question in questions]
+    greedy = GenerationOptions(max_new_tokens=10, min_new_tokens=10)
+    sampled = {seed: GenerationOptions(max_new_tokens=16, min_new_tokens=16, temperature=1.0, top_p=0.9, seed=seed)
+               for seed in (11, 12)}
+
+    def answers(decode, rows: int) -> list[list[int]]:
+        got, ended = [[] for _ in range(rows)], set()
+        while len(ended) < rows:
+            for row, token, _text in decode.step():
+                if token is None or engine.is_end(token):
+                    ended.add(row)
+                elif row not in ended:
+                    got[row].append(int(token))
+        decode.close()
+        return got
+
+    alone = [answers(SingleDecode(engine, prompt, greedy), 1)[0] for prompt in prompts]
+    wide = answers(BatchDecode(engine, [(prompts[3], sampled[11])] + [(prompt, greedy) for prompt in prompts]), 7)
+    assert wide[1:] == alone and all(len(answer) == 10 for answer in alone)
+    small = answers(BatchDecode(engine, [(prompts[0], greedy), (prompts[3], sampled[11])]), 2)
+    assert small[1] == wide[0] and len(wide[0]) == 16
+    other = answers(BatchDecode(engine, [(prompts[3], sampled[12]), (prompts[0], greedy)]), 2)
+    assert other[0] != wide[0]
+
+
+def test_which_answers_may_share_a_batch(served):
+    """Long prompts go alone (a batch pads every row to its longest prompt), so does a prompt that ends in the pad
+    token (it would be masked), and a batch's longest prompt + most new tokens must fit every row's context."""
+    from phi3e2e.infer.engines.genai import GenaiEngine
+    from phi3e2e.infer.engines.genai_batch import PROMPT_TOKENS, BatchDecode, can_join
+    from phi3e2e.infer.generation import GenerationOptions
+
+    server, run = served
+    engine = GenaiEngine(server.project.gen_model / run / "onnx-int4", huge_pages=False)
+    short, options = [17, 5, 9], GenerationOptions(max_new_tokens=8)
+    assert can_join(engine, [(short, options)] * 16)
+    long = [17] * (PROMPT_TOKENS // 2)
+    assert can_join(engine, [(long, options), (short, options)])
+    assert not can_join(engine, [(long, options), (short, options), (short, options)])  # 3 rows x 1024 > 2048
+    assert not can_join(engine, [(short, options), (short[:-1] + [engine.pad_token_id], options)])
+    room = engine.context_length - len(short)  # the most new tokens a 3-token prompt has room for
+    assert can_join(engine, [(short, options), (short, GenerationOptions(max_new_tokens=room))])
+    assert not can_join(engine, [(short, options), (short, GenerationOptions(max_new_tokens=room + 1))])
+    with pytest.raises(ValueError):
+        BatchDecode(engine, [(short, options)])  # one answer takes the lone path
 
 
 def test_errors_are_openai_errors_with_the_right_status(served, client):

@@ -37,10 +37,11 @@ def serve(
                      help="GiB for loaded models and answers' KV caches (default: 60% of free memory)."),
     ] = None,
     max_batch: Annotated[
-        int,
-        typer.Option("--max-batch", min=1, max=4,
-                     help="Answers to one model decoded together, one forward pass for all (1: each on its own)."),
-    ] = 4,
+        Optional[int],
+        typer.Option("--max-batch", min=1, show_default=False,
+                     help="Answers to one model decoded together, one forward pass for all "
+                          "(default 16; 1: each on its own)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No log line per request.")] = False,
     gateway_auth: Annotated[
         bool,
@@ -72,10 +73,11 @@ def serve(
       phi3e2e serve --max-batch 1 --quiet
       phi3e2e serve --allow-host llm.internal.example --api-key "$KEY"
     """
+    from phi3e2e.infer.engines.genai_batch import DEFAULT_BATCH
     from phi3e2e.serve.server import ServeOptions
     from phi3e2e.serve.server import serve as run_server
 
-    options = ServeOptions(run, host, port, api_key, device, memory_budget, max_batch=max_batch, quiet=quiet,
-                           allow_hosts=tuple(allow_host or ()), allow_origins=tuple(allow_origin or ()),
+    options = ServeOptions(run, host, port, api_key, device, memory_budget, max_batch=max_batch or DEFAULT_BATCH,
+                           quiet=quiet, allow_hosts=tuple(allow_host or ()), allow_origins=tuple(allow_origin or ()),
                            gateway_auth=gateway_auth)
     run_server(current_project(), options, say=say)

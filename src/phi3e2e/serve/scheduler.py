@@ -2,15 +2,15 @@
 
 One thread for all models, so two forward passes never run at once on a model (a model's
 onnxruntime sessions are shared by its batches) and two models never fight over the cores that
-each one's decode already uses in full. Answers to the same model that are waiting together start
-as one batch (up to `max_batch`, infer/engines/genai_batch.py): one forward pass then gives each
-its next token, for about the cost of one answer's. Batch by batch in turn, so every streaming
+each one's decode already uses in full. Answers to the same model (or the same adapter of it) that are
+waiting together start as one batch (up to `max_batch`, infer/engines/genai_batch.py): one forward pass
+then gives each its next token, for about the cost of one answer's. Batch by batch in turn, so every streaming
 client sees its answer move, an answer that arrives while others run starts at once (as a new
 batch) instead of waiting for them, and a long answer does not hold up a short one. Answers
 beyond `slots`, or whose KV cache would not fit in the memory left, wait in arrival order.
 
-A batch's rows stay in its forward passes until all of them are over (onnxruntime-genai's static
-batching cannot drop one), and its KV cache is held until then; an answer that is over (done,
+A batch's rows stay in its forward passes until all of them are over (an onnxruntime-genai Generator
+cannot drop a row), and its KV cache is held until then; an answer that is over (done,
 stopped, cancelled) is no longer read and frees its slot.
 
 Events go back through `Job.emit` (from this thread): ("text", str), ("done", finish_reason,
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from phi3e2e.infer.engines.genai_batch import MAX_BATCH, BatchDecode, SingleDecode
+from phi3e2e.infer.engines.genai_batch import DEFAULT_BATCH, BatchDecode, SingleDecode, can_join
 from phi3e2e.infer.generation import GenerationOptions
 from phi3e2e.serve.stops import StopText
 
@@ -68,7 +68,7 @@ class _Batch:
 
 
 class Scheduler:
-    def __init__(self, slots: int = 4, max_batch: int = MAX_BATCH, max_waiting: int = 256,
+    def __init__(self, slots: int = DEFAULT_BATCH, max_batch: int = DEFAULT_BATCH, max_waiting: int = 256,
                  kv_room: Callable[[], int] = lambda: 1 << 62):
         """`kv_room()`: bytes the memory budget has left for KV caches (the budget minus loaded models).
         `max_batch` 1: every answer on its own generator, as before batching."""
@@ -97,7 +97,8 @@ class Scheduler:
         with self._wake:
             return {"running": self._live(), "waiting": len(self._waiting), "batches": len(self._batches),
                     "tokens_generated": self._counts["tokens"], "answers_finished": self._counts["finished"],
-                    "answers_cancelled": self._counts["cancelled"], "answers_batched": self._counts["batched"]}
+                    "answers_cancelled": self._counts["cancelled"], "answers_batched": self._counts["batched"],
+                    "largest_batch": self._counts["largest_batch"]}
 
     def close(self) -> None:
         with self._wake:
@@ -128,16 +129,20 @@ class Scheduler:
                                         kv_bytes))
             if len(group) > 1:
                 self._counts["batched"] += len(group)
+                self._counts["largest_batch"] = max(self._counts["largest_batch"], len(group))
 
     def _group(self, limit: int, in_use: int) -> tuple[list[Job], int]:
-        """The first waiting job and, in arrival order, others for its model, while they fit."""
+        """The first waiting job and, in arrival order, others for its model that may share its batch
+        (genai_batch.can_join), while they fit in memory."""
         group, kv_bytes = [], 0
         for job in self._waiting:
             if len(group) == limit:
                 break
             if job.cancelled.is_set() or (group and job.engine is not group[0].engine):
                 continue
-            size = (len(group) + 1) * max(other.kv_bytes for other in [*group, job])
+            if group and not can_join(job.engine, [(other.prompt_tokens, other.options) for other in [*group, job]]):
+                continue
+            size = _bytes_needed([*group, job])
             if (self._batches or group) and in_use + size > self.kv_room():
                 break
             group, kv_bytes = [*group, job], size
@@ -158,11 +163,10 @@ class Scheduler:
     def _batched(self, job: Job) -> bool:
         # Batched decoding is checked on CPU only (this project has no onnxruntime-genai CUDA build to check it
         # on): on a GPU every answer keeps its own generator, as with batching off.
-        # An adapter run's answers each keep their own generator: og.Engine has no adapter API (genai.AdapterEngine).
-        return self.max_batch > 1 and job.engine.device == "cpu" and getattr(job.engine, "batches", True)
+        return self.max_batch > 1 and job.engine.device == "cpu"
 
     def _decode(self, group: list[Job]):
-        # A batch of one gains nothing from the Engine: alone, an answer takes `chat`'s path (og.Generator).
+        # Alone, an answer takes `chat`'s path: the runtime's own sampler and a prompt pass without padding.
         if len(group) == 1:
             return SingleDecode(group[0].engine, group[0].prompt_tokens, group[0].options)
         return BatchDecode(group[0].engine, [(job.prompt_tokens, job.options) for job in group])
@@ -244,3 +248,14 @@ class Scheduler:
     def _count(self, what: str) -> None:
         with self._wake:
             self._counts[what] += 1
+
+
+def _bytes_needed(group: list[Job]) -> int:
+    """What a batch allocates: every row's KV cache at the longest max_length, and the prompt pass's logits
+    for every padded position (onnxruntime's output and the batch's copy of it, genai_batch.py)."""
+    if len(group) == 1:
+        return group[0].kv_bytes
+    longest = max(len(job.prompt_tokens) for job in group)
+    max_length = longest + max(job.options.max_new_tokens for job in group)
+    per_token = max(job.kv_bytes / max(1, len(job.prompt_tokens) + job.options.max_new_tokens) for job in group)
+    return len(group) * int(max_length * per_token + 2 * longest * 4 * group[0].engine.vocab_size)

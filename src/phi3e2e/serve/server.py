@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from phi3e2e.errors import UserError
+from phi3e2e.infer.engines.genai_batch import DEFAULT_BATCH, MAX_BATCH
 from phi3e2e.project import Project
 
 GRACEFUL_SHUTDOWN_SECONDS = 3  # streams still open at Ctrl-C are cut after this
@@ -26,8 +27,8 @@ class ServeOptions:
     api_key: Optional[str] = None
     device: str = "cpu"
     memory_budget_gib: Optional[float] = None
-    slots: int = 4  # answers generating at once; more wait
-    max_batch: int = 4  # answers per forward pass (1: each on its own generator)
+    slots: int = DEFAULT_BATCH  # answers generating at once (at least max_batch); more wait
+    max_batch: int = DEFAULT_BATCH  # answers per forward pass (1: each on its own generator)
     quiet: bool = False  # no access-log line per request
     allow_hosts: tuple[str, ...] = ()  # Host names beyond the bound ones (a reverse proxy's)
     allow_origins: tuple[str, ...] = ()  # sites whose pages may call the API from a browser
@@ -43,8 +44,8 @@ def serve(project: Project, options: ServeOptions, say: Callable[[str], None] = 
         raise UserError("--api-key: use at least 8 characters")
     if options.memory_budget_gib is not None and options.memory_budget_gib <= 0:
         raise UserError(f"--memory-budget {options.memory_budget_gib}: give a positive number of GiB")
-    if not 1 <= options.max_batch <= 4:
-        raise UserError(f"--max-batch {options.max_batch}: give 1 to 4 (onnxruntime-genai batches at most 4 answers)")
+    if not 1 <= options.max_batch <= MAX_BATCH:
+        raise UserError(f"--max-batch {options.max_batch}: give 1 to {MAX_BATCH}")
     if options.device == "cuda":
         from phi3e2e.infer.engines.genai import check_cuda_available
 
@@ -74,7 +75,8 @@ def serve(project: Project, options: ServeOptions, say: Callable[[str], None] = 
     from phi3e2e.serve.scheduler import Scheduler
 
     registry = ModelRegistry(catalog, options.device, budget, say)
-    scheduler = Scheduler(slots=options.slots, max_batch=options.max_batch, kv_room=registry.kv_room)
+    scheduler = Scheduler(slots=max(options.slots, options.max_batch), max_batch=options.max_batch,
+                          kv_room=registry.kv_room)
     registry.kv_in_use = scheduler.kv_in_use
     refusals = RefusalLog(say)
     reach = Reach.of(options.host, options.allow_hosts, options.allow_origins)

@@ -87,7 +87,13 @@ class GenaiEngine:
             eos = settings["model"]["eos_token_id"]
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{model_dir / GENAI_CONFIG}: model.context_length or model.eos_token_id missing") from None
-        self._end_ids = set(eos if isinstance(eos, list) else [eos])
+        self.end_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        self.vocab_size = int(settings["model"].get("vocab_size") or 0)
+        self.pad_token_id = settings["model"].get("pad_token_id")
+        # onnxruntime-genai recomputes a Phi-3 long-context model's cache at 4097 tokens (src/generators.cpp: its
+        # short to long RoPE factor switch), for a batch of one only: a batch stays below it.
+        long_rope = settings["model"].get("type") in ("phi3", "phimoe") and self.context_length > 4096
+        self.batch_length_limit = 4096 if long_rope else self.context_length
         if device == "cuda":
             check_cuda_available()
         if device == "cpu" and not threads and not written_threads(settings):
@@ -175,10 +181,7 @@ class GenaiEngine:
                       adapter: Optional[str] = None) -> Iterator[tuple[int, str]]:
         """(token id, its text) per generated token; an end-of-turn token comes last, with text "".
         `adapter`: the name of a loaded adapter that answers (None: the base alone)."""
-        generator = self._og.Generator(self.model, self.generator_params(len(prompt_tokens), options))
-        if adapter is not None:
-            with self._adapters_lock:
-                generator.set_active_adapter(self._adapters, adapter)
+        generator = self.new_generator(self.generator_params(len(prompt_tokens), options), adapter)
         decoder = self.tokenizer.create_stream()
         try:
             generator.append_tokens(prompt_tokens)
@@ -188,6 +191,14 @@ class GenaiEngine:
                 yield token, "" if self.is_end(token) else decoder.decode(token)
         finally:
             self.use_huge_pages()  # the first answer is out (or stopped): now the copy costs nobody a token
+
+    def new_generator(self, params, adapter: Optional[str] = None):
+        """An og.Generator on this model, with the loaded adapter `adapter` answering (None: the base alone)."""
+        generator = self._og.Generator(self.model, params)
+        if adapter is not None:
+            with self._adapters_lock:
+                generator.set_active_adapter(self._adapters, adapter)
+        return generator
 
     def generator_params(self, prompt_length: int, options: GenerationOptions):
         """onnxruntime-genai's GeneratorParams for one answer (a Generator's, or a batched Request's)."""
@@ -204,25 +215,26 @@ class GenaiEngine:
 
     def is_end(self, token: int) -> bool:
         """An end-of-turn / end-of-text token (genai_config's eos_token_id)."""
-        return token in self._end_ids
+        return token in self.end_ids
 
 
 class AdapterEngine:
     """A fine-tune's LoRA adapter answering on a loaded base GenaiEngine: the base's weights are loaded once for
-    every adapter on it, each answer picks its adapter (`set_active_adapter` on its own Generator).
-
-    `batches` False: onnxruntime-genai 0.14.1's request Engine has no adapter API (og.Engine: add_request, step,
-    remove_request, has_pending_requests; og.Request: add_tokens, get/has_unseen_token(s), is_done, opaque data;
-    the C API's only OgaSetActiveAdapter takes a Generator), so adapter answers decode one per Generator."""
+    every adapter on it, each answer (or batch of answers, genai_batch.py) picks its adapter on its Generator
+    (`set_active_adapter`)."""
 
     form = "onnx-adapter"
-    batches = False
 
     def __init__(self, base: GenaiEngine, adapter_file: Path, name: str):
         base.load_adapter(adapter_file, name)
         self.base, self.adapter_file, self.name = base, adapter_file, name
         self.model_dir, self.device, self.context_length = base.model_dir, base.device, base.context_length
         self.built_for, self.tokenizer, self.model = base.built_for, base.tokenizer, base.model
+        self.vocab_size, self.pad_token_id, self.end_ids = base.vocab_size, base.pad_token_id, base.end_ids
+        self.batch_length_limit = base.batch_length_limit
+
+    def new_generator(self, params):
+        return self.base.new_generator(params, adapter=self.name)
 
     def encode(self, text: str) -> list[int]:
         return self.base.encode(text)

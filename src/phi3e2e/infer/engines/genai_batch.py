@@ -1,23 +1,31 @@
-"""Answers decoded together: one forward pass of the model gives each answer of a batch its next token.
+"""Answers decoded together: one og.Generator with a row per answer, so one forward pass of the model gives
+each answer its next token.
 
-CPU decode reads every weight once per forward pass whatever the batch, so a batch of 4 answers
-gets about twice the tokens per second of one (docs/serve.md). onnxruntime-genai 0.14.1's
-request Engine (og.Engine, og.Request) batches *statically*, and only that works here:
+CPU decode reads every weight once per forward pass whatever the batch, so a batch of 16 answers gets about
+2.6 times the tokens per second of one (docs/serve.md), up to the int4 kernels' compute: the prompt rate.
 
-- The answers added before its first step form one batch of at most 4 (`static_batch_size`, a
-  constant in src/engine/scheduler.cpp); genai_config's `engine.static_batching.max_batch_size`
-  is never read, and giving it aborts the process (an unset std::optional in config.cpp).
-- No answer joins a batch until every answer in it is done, and `remove_request` frees nothing
-  before then; so each batch gets its own Engine, and answers that arrive meanwhile start
-  another batch at once instead of waiting for this one to end.
-- `dynamic_batching` (paged KV cache) needs a paged-attention model: a ModelBuilder int4 CPU
-  model's decoder refuses its packed input ("Invalid rank for input: input_ids").
-- An answer that ends with its end-of-turn token never shows that token (done, no unseen token),
-  and `step()` raises "Expected at least one request to be ready" when all of a step's answers
-  end that way.
+Why a Generator and not onnxruntime-genai 0.14.1's request Engine (og.Engine, og.Request), which this used
+before: the Engine batches at most 4 answers (`static_batch_size`, a constant in src/engine/scheduler.cpp;
+`engine.static_batching.max_batch_size` is never read there and setting it aborts) and has no adapter API.
+A Generator takes any `batch_size` and an adapter (`set_active_adapter`), and what it lacks is done here:
 
-Each decode here has `step()` -> [(row, token, text)] for the answers that got a token, and
-(row, None, reason) once for an answer the runtime ended without one; and `close()`.
+- **Prompts of different lengths.** The Generator masks pad tokens at the end of a row and onnxruntime's
+  GroupQueryAttention places each row's keys and values by its own length (the sum of its mask), so
+  prompts are padded on the right, as the Engine does (src/engine/decoders/static_batch_decoder_io.cpp).
+  (Left padding does not work: GroupQueryAttention counts a row's tokens from its start.) A prompt that
+  ends in the pad token would lose it, so it is never batched (`can_join`).
+- **Each answer's first token.** The runtime's own next token for a row is the model's output at the
+  batch's last position, a pad of every shorter prompt; the batch takes each row's logits at its own last
+  prompt token from the full output instead.
+- **Each answer's settings.** The Generator's search settings are one per batch: it runs greedy, and each
+  row's token is chosen here (infer/sampling.py: its temperature, top_p, top_k, seed, min_tokens) and
+  handed to it as logits that allow only that token (`set_logits`).
+
+Rows stay in the batch's forward passes until the batch is closed: the Generator cannot drop a row, and
+its KV cache (rows x the longest prompt + max_tokens) is allocated when it starts.
+
+Each decode here has `step()` -> [(row, token, text)] for the answers that got a token (an end-of-turn token
+comes with text ""), and (row, None, "length") once for an answer at its max_tokens; and `close()`.
 """
 
 from __future__ import annotations
@@ -26,65 +34,94 @@ from typing import Optional
 
 from phi3e2e.infer.engines.genai import GenaiEngine
 from phi3e2e.infer.generation import GenerationOptions
+from phi3e2e.infer.sampling import choose, new_random
 
-MAX_BATCH = 4  # the Engine's own limit (see above)
+DEFAULT_BATCH = 16  # answers per batch unless `serve --max-batch` says otherwise: measured, docs/serve.md
+MAX_BATCH = 64  # the most `--max-batch` takes
+PROMPT_TOKENS = 2048  # a batch's padded prompt tokens (rows x its longest prompt) at most: see `can_join`
 
 Step = list[tuple[int, Optional[int], str]]
 
 
+def can_join(engine: GenaiEngine, rows: list[tuple[list[int], GenerationOptions]]) -> bool:
+    """Whether these answers may decode as one batch.
+
+    - The prompt, padded to the longest, costs the longest prompt's time per row and holds logits for every
+      position (rows x longest x vocabulary x 4 bytes): long prompts gain nothing from a batch (a prompt is
+      compute-bound alone) and would hold up every other answer's tokens, so they go alone.
+    - The Generator's max_length (longest prompt + most new tokens) must give every row its own room within
+      the context (and below a long-context Phi-3's 4097, genai.py).
+    - A prompt that ends in the pad token would lose it (above); a model without one cannot pad.
+    """
+    longest = max(len(prompt) for prompt, _ in rows)
+    most_new = max(options.max_new_tokens for _, options in rows)
+    return (len(rows) * longest <= PROMPT_TOKENS and longest + most_new <= engine.batch_length_limit
+            and engine.pad_token_id is not None
+            and all(prompt and prompt[-1] != engine.pad_token_id for prompt, _ in rows))
+
+
 class BatchDecode:
-    """Up to MAX_BATCH answers on one og.Engine, for the batch's whole life."""
+    """Answers to one model (or one adapter of it) on one og.Generator, for the batch's whole life."""
 
     def __init__(self, engine: GenaiEngine, answers: list[tuple[list[int], GenerationOptions]]):
-        import numpy as np
         import onnxruntime_genai as og
 
-        if not 0 < len(answers) <= MAX_BATCH:
-            raise ValueError(f"a batch holds 1 to {MAX_BATCH} answers, not {len(answers)}")
+        if len(answers) < 2 or not can_join(engine, answers):
+            raise ValueError(f"these {len(answers)} answers cannot decode as one batch (can_join)")
         self.engine = engine
-        self._batch = og.Engine(engine.model)
-        self._requests, self._texts, self._room = [], [], []
-        for prompt, options in answers:
-            request = og.Request(engine.generator_params(len(prompt), options))
-            request.add_tokens(np.asarray(prompt, dtype=np.int32))
-            self._batch.add_request(request)
-            self._requests.append(request)
-            self._texts.append(engine.tokenizer.create_stream())
-            self._room.append(min(engine.context_length, len(prompt) + options.max_new_tokens) - len(prompt))
-        self._ended = [False] * len(answers)
+        self._prompts = [prompt for prompt, _ in answers]
+        self._options = [options for _, options in answers]
+        self._random = [new_random(options) for options in self._options]
+        self._longest = max(len(prompt) for prompt in self._prompts)
+        params = og.GeneratorParams(engine.model)
+        max_length = self._longest + max(options.max_new_tokens for options in self._options)
+        params.set_search_options(batch_size=len(answers), max_length=max_length, do_sample=False)
+        self._generator = engine.new_generator(params)  # allocates the KV cache for every row
+        self._texts = [engine.tokenizer.create_stream() for _ in answers]
+        self._generated = [0] * len(answers)
+        self._ended = [False] * len(answers)  # its end of turn or its max_tokens: no more of its tokens are read
+        self._started = False
 
     def step(self) -> Step:
-        rows = [row for row, ended in enumerate(self._ended) if not ended]
-        if any(not self._requests[row].is_done() for row in rows):
-            self._forward()
+        import numpy as np
+
+        generator = self._generator
         events: Step = []
-        for row in rows:
-            request = self._requests[row]
-            if request.has_unseen_tokens():
-                token = request.get_unseen_token()
-                self._room[row] -= 1
-                events.append((row, token, "" if self.engine.is_end(token) else self._texts[row].decode(token)))
-            elif request.is_done():  # its end of turn, unseen; or the last token of its max_length, seen before
+        for row, options in enumerate(self._options):
+            if not self._ended[row] and self._generated[row] >= options.max_new_tokens:
                 self._ended[row] = True
-                events.append((row, None, "length" if self._room[row] <= 0 else "stop"))
+                events.append((row, None, "length"))
+        if all(self._ended):
+            return events
+        if not self._started:
+            self._started = True
+            padded = np.full((len(self._prompts), self._longest), self.engine.pad_token_id, dtype=np.int32)
+            for row, prompt in enumerate(self._prompts):
+                padded[row, :len(prompt)] = prompt
+            generator.append_tokens(padded)  # the prompt pass, every row at once
+            output = np.asarray(generator.get_output("logits"))
+            logits = output[np.arange(len(self._prompts)), [len(prompt) - 1 for prompt in self._prompts]]
+            del output
+        else:
+            logits = np.asarray(generator.get_logits()).reshape(len(self._prompts), -1)
+        tokens = [0 if self._ended[row] else  # (a row that is over is still computed; its token is never read)
+                  choose(logits[row], self._options[row], self._random[row], self._generated[row], self.engine.end_ids)
+                  for row in range(len(self._prompts))]
+        only = np.full(logits.shape, -np.inf, dtype=np.float32)
+        only[np.arange(len(tokens)), tokens] = 0.0
+        generator.set_logits(only)
+        generator.generate_next_token()  # greedy over `only`: the chosen tokens; their keys and values next pass
+        for row, token in enumerate(tokens):
+            if self._ended[row]:
+                continue
+            self._generated[row] += 1
+            self._ended[row] = self.engine.is_end(token)
+            events.append((row, token, "" if self._ended[row] else self._texts[row].decode(token)))
         return events
 
-    def _forward(self) -> None:
-        try:
-            self._batch.step()  # runs the model for the whole batch; returns one answer that got a token
-        except RuntimeError as e:
-            if "none were found" in str(e):  # every answer of this step ended at its end of turn
-                return
-            raise
-        # The Engine queues each answer that got a token and hands one out per step(): empty its queue,
-        # so that the next step() runs the model again. (The tokens are read from the requests themselves.)
-        for _ in range(sum(request.has_unseen_tokens() for request in self._requests) - 1):
-            self._batch.step()
-
     def close(self) -> None:
-        """Frees the batch's KV cache (its Engine and requests go with the last reference)."""
-        self._batch = None
-        self._requests = []
+        """Frees the batch's KV cache."""
+        self._generator = None
         self.engine.use_huge_pages()
 
 
