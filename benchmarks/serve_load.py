@@ -10,7 +10,7 @@ heads, vocab 32064, `--layers` of them) that benchmarks/int4_options.py writes w
 out as a finished run of a project, so the real `phi3e2e serve` serves it as it would a fine-tune.
 
 Two servers on it, side by side: `serve` as it ships (answers waiting together decode as one
-batch, up to 4 per forward pass) and `serve --max-batch 1` (each answer on its own generator,
+batch, up to 16 per forward pass) and `serve --max-batch 1` (each answer on its own generator,
 taking turns); each level runs on one, then the other, so both see the same machine.
 
 The anchor (`--llama-server PATH`): llama.cpp's own C++ server, built from the same vendored llama.cpp
