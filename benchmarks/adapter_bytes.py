@@ -24,16 +24,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def write_random_adapter(model_dir: Path, adapter_dir: Path, seed: int = 0) -> None:
+    """A PEFT LoRA adapter in phi3e2e's default shape (FinetuneSettings().lora) for the model in `model_dir`,
+    with random B (PEFT starts B at zero, which would change nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from phi3e2e.workflow.settings import FinetuneSettings
+
+    lora = FinetuneSettings().lora
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules)))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.02)
+    model.save_pretrained(adapter_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/phi3e2e-adapter-bytes"))
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from phi3e2e import runs
     from phi3e2e.build.adapter_int4 import build_adapter_form
     from phi3e2e.build.base_int4 import build
@@ -50,14 +66,8 @@ def main() -> None:
     model_dir = project.model_cache / "phi3-mini-shaped"
     write_tiny_model(model_dir, ["a corpus line"] * 50, shape=replace(PHI3_MINI_SHAPED, num_hidden_layers=args.layers))
     lora = FinetuneSettings().lora
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                           LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules)))
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            if "lora_B" in name:
-                weight.normal_(0, 0.02)
     adapter_dir = work / "adapter"
-    model.save_pretrained(adapter_dir)
+    write_random_adapter(model_dir, adapter_dir)
     options = {"execution_provider": "cpu"} | {
         key: value for key, value in int4_build_options({}, model_dir, for_cpu=True).items() if value is not None}
     form = build_adapter_form(project, model_dir, adapter_dir, options, project.gen_model, say=print)

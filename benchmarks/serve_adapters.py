@@ -40,9 +40,9 @@ def log(message: str) -> None:
 
 def make_runs(project: Path) -> None:
     """The four runs (cached: a run whose run.json exists is kept)."""
-    import torch
+    from adapter_bytes import write_random_adapter
     from int4_options import build_int4
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from phi3e2e import runs
@@ -53,18 +53,10 @@ def make_runs(project: Path) -> None:
     from phi3e2e.workflow.settings import FinetuneSettings
 
     hf_dir = project / "model-cache" / "phi3-mini-shaped"
-    lora = FinetuneSettings().lora
     for index in (1, 2):
         adapter_dir = project / "model-cache" / f"bench-adapter-{index}"
         if not (adapter_dir / "adapter_config.json").is_file():
-            torch.manual_seed(index)
-            model = get_peft_model(AutoModelForCausalLM.from_pretrained(hf_dir),
-                                   LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules)))
-            with torch.no_grad():
-                for name, weight in model.named_parameters():
-                    if "lora_B" in name:
-                        weight.normal_(0, 0.02)
-            model.save_pretrained(adapter_dir)
+            write_random_adapter(hf_dir, adapter_dir, seed=index)
         for kind in KINDS:
             name = f"{kind}-{index}"
             run_dir = project / "gen-model" / name

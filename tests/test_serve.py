@@ -151,6 +151,19 @@ def test_sixteen_parallel_requests_from_eight_clients_get_their_own_answers(serv
     assert health(server)["largest_batch"] > 4  # more than onnxruntime-genai's own Engine takes
 
 
+def decoded_tokens(engine, decode, rows: int) -> list[list[int]]:
+    """Each row's token ids from a BatchDecode or SingleDecode, until every row ended; then it is closed."""
+    got, ended = [[] for _ in range(rows)], set()
+    while len(ended) < rows:
+        for row, token, _text in decode.step():
+            if token is None or engine.is_end(token):
+                ended.add(row)
+            elif row not in ended:
+                got[row].append(int(token))
+    decode.close()
+    return got
+
+
 def test_a_batch_gives_the_tokens_each_answer_gets_on_its_own_generator(served):
     """The batched path (one og.Generator, a row per answer) against the unbatched one, token ids, prompts of
     different lengths (padded), each answer with its own max_tokens and min_tokens."""
@@ -169,15 +182,7 @@ def test_a_batch_gives_the_tokens_each_answer_gets_on_its_own_generator(served):
     lengths[0] = GenerationOptions(max_new_tokens=20)  # may end at its end of turn
 
     def tokens(decode, rows: int) -> list[list[int]]:
-        got, ended = [[] for _ in range(rows)], set()
-        while len(ended) < rows:
-            for row, token, _text in decode.step():
-                if token is None or engine.is_end(token):
-                    ended.add(row)
-                elif row not in ended:
-                    got[row].append(int(token))
-        decode.close()
-        return got
+        return decoded_tokens(engine, decode, rows)
 
     alone = [tokens(SingleDecode(engine, prompt, options), 1)[0] for prompt, options in zip(prompts, lengths)]
     assert tokens(BatchDecode(engine, list(zip(prompts, lengths))), 4) == alone
@@ -203,15 +208,7 @@ def test_a_batch_takes_more_than_four_answers_each_sampling_with_its_own_setting
                for seed in (11, 12)}
 
     def answers(decode, rows: int) -> list[list[int]]:
-        got, ended = [[] for _ in range(rows)], set()
-        while len(ended) < rows:
-            for row, token, _text in decode.step():
-                if token is None or engine.is_end(token):
-                    ended.add(row)
-                elif row not in ended:
-                    got[row].append(int(token))
-        decode.close()
-        return got
+        return decoded_tokens(engine, decode, rows)
 
     alone = [answers(SingleDecode(engine, prompt, greedy), 1)[0] for prompt in prompts]
     wide = answers(BatchDecode(engine, [(prompts[3], sampled[11])] + [(prompt, greedy) for prompt in prompts]), 7)
