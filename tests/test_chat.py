@@ -275,5 +275,5 @@ def test_interactive_session_says_it_is_loading_then_chats_then_leaves(finished_
     assert status[1].startswith(f"Chatting with {model} (onnx, cpu)")
     # One question answered after the prompts, then /exit: the third line is never read.
     assert result.stdout.count("phi3> ") == 1 and result.stdout.count("you> ") == 2
-    answer = result.stdout.split("phi3> ", 1)[1].split("\n", 1)[0]
+    answer = result.stdout.split("phi3> ", 1)[1].split("you> ", 1)[0]  # all of it: the tiny model may start a line
     assert answer.strip()
