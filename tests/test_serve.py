@@ -164,6 +164,28 @@ def decoded_tokens(engine, decode, rows: int) -> list[list[int]]:
     return got
 
 
+def test_sampled_and_greedy_answers_sent_together_each_keep_their_own_settings(served):
+    """Through the server: answers sent together batch, each with its own temperature and seed. (Whether two
+    requests land in one batch depends on their arrival, within GATHER_S, so seeds are compared exactly only in
+    the decode-level test above.)"""
+    server, run = served
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+    def sampled(seed):
+        options = {"max_tokens": 16, "extra_body": {"min_tokens": 16}, "temperature": 0}  # greedy without a seed
+        if seed is not None:
+            options |= {"temperature": 1.0, "top_p": 0.95, "seed": seed}
+        return ask(client, run, "Which roast is darkest?", **options).choices[0].message.content
+
+    before = health(server)["answers_batched"]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(sampled, [5, 6, None, None]))
+    assert health(server)["answers_batched"] - before >= 2
+    greedy = sampled(None)
+    assert together[2] == together[3] == greedy  # greedy: as alone, whatever shares its batch
+    assert greedy not in together[:2] and together[0] != together[1]  # sampled at temperature 1, each its own draw
+
+
 def test_a_batch_gives_the_tokens_each_answer_gets_on_its_own_generator(served):
     """The batched path (one og.Generator, a row per answer) against the unbatched one, token ids, prompts of
     different lengths (padded), each answer with its own max_tokens and min_tokens."""
