@@ -31,10 +31,10 @@ CPU_RAM_GIB = {
     "Standard_D8as_v4": 32, "Standard_D16as_v4": 64, "Standard_D32as_v4": 128,
 }  # fmt: skip
 # What the node needs beside the model files: the OS, Azure ML's agents and the server (~1.5 GiB), and the
-# KV caches of the answers generated at once (serve's 4 slots; ~0.4 GiB each for Phi-3-mini at 4k context).
+# KV caches of the answers generated at once (SLOTS; ~0.4 GiB each for Phi-3-mini at 4k context).
 OVERHEAD_GIB = 1.5
 KV_GIB_PER_SLOT = 0.4
-SLOTS = 4  # serve's answers generated at once (ServeOptions.slots): the deployment's max concurrency
+SLOTS = 4  # the deployment's max concurrency: Azure ML sends an instance at most this many requests at once
 GIB = 1 << 30
 
 

@@ -62,7 +62,7 @@ async def _complete(body: Sampling, request: Request, registry: ModelRegistry, s
         job.options = _options(body, len(job.prompt_tokens), loaded.engine.context_length,
                                "messages" if chat else "prompt")
         job.stops = body.stops()
-        job.kv_bytes = (len(job.prompt_tokens) + job.options.max_new_tokens) * loaded.kv_bytes_per_token
+        job.kv_bytes_per_token = loaded.kv_bytes_per_token
         scheduler.submit(job)
     except QueueFull as e:
         release()

@@ -47,9 +47,14 @@ class Job:
     options: GenerationOptions
     emit: Callable[[tuple], None]
     stops: list[str] = field(default_factory=list)
-    kv_bytes: int = 0  # the KV cache onnxruntime-genai allocates for prompt + max new tokens
+    kv_bytes_per_token: int = 0  # the model's keys and values for one token of max_length
     submitted: float = 0.0  # time.monotonic() when it joined the queue
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def kv_bytes(self) -> int:
+        """The KV cache onnxruntime-genai allocates for this answer alone: prompt + max new tokens."""
+        return (len(self.prompt_tokens) + self.options.max_new_tokens) * self.kv_bytes_per_token
 
 
 @dataclass
@@ -257,5 +262,5 @@ def _bytes_needed(group: list[Job]) -> int:
         return group[0].kv_bytes
     longest = max(len(job.prompt_tokens) for job in group)
     max_length = longest + max(job.options.max_new_tokens for job in group)
-    per_token = max(job.kv_bytes / max(1, len(job.prompt_tokens) + job.options.max_new_tokens) for job in group)
-    return len(group) * int(max_length * per_token + 2 * longest * 4 * group[0].engine.vocab_size)
+    per_token = max(job.kv_bytes_per_token for job in group)
+    return len(group) * (max_length * per_token + 2 * longest * 4 * group[0].engine.vocab_size)

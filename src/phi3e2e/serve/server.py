@@ -27,7 +27,6 @@ class ServeOptions:
     api_key: Optional[str] = None
     device: str = "cpu"
     memory_budget_gib: Optional[float] = None
-    slots: int = DEFAULT_BATCH  # answers generating at once (at least max_batch); more wait
     max_batch: int = DEFAULT_BATCH  # answers per forward pass (1: each on its own generator)
     quiet: bool = False  # no access-log line per request
     allow_hosts: tuple[str, ...] = ()  # Host names beyond the bound ones (a reverse proxy's)
@@ -75,7 +74,8 @@ def serve(project: Project, options: ServeOptions, say: Callable[[str], None] = 
     from phi3e2e.serve.scheduler import Scheduler
 
     registry = ModelRegistry(catalog, options.device, budget, say)
-    scheduler = Scheduler(slots=max(options.slots, options.max_batch), max_batch=options.max_batch,
+    # Answers generating at once (more wait): at least one batch's worth.
+    scheduler = Scheduler(slots=max(DEFAULT_BATCH, options.max_batch), max_batch=options.max_batch,
                           kv_room=registry.kv_room)
     registry.kv_in_use = scheduler.kv_in_use
     refusals = RefusalLog(say)

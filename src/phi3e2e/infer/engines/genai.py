@@ -201,7 +201,8 @@ class GenaiEngine:
         return generator
 
     def generator_params(self, prompt_length: int, options: GenerationOptions):
-        """onnxruntime-genai's GeneratorParams for one answer (a Generator's, or a batched Request's)."""
+        """onnxruntime-genai's GeneratorParams for one answer on its own Generator (a batch sets its own,
+        genai_batch.py)."""
         params = self._og.GeneratorParams(self.model)
         max_length = min(self.context_length, prompt_length + options.max_new_tokens)
         search = {"max_length": max_length, "min_length": min(max_length, prompt_length + options.min_new_tokens)}
