@@ -22,8 +22,12 @@ batches). The models are shared with int4_options.py (same --work-dir), so its `
    huge pages, first token), measured inside a fresh process.
 4. Memory: peak RSS of `phi3e2e chat --prompt` answering 128 tokens (and of llama.cpp doing the
    same) against the weights each reads per token.
+5. Limits (benchmarks/int4_kernel.py on this build): the model's MatMuls alone, onnxruntime's int4 kernel as built
+   and its int8 GEMM, at 128 and 1024 rows and at one row with the weights in cache; then 5 decode rounds, each
+   between two reads of the memory bandwidth, and the share of a step each op takes.
 
-Prints the tables and writes benchmarks/results/full-depth-<layers>.json.
+Prints the tables, then each goal (issue 26) met or beside the measured limit that stops it, and writes
+benchmarks/results/full-depth-<layers>.json. `--skip PART` keeps that part's figures from an earlier run.
 """
 
 from __future__ import annotations
@@ -311,6 +315,29 @@ def measure_memory(onnx_dir: Path, gguf: Path, threads: int) -> dict:
     return found
 
 
+# --- 5. the limits ------------------------------------------------------------------------------
+
+
+def measure_limits(onnx_dir: Path, layers: int, threads: int, work: Path) -> dict:
+    """What bounds the goals (benchmarks/int4_kernel.py): the model's MatMuls alone, int4 as built and onnxruntime's
+    int8 GEMM, at the prompts' rows and at one row with its weights in cache; and decode rounds, each between two
+    reads of the memory bandwidth, with the share of a step each op takes."""
+    from int4_kernel import PHI3_MINI, decode_profile, token_passes
+
+    from phi3e2e.build.options import CPU_INT4_DEFAULTS
+
+    block = CPU_INT4_DEFAULTS["int4_block_size"]
+    kernel = {"int4": {"1 in cache": token_passes(PHI3_MINI, layers, 1, block, threads, in_cache=True)}, "int8 GEMM": {}}
+    for rows in (128, 1024):
+        for name, kind in (("int4", block), ("int8 GEMM", None)):
+            wait_until_quiet(0.15, 300)
+            kernel[name][str(rows)] = token_passes(PHI3_MINI, layers, rows, kind, threads)
+    log(f"  the MatMuls alone, token passes/s: {kernel}")
+    (work / "decode-profile").mkdir(exist_ok=True)
+    decode = decode_profile(onnx_dir, layers, threads, 48, 5, work / "decode-profile")
+    return {"int4_block_size": block, "matmuls_alone": kernel, "decode": decode}
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -343,7 +370,64 @@ def report(result: dict) -> str:
                   "|---|---:|---:|---:|"]
         lines += [f"| {name} | {r['peak_rss'] / mb:.0f} | {r['weights_read_per_token'] / mb:.0f} | {r['ratio']:.2f} |"
                   for name, r in result["memory"].items()]
-    return "\n".join(lines)
+    return "\n".join(lines + goals(result))
+
+
+def decode_goals(layers: int) -> list[tuple]:
+    """The decode goals, from int4_options.py --head-to-head on the same models (its own file), when it ran."""
+    found = RESULTS / f"int4-head-to-head-{layers}.json"
+    speed = json.loads(found.read_text())["speed"] if found.is_file() else {}
+    if speed.get("layers") != layers or not speed.get("paired_ratios"):
+        return []
+    ours = next(r for r in speed["rows"] if "chat_tok_s" in r)
+    peer = next(r for r in speed["rows"] if r["engine"] == "llama.cpp Q4_0")
+    ratio = next(iter(speed["paired_ratios"].values()))
+    chat_vs_bare = ours["chat_tok_s"] / ours["bare_tok_s"]
+    return [("decode (chat path) ≥ 1.5x llama.cpp Q4_0", f"{ratio:.2f}x ({found.name})", ratio >= 1.5,
+             f"both stream their weights from memory: llama.cpp reads {peer['bytes_per_token'] / 1e6:.0f} MB a token, "
+             f"phi3e2e {ours['bytes_per_token'] / 1e6:.0f}, so equal memory speed gives "
+             f"{peer['bytes_per_token'] / ours['bytes_per_token']:.2f}x; the rest is phi3e2e reading faster"),
+            ("chat-path decode ≥ 0.97x the bare loop", f"{chat_vs_bare:.2f}x ({found.name})", chat_vs_bare >= 0.97,
+             "the first answer runs on 4 KiB pages (2 MiB pages follow it)")]
+
+
+def goals(result: dict) -> list[str]:
+    """The performance goals, each met or with the measured limit that stops it."""
+    rows = []
+    kernel = result.get("limits", {}).get("matmuls_alone", {})
+    for n, want in ((1024, 2.0), (128, 1.5)):
+        row = next((r for r in result.get("prefill", {}).get("rows", []) if r["prompt_tokens"] == n and "ratio" in r), None)
+        if row:
+            need = want * n / row["llama.cpp"]["ttft_s"]
+            alone = kernel.get("int4", {}).get(str(n), {}).get("token_passes_per_s")
+            int8 = kernel.get("int8 GEMM", {}).get(str(n), {}).get("token_passes_per_s")
+            limit = (f"{want}x needs {need:.0f} prompt tokens/s; the int4 MatMuls alone do {alone} token passes/s at "
+                     f"{n} rows ({'below' if alone < need else 'above'} it), onnxruntime's int8 GEMM {int8}") if alone else ""
+            rows.append((f"prefill, {n}-token prompt, ≥ {want}x llama.cpp Q4_0", f"{row['ratio']:.2f}x",
+                         row["ratio"] >= want, limit))
+    if "cold_start" in result and len(result["cold_start"]["seconds"]) == 2:
+        ours, peer = result["cold_start"]["seconds"].values()
+        phases = next(iter(result["cold_start"]["phases"].values()))
+        rows.append(("`chat --prompt` start -> exit ≤ llama.cpp's Python entry", f"{ours:.2f} vs {peer:.2f} s",
+                     ours <= peer, f"onnxruntime's load (reads and repacks the int4 weights): {phases['load']:.2f} s; "
+                     f"imports {phases['imports']:.2f} s, first token {phases['first_token']:.2f} s"))
+    if "limits" in result:
+        decode = result["limits"]["decode"]
+        shares = [r["share_of_bandwidth"][0] for r in decode["rounds"]]  # against the higher of its two reads
+        cached = kernel["int4"]["1 in cache"]["token_passes_per_s"] * decode["int4_bytes_per_step_mb"] / 1e3
+        rows.append(("decode ≥ 80% of the round's memory read bandwidth, every round",
+                     f"{min(shares):.0%}-{max(shares):.0%} ({sum(s >= 0.8 for s in shares)} of {len(shares)} rounds)",
+                     min(shares) >= 0.8, f"the one-row int4 kernel with its weights in cache computes {cached:.0f} GB/s "
+                     "of them; the reads were " + ", ".join("{}-{}".format(*r["read_bandwidth_gb_s"]) for r in decode["rounds"])
+                     + " GB/s"))
+    rows += decode_goals(result["layers"])
+    if "memory" in result:
+        ours = result["memory"]["phi3e2e chat --prompt"]["ratio"]
+        rows.append(("peak RSS ÷ weights read per token ≤ 1.3", f"{ours:.2f}", ours <= 1.3, ""))
+    if not rows:
+        return []
+    return ["", "| goal | measured | met | the measured limit, where not |", "|---|---|---|---|"] + [
+        f"| {goal} | {figure} | {'yes' if met else 'no'} | {'' if met else limit} |" for goal, figure, met, limit in rows]
 
 
 def main() -> None:
@@ -356,7 +440,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "phi3e2e-int4-options")
     parser.add_argument("--max-busy", type=float, default=0.15)
     parser.add_argument("--max-wait", type=float, default=120)
-    parser.add_argument("--skip", action="append", default=[], choices=["prefill", "cold-start", "memory"])
+    parser.add_argument("--skip", action="append", default=[], choices=["prefill", "cold-start", "memory", "limits"],
+                        help="leave a part out (its figures from an earlier --out stay)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/full-depth-<layers>.json")
     args = parser.parse_args()
 
@@ -367,8 +452,10 @@ def main() -> None:
         raise SystemExit("needs llama.cpp's peers venv: make bench-peers")
     work = args.work_dir / f"phi3-mini-shaped-{args.layers}-layers"
     work.mkdir(parents=True, exist_ok=True)
-    result = {"layers": args.layers, "threads": threads, "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "cpus": os.cpu_count()}
+    out = args.out or RESULTS / f"full-depth-{args.layers}.json"
+    result = json.loads(out.read_text()) if args.skip and out.is_file() else {}
+    result |= {"layers": args.layers, "threads": threads, "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "cpus": os.cpu_count()}
     result["build"], hf_dir, onnx_dir, gguf = build(work, args.layers, threads)
     if "prefill" not in args.skip:
         log("Prefill ...")
@@ -379,7 +466,9 @@ def main() -> None:
     if "memory" not in args.skip:
         log("Memory ...")
         result["memory"] = measure_memory(onnx_dir, gguf, threads)
-    out = args.out or RESULTS / f"full-depth-{args.layers}.json"
+    if "limits" not in args.skip:
+        log("Limits ...")
+        result["limits"] = measure_limits(onnx_dir, args.layers, threads, work)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(report(result))
     log(f"\nWrote {out}")
