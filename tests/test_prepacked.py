@@ -1,6 +1,6 @@
-"""This CPU's prepacked weights, saved when the run is built (if the user chose them) and mapped at load: the same
-answers, a cache that is rebuilt when stale, never a reason to fail, never shipped. Real onnxruntime sessions and
-files throughout."""
+"""This CPU's prepacked weights, saved when the run is built (unless the user left them out) and mapped at load:
+the same answers, a cache that is rebuilt when stale, never a reason to fail, never shipped. Real onnxruntime
+sessions and files throughout."""
 
 from __future__ import annotations
 
@@ -31,19 +31,19 @@ def int4_copy(finished_run, tmp_path):
     return copy
 
 
-def test_builds_save_them_only_when_chosen_and_chat_then_loads_them_with_the_same_answers(int4_copy, monkeypatch):
+def test_builds_save_them_unless_left_out_and_chat_then_loads_them_with_the_same_answers(int4_copy, monkeypatch):
     from phi3e2e.build.options import tune_for_cpu
     from phi3e2e.workflow.settings import ExportSettings
 
     plain = GenaiEngine(int4_copy)
     assert plain.prepacked is None
     expected = _tokens(plain)
-    monkeypatch.delenv(SWITCH, raising=False)
-    assert tune_for_cpu(int4_copy, ExportSettings())["prepacked_for_this_cpu"] is False  # the default: not saved
+    monkeypatch.setenv(SWITCH, "0")
+    assert tune_for_cpu(int4_copy, ExportSettings())["prepacked_for_this_cpu"] is False  # left out by the user
     assert not (int4_copy / CACHE).exists()
-    monkeypatch.setenv(SWITCH, "1")
+    monkeypatch.delenv(SWITCH)
     assert tune_for_cpu(int4_copy, ExportSettings(), prepack=False)["prepacked_for_this_cpu"] is False  # sweep trials
-    assert tune_for_cpu(int4_copy, ExportSettings())["prepacked_for_this_cpu"] is True
+    assert tune_for_cpu(int4_copy, ExportSettings())["prepacked_for_this_cpu"] is True  # the default: saved
 
     built = GenaiEngine(int4_copy)
     assert built.prepacked is not None and (int4_copy / built.prepacked).with_name("model.onnx.data").stat().st_size

@@ -87,7 +87,9 @@ def test_push_uploads_the_int4_model_and_its_card_in_one_commit(project, online,
     result = push(project, "e2e", "acme/phi3-faq", say=lines.append)
 
     run_dir = project.gen_model / "e2e"
-    int4 = {p.name: p.read_bytes() for p in (run_dir / runs.ONNX_INT4).iterdir() if p.is_file()}
+    int4 = {p.name: p.read_bytes() for p in (run_dir / runs.ONNX_INT4).iterdir()
+            if p.is_file() and not p.name.startswith(".")}  # not this machine's files (.amlignore, .prepacked/)
+    assert (run_dir / runs.ONNX_INT4 / ".prepacked").is_dir()  # saved when the run was built, left out of the push
     assert [(repo, branch) for repo, branch, _ in online.commits] == [("acme/phi3-faq", "main")]
     assert sorted(online.commits[0][2]) == sorted(["README.md", *int4])
     assert set(online.lfs_puts) >= {runs.file_sha256(run_dir / "onnx-int4" / "model.onnx.data")}

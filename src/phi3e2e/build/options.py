@@ -109,8 +109,8 @@ def recorded_int4_options(record: RunRecord) -> dict:
 
 
 def tune_for_cpu(onnx_dir: Path, export: ExportSettings, prepack: bool = True) -> dict:
-    """Decode on every physical core (written into genai_config.json), and save this CPU's prepacked weights when
-    the user chose them (PHI3E2E_PREPACKED=1); what was chosen, for run.json."""
+    """Decode on every physical core (written into genai_config.json), and save this CPU's prepacked weights unless
+    the user left them out (PHI3E2E_PREPACKED=0); what was chosen, for run.json."""
     from phi3e2e.infer import prepacked as saved
     from phi3e2e.infer.engines.genai import use_all_cores
 

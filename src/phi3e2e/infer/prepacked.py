@@ -3,11 +3,12 @@
 At load, onnxruntime repacks every int4 MatMul weight into its kernel's layout, into anonymous memory.
 onnxruntime 1.32 can save a session's optimized graph with those repacked weights in its external data file
 (`session.save_external_prepacked_constant_initializers`); a session made from the saved file maps them from the
-file instead of repacking. Measured at 16 layers (benchmarks/cold_start.py, docs/performance.md): `chat --prompt`
-start -> exit 1.90 -> 1.40 s, but decode ~10% slower (the file's pages are mostly 4 KiB pages, where the repacked
-copy is moved onto 2 MiB ones), and the saved file holds the original weights too (about twice the model's size on
-disk). So it is a choice, not the default: PHI3E2E_PREPACKED=1 when a run is built (finetune, export, a sweep's
-best trial) saves it; chat, eval and serve use it when it is there.
+file instead of repacking. Measured (benchmarks/cold_start.py, benchmarks/prepacked_decode.py, docs/performance.md):
+`chat --prompt` start -> exit 3.47 -> 1.84 s at Phi-3-mini's 32 layers (llama.cpp's entry: 2.31 s), the same
+decode speed once running, the same peak memory. The price is disk: the saved file holds the original weights as
+well as the packed ones (onnxruntime reads the originals to check the packed copy), so the cache takes about twice
+the model's size (3.9 GB at 32 layers). Builds save it by default (finetune, export, a sweep's best trial);
+PHI3E2E_PREPACKED=0 when a run is built leaves it out. chat, eval and serve use it when it is there.
 
 The layout depends on the CPU's instruction set and on onnxruntime's version, so the saved form is a cache for
 this CPU and version: `.prepacked/<key>/` inside the model folder, used by GenaiEngine through a config overlay
@@ -29,12 +30,12 @@ from phi3e2e.storage import exclusive_lock, staged_dir
 
 CACHE = ".prepacked"
 MODEL_FILE = "model.onnx"
-SWITCH = "PHI3E2E_PREPACKED"  # =1: builds save them (see above for the trade)
+SWITCH = "PHI3E2E_PREPACKED"  # =0: builds leave them out (see above for the trade)
 
 
 def wanted() -> bool:
-    """Whether the user chose saved prepacked weights for the runs built now."""
-    return os.environ.get(SWITCH) == "1"
+    """Whether the runs built now save this CPU's prepacked weights: yes, unless the user said PHI3E2E_PREPACKED=0."""
+    return os.environ.get(SWITCH, "1").strip() != "0"
 
 
 def decoder_file(settings: dict) -> Optional[str]:

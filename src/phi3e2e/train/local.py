@@ -165,7 +165,7 @@ def _run_locked(project: Project, plan: RunPlan, say: Callable[[str], None], ver
         if missing := runs.missing_outputs(staging):
             raise UserError(f"run produced incomplete models, missing {', '.join(missing)}; see olive.log")
         if plan.build_device == "cpu":
-            # Saved prepacked weights, when chosen (infer/prepacked.py), are twice the model's size on disk: a sweep
+            # Saved prepacked weights (infer/prepacked.py) take twice the model's size on disk: a sweep
             # saves them for its best trial only, and an adapter run ships no onnx-int4/ to save them for.
             record.cpu_int4 = tune_for_cpu(staging / runs.ONNX_INT4, plan.settings.export,
                                            prepack=plan.record.sweep is None and record.ships != "adapter")
