@@ -3,6 +3,7 @@ on and off: the weights mapped from this CPU's saved prepacked file (infer/prepa
 pages (infer/huge_pages.py, cli/entry.py); llama.cpp's Python entry on the same model as the anchor.
 
     .venv/bin/python benchmarks/cold_start.py --layers 16 --rounds 5      # after serve_load.py built the model
+    .venv/bin/python benchmarks/cold_start.py --layers 32 --rounds 3 --model DIR --gguf FILE   # full_depth.py's
 
 The model: benchmarks/serve_load.py's Phi-3-mini-shaped int4 run (`--layers`, built there once), and its Q4_0 GGUF
 (made there by `--llama-server`) for llama.cpp when the peers venv exists (`make bench-peers`). Each round runs every
@@ -67,12 +68,15 @@ def main() -> None:
     parser.add_argument("--max-busy", type=float, default=0.15)
     parser.add_argument("--max-wait", type=float, default=120)
     parser.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "phi3e2e-serve-load")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="an int4 folder of --layers layers (e.g. full_depth.py's) instead of serve_load.py's run")
+    parser.add_argument("--gguf", type=Path, default=None, help="the Q4_0 GGUF of the same model, with --model")
     args = parser.parse_args()
 
     from phi3e2e.infer.threads import physical_cores
 
     project = args.work_dir / f"serve-phi3-mini-shaped-{args.layers}-layers"
-    onnx_dir = project / "gen-model" / "bench" / "onnx-int4"
+    onnx_dir = args.model or project / "gen-model" / "bench" / "onnx-int4"
     if not (onnx_dir / "genai_config.json").is_file():
         raise SystemExit(f"{onnx_dir}: missing; run benchmarks/serve_load.py --layers {args.layers} first")
     folders = model_folders(onnx_dir, args.work_dir / f"cold-start-{args.layers}")
@@ -82,7 +86,7 @@ def main() -> None:
         "saved prepacked only": (folders["prepacked"], NO_HUGE_MALLOC),
         "both (chat now)": (folders["prepacked"], {}),
     }
-    gguf = project / "model-q4_0.gguf"
+    gguf = args.gguf or project / "model-q4_0.gguf"
     peer = PEERS_PYTHON.is_file() and gguf.is_file()
     threads = physical_cores()
     samples: dict[str, list[dict]] = {name: [] for name in configs}

@@ -126,6 +126,7 @@ def measured_step(steps: dict, record: Path, name: str, command: list[str], **kw
 
 def build_phi3e2e(work: Path, layers: int, threads: int, steps: dict, record: Path) -> tuple[Path, Path, Path]:
     from phi3e2e.build.options import CPU_INT4_DEFAULTS
+    from phi3e2e.infer import prepacked as saved
 
     hf_dir = work / "hf-bf16"
     if not (hf_dir / "phi3e2e-tiny.json").is_file():
@@ -144,7 +145,10 @@ def build_phi3e2e(work: Path, layers: int, threads: int, steps: dict, record: Pa
                       env=dict(os.environ, OLIVE_DISABLE_TELEMETRY="1"))  # fmt: skip
         subprocess.run(["rm", "-rf", str(partial / "cache")], check=True)
         partial.rename(build_dir)
-    return hf_dir, build_dir, candidate_folder(build_dir, default, threads)
+    folder = candidate_folder(build_dir, default, threads)
+    if saved.wanted() and saved.save_prepacked(folder, threads):  # as finetune leaves it (PHI3E2E_PREPACKED=0: not)
+        log("  this CPU's prepacked weights are saved beside it")
+    return hf_dir, build_dir, folder
 
 
 def build_gguf(work: Path, hf_dir: Path, threads: int, steps: dict, record: Path) -> Path:
@@ -373,22 +377,33 @@ def report(result: dict) -> str:
     return "\n".join(lines + goals(result))
 
 
-def decode_goals(layers: int) -> list[tuple]:
+def decode_goals(result: dict) -> list[tuple]:
     """The decode goals, from int4_options.py --head-to-head on the same models (its own file), when it ran."""
-    found = RESULTS / f"int4-head-to-head-{layers}.json"
+    found = RESULTS / f"int4-head-to-head-{result['layers']}.json"
     speed = json.loads(found.read_text())["speed"] if found.is_file() else {}
-    if speed.get("layers") != layers or not speed.get("paired_ratios"):
+    if speed.get("layers") != result["layers"] or not speed.get("paired_ratios"):
         return []
     ours = next(r for r in speed["rows"] if "chat_tok_s" in r)
     peer = next(r for r in speed["rows"] if r["engine"] == "llama.cpp Q4_0")
     ratio = next(iter(speed["paired_ratios"].values()))
-    chat_vs_bare = ours["chat_tok_s"] / ours["bare_tok_s"]
-    return [("decode (chat path) ≥ 1.5x llama.cpp Q4_0", f"{ratio:.2f}x ({found.name})", ratio >= 1.5,
-             f"both stream their weights from memory: llama.cpp reads {peer['bytes_per_token'] / 1e6:.0f} MB a token, "
-             f"phi3e2e {ours['bytes_per_token'] / 1e6:.0f}, so equal memory speed gives "
-             f"{peer['bytes_per_token'] / ours['bytes_per_token']:.2f}x; the rest is phi3e2e reading faster"),
-            ("chat-path decode ≥ 0.97x the bare loop", f"{chat_vs_bare:.2f}x ({found.name})", chat_vs_bare >= 0.97,
-             "the first answer runs on 4 KiB pages (2 MiB pages follow it)")]
+    chat_vs_bare = statistics.median(a / b for a, b in zip(ours["chat_tok_s_each"], ours["bare_tok_s_each"]))
+    streamed = [t * ours["bytes_per_token"] / 1e9 for t in ours["chat_tok_s_each"]]
+    peer_streamed = [t * peer["bytes_per_token"] / 1e9 for t in peer["bare_tok_s_each"]]
+    limit = (f"both stream their weights from memory, {peer['bytes_per_token'] / ours['bytes_per_token']:.2f}x as many "
+             f"bytes a token for llama.cpp; phi3e2e streams {min(streamed):.0f}-{max(streamed):.0f} GB/s, llama.cpp "
+             f"{min(peer_streamed):.0f}-{max(peer_streamed):.0f} (reads "
+             + ", ".join(f"{r:.0f}" for r in speed["read_gb_s_each_round"]) + " GB/s)")
+    limits = result.get("limits")
+    if limits:
+        cached = (limits["matmuls_alone"]["int4"]["1 in cache"]["token_passes_per_s"]
+                  * limits["decode"]["int4_bytes_per_step_mb"] / 1e3)
+        serial = [1 / (1 / cached + 1 / r) for r in speed["read_gb_s_each_round"]]
+        limit += (f"; phi3e2e's kernel computing ({cached:.0f} GB/s in cache), then reading, one after the other, "
+                  f"predicts {min(serial):.0f}-{max(serial):.0f} GB/s; 1.5x needs "
+                  f"{1.5 * statistics.median(peer_streamed) * ours['bytes_per_token'] / peer['bytes_per_token']:.0f} GB/s")
+    return [("decode (chat path) ≥ 1.5x llama.cpp Q4_0", f"{ratio:.2f}x ({found.name})", ratio >= 1.5, limit),
+            ("chat-path decode ≥ 0.97x the bare loop, same rounds", f"{chat_vs_bare:.2f}x ({found.name})",
+             chat_vs_bare >= 0.97, "the first answer runs on 4 KiB pages (2 MiB pages follow it)")]
 
 
 def goals(result: dict) -> list[str]:
@@ -401,26 +416,42 @@ def goals(result: dict) -> list[str]:
             need = want * n / row["llama.cpp"]["ttft_s"]
             alone = kernel.get("int4", {}).get(str(n), {}).get("token_passes_per_s")
             int8 = kernel.get("int8 GEMM", {}).get(str(n), {}).get("token_passes_per_s")
-            limit = (f"{want}x needs {need:.0f} prompt tokens/s; the int4 MatMuls alone do {alone} token passes/s at "
-                     f"{n} rows ({'below' if alone < need else 'above'} it), onnxruntime's int8 GEMM {int8}") if alone else ""
+            ours = n / row["phi3e2e"]["ttft_s"]
+            limit = f"{want}x needs {need:.0f} prompt tokens/s; the int4 MatMuls alone do {alone} token passes/s at {n} rows"
+            if alone and alone < need:
+                limit += f", below it (onnxruntime's int8 GEMM: {int8}, with int8 weights)"
+            elif alone:
+                limit += (f": {need:.0f} would leave {1 - need / alone:.0%} of the time to everything else (attention, "
+                          f"norms), which takes {1 - ours / alone:.0%} now")
             rows.append((f"prefill, {n}-token prompt, ≥ {want}x llama.cpp Q4_0", f"{row['ratio']:.2f}x",
-                         row["ratio"] >= want, limit))
+                         row["ratio"] >= want, limit if alone else ""))
     if "cold_start" in result and len(result["cold_start"]["seconds"]) == 2:
         ours, peer = result["cold_start"]["seconds"].values()
         phases = next(iter(result["cold_start"]["phases"].values()))
+        limit = (f"onnxruntime's load (reads and repacks the int4 weights): {phases['load']:.2f} s; imports "
+                 f"{phases['imports']:.2f} s, first token {phases['first_token']:.2f} s")
+        levers = RESULTS / f"cold-start-{result['layers']}.json"  # benchmarks/cold_start.py on the same layers
+        medians = json.loads(levers.read_text())["medians"] if levers.is_file() else {}
+        if "saved prepacked only" in medians and "llama.cpp (llama-cpp-python)" in medians:
+            mapped, plain = medians["saved prepacked only"], medians["before: repack, 4 KiB pages"]
+            limit += (f"; with the saved prepacked weights mapped instead (opt-in, {levers.name}): "
+                      f"{mapped['start_to_exit_s']:.2f} vs {medians['llama.cpp (llama-cpp-python)']['start_to_exit_s']:.2f}"
+                      f" s, first answer {mapped['decode_tok_s']:.1f} tok/s against {plain['decode_tok_s']:.1f} repacked")
         rows.append(("`chat --prompt` start -> exit ≤ llama.cpp's Python entry", f"{ours:.2f} vs {peer:.2f} s",
-                     ours <= peer, f"onnxruntime's load (reads and repacks the int4 weights): {phases['load']:.2f} s; "
-                     f"imports {phases['imports']:.2f} s, first token {phases['first_token']:.2f} s"))
+                     ours <= peer, limit))
     if "limits" in result:
         decode = result["limits"]["decode"]
         shares = [r["share_of_bandwidth"][0] for r in decode["rounds"]]  # against the higher of its two reads
         cached = kernel["int4"]["1 in cache"]["token_passes_per_s"] * decode["int4_bytes_per_step_mb"] / 1e3
+        serial = [1 / (1 / cached + 1 / r["read_bandwidth_gb_s"][1]) for r in decode["rounds"]]
+        streamed = [r["step_gb_s"] for r in decode["rounds"]]
         rows.append(("decode ≥ 80% of the round's memory read bandwidth, every round",
                      f"{min(shares):.0%}-{max(shares):.0%} ({sum(s >= 0.8 for s in shares)} of {len(shares)} rounds)",
-                     min(shares) >= 0.8, f"the one-row int4 kernel with its weights in cache computes {cached:.0f} GB/s "
-                     "of them; the reads were " + ", ".join("{}-{}".format(*r["read_bandwidth_gb_s"]) for r in decode["rounds"])
-                     + " GB/s"))
-    rows += decode_goals(result["layers"])
+                     min(shares) >= 0.8, f"the one-row int4 kernel computes {cached:.0f} GB/s of its weights in cache; "
+                     f"computing, then reading at the round's higher read, one after the other, predicts "
+                     f"{min(serial):.0f}-{max(serial):.0f} GB/s; measured {min(streamed):.0f}-{max(streamed):.0f} "
+                     "(reads " + ", ".join("{}-{}".format(*r["read_bandwidth_gb_s"]) for r in decode["rounds"]) + " GB/s)"))
+    rows += decode_goals(result)
     if "memory" in result:
         ours = result["memory"]["phi3e2e chat --prompt"]["ratio"]
         rows.append(("peak RSS ÷ weights read per token ≤ 1.3", f"{ours:.2f}", ours <= 1.3, ""))
