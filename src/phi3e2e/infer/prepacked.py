@@ -4,7 +4,7 @@ At load, onnxruntime repacks every int4 MatMul weight into its kernel's layout, 
 onnxruntime 1.32 can save a session's optimized graph with those repacked weights in its external data file
 (`session.save_external_prepacked_constant_initializers`); a session made from the saved file maps them from the
 file instead of repacking. Measured (benchmarks/cold_start.py, benchmarks/prepacked_decode.py, docs/performance.md):
-`chat --prompt` start -> exit 3.47 -> 1.84 s at Phi-3-mini's 32 layers (llama.cpp's entry: 2.31 s), the same
+`chat --prompt` start -> exit 3.98 -> 2.12 s at Phi-3-mini's 32 layers (llama.cpp's entry: 2.60 s), the same
 decode speed once running, the same peak memory. The price is disk: the saved file holds the original weights as
 well as the packed ones (onnxruntime reads the originals to check the packed copy), so the cache takes about twice
 the model's size (3.9 GB at 32 layers). Builds save it by default (finetune, export, a sweep's best trial);
