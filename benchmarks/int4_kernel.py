@@ -122,16 +122,19 @@ def token_passes(shapes: dict, layers: int, rows: int, block: int | None, thread
 
 
 def decode_profile(folder: Path, layers: int, threads: int, steps: int, rounds_wanted: int, work: Path) -> dict:
-    """One answer's decode steps through onnxruntime-genai, as `chat` runs them once its weights are on 2 MiB
-    pages. Each round: the read bandwidth, one load's timed answer, the read bandwidth again. Then one load under
+    """One answer's decode steps through onnxruntime-genai, as `chat` runs them: this CPU's saved prepacked weights
+    mapped when the folder has them, else the repacked copy, on 2 MiB pages after the load. Each round: the read bandwidth, one load's timed answer, the read bandwidth again. Then one load under
     onnxruntime's profiler (its own cost stays out of the timed rounds): the share of a step in each op."""
     import numpy as np
     import onnx
     import onnxruntime_genai as og
     from decode_speed import read_bandwidth
 
+    from phi3e2e.infer.engines.genai import genai_config
     from phi3e2e.infer.huge_pages import anonymous_regions, collapse_new
+    from phi3e2e.infer.prepacked import saved_model
 
+    prepacked = saved_model(folder, genai_config(folder))  # this CPU's saved prepacked weights: chat maps them
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     streamed = 0  # packed int4 bytes the MatMulNBits read per step
     for node in graph.node:
@@ -146,7 +149,8 @@ def decode_profile(folder: Path, layers: int, threads: int, steps: int, rounds_w
     def step_seconds(session_options: dict) -> list[float]:
         """Load, one untimed answer, then one answer of `steps` tokens: seconds of each step after the first."""
         config = og.Config(str(folder))
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
+        decoder = {"session_options": session_options} | ({"filename": str(prepacked)} if prepacked else {})
+        config.overlay(json.dumps({"model": {"decoder": decoder}}))
         before = anonymous_regions()
         model = og.Model(config)
         collapse_new(before, anonymous_regions())
@@ -185,7 +189,8 @@ def decode_profile(folder: Path, layers: int, threads: int, steps: int, rounds_w
             op = event["args"].get("op_name")
             by_op[op] = by_op.get(op, 0.0) + event["dur"] / 1e6 / len(runs)
     kernels = sum(by_op.values())
-    return {"layers": layers, "steps": steps, "int4_bytes_per_step_mb": round(streamed / 1e6, 1), "rounds": rounds,
+    return {"layers": layers, "steps": steps, "weights": "prepacked, mapped" if prepacked else "repacked at load",
+            "int4_bytes_per_step_mb": round(streamed / 1e6, 1), "rounds": rounds,
             "share_by_op": {op: round(s / kernels, 4) for op, s in sorted(by_op.items(), key=lambda item: -item[1])}}
 
 
@@ -262,7 +267,7 @@ def tables(result: dict) -> str:
     if "decode" in result:
         d = result["decode"]
         lines += ["", f"One answer's decode, {d['layers']} layers, {d['int4_bytes_per_step_mb']} MB of int4 weights a "
-                  "step: rounds, each between two bandwidth reads\n",
+                  f"step ({d.get('weights', 'repacked at load')}): rounds, each between two bandwidth reads\n",
                   "| round | tok/s | weights streamed GB/s | memory read GB/s (lower-higher of the two reads) | share of it |",
                   "| ---: | ---: | ---: | ---: | ---: |"]
         lines += [f"| {i} | {r['tok_s']} | {r['step_gb_s']} | {r['read_bandwidth_gb_s'][0]}-{r['read_bandwidth_gb_s'][1]} "
