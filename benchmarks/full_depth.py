@@ -388,7 +388,8 @@ def decode_goals(result: dict) -> list[tuple]:
     ours = next(r for r in speed["rows"] if "chat_tok_s" in r)
     peer = next(r for r in speed["rows"] if r["engine"] == "llama.cpp Q4_0")
     ratio = next(iter(speed["paired_ratios"].values()))
-    chat_vs_bare = statistics.median(a / b for a, b in zip(ours["chat_tok_s_each"], ours["bare_tok_s_each"]))
+    pairs = [a / b for a, b in zip(ours["chat_tok_s_each"], ours["bare_tok_s_each"])]
+    chat_vs_bare = statistics.median(pairs)
     streamed = [t * ours["bytes_per_token"] / 1e9 for t in ours["chat_tok_s_each"]]
     peer_streamed = [t * peer["bytes_per_token"] / 1e9 for t in peer["bare_tok_s_each"]]
     limit = (f"both stream their weights from memory, {peer['bytes_per_token'] / ours['bytes_per_token']:.2f}x as many "
@@ -405,7 +406,8 @@ def decode_goals(result: dict) -> list[tuple]:
                   f"{1.5 * statistics.median(peer_streamed) * ours['bytes_per_token'] / peer['bytes_per_token']:.0f} GB/s")
     return [("decode (chat path) ≥ 1.5x llama.cpp Q4_0", f"{ratio:.2f}x ({found.name})", ratio >= 1.5, limit),
             ("chat-path decode ≥ 0.97x the bare loop, same rounds", f"{chat_vs_bare:.2f}x ({found.name})",
-             chat_vs_bare >= 0.97, "the first answer runs on 4 KiB pages (2 MiB pages follow it)")]
+             chat_vs_bare >= 0.97, f"same loaded model, same rounds: pairs {min(pairs):.2f}-{max(pairs):.2f}x; what the "
+             "chat path adds per token (text decoding, streaming) is not broken out here")]
 
 
 def goals(result: dict) -> list[str]:
@@ -432,8 +434,8 @@ def goals(result: dict) -> list[str]:
     if "cold_start" in result and len(result["cold_start"]["seconds"]) == 2:
         ours, peer = result["cold_start"]["seconds"].values()
         phases = next(iter(result["cold_start"]["phases"].values()))
-        limit = (f"onnxruntime's load (reads and repacks the int4 weights): {phases['load']:.2f} s; imports "
-                 f"{phases['imports']:.2f} s, first token {phases['first_token']:.2f} s")
+        limit = (f"where phi3e2e's start goes, in a fresh process: imports {phases['imports']:.2f} s, onnxruntime's "
+                 f"load {phases['load']:.2f} s, first token {phases['first_token']:.2f} s")
         levers = RESULTS / f"cold-start-{result['layers']}.json"  # benchmarks/cold_start.py on the same layers
         medians = json.loads(levers.read_text())["medians"] if levers.is_file() else {}
         if REPACKED in medians and PREPACKED in medians and "llama.cpp (llama-cpp-python)" in medians:
