@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from full_depth import LLAMA_CPP_ENTRY, SHORT_PROMPT, chat_command, python_code, run_measured  # noqa: E402
+from full_depth import chat_command, llama_cpp_command, run_measured  # noqa: E402
 from int4_options import PEERS_PYTHON, RESULTS, wait_until_quiet  # noqa: E402
 
 ANSWER_TOKENS = 128
@@ -90,8 +90,7 @@ def main() -> None:
     samples: dict[str, list[dict]] = {name: [] for name in configs}
     if peer:
         samples["llama.cpp (llama-cpp-python)"] = []
-    prompt = f"<|user|>\n{SHORT_PROMPT}<|end|>\n<|assistant|>\n"
-    llama_cpp = python_code(LLAMA_CPP_ENTRY, str(gguf), str(threads), prompt, "1", python=str(PEERS_PYTHON))
+    llama_cpp = llama_cpp_command(gguf, threads, 1)
     for folder in configs.values():  # untimed: every configuration's files into the page cache first
         run_measured(chat_command(folder, 1))
     if peer:

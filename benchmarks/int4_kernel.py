@@ -123,8 +123,9 @@ def token_passes(shapes: dict, layers: int, rows: int, block: int | None, thread
 
 def decode_profile(folder: Path, layers: int, threads: int, steps: int, rounds_wanted: int, work: Path) -> dict:
     """One answer's decode steps through onnxruntime-genai, as `chat` runs them: this CPU's saved prepacked weights
-    mapped when the folder has them, else the repacked copy, on 2 MiB pages after the load. Each round: the read bandwidth, one load's timed answer, the read bandwidth again. Then one load under
-    onnxruntime's profiler (its own cost stays out of the timed rounds): the share of a step in each op."""
+    mapped when the folder has them, else the repacked copy, on 2 MiB pages after the load. Each round: the read
+    bandwidth, one load's timed answer, the read bandwidth again. Then one load under onnxruntime's profiler (its
+    own cost stays out of the timed rounds): the share of a step in each op."""
     import numpy as np
     import onnx
     import onnxruntime_genai as og

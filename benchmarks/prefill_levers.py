@@ -106,34 +106,10 @@ def time_prefill(folder: Path, session_options: dict, lengths: list[int], repeat
 
 def int8_gemm_roofline(hidden: int, intermediate: int, vocab: int, rows: int, threads: int) -> dict:
     """onnxruntime's MatMulInteger (uint8 x int8) on the model's matrix shapes: G int8 ops/s."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from int4_kernel import kernel_seconds, model_shapes
 
-    shapes = {"qkv": (hidden, 3 * hidden), "o": (hidden, hidden), "gate_up": (hidden, 2 * intermediate),
-              "down": (intermediate, hidden), "lm_head": (hidden, vocab)}
-    rng = np.random.default_rng(0)
-    result = {}
-    for name, (k, n) in shapes.items():
-        weight = helper.make_tensor("w", TensorProto.INT8, (k, n), rng.integers(-8, 8, (k, n), dtype=np.int8).tobytes(),
-                                    raw=True)
-        graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], name,
-                                  [helper.make_tensor_value_info("a", TensorProto.UINT8, (rows, k))],
-                                  [helper.make_tensor_value_info("y", TensorProto.INT32, (rows, n))], [weight])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-                                       .SerializeToString(), options, providers=["CPUExecutionProvider"])
-        a = rng.integers(0, 255, (rows, k), dtype=np.uint8)
-        session.run(None, {"a": a})
-        runs = []
-        for _ in range(3):
-            start = time.perf_counter()
-            session.run(None, {"a": a})
-            runs.append(time.perf_counter() - start)
-        result[name] = round(2 * rows * k * n / min(runs) / 1e9, 1)
-    return result
+    return {name: round(2 * rows * k * n / kernel_seconds(k, n, rows, None, threads) / 1e9, 1)
+            for name, (k, n) in model_shapes(hidden, intermediate, vocab).items()}
 
 
 def matmulnbits_rate(folder: Path, length: int, threads: int, work: Path) -> dict:
