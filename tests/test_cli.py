@@ -30,6 +30,29 @@ def test_help_and_version_import_no_ml_stack(args):
     assert json.loads(out.strip().splitlines()[-1]) == []
 
 
+@pytest.mark.parametrize("command", ["chat", "serve", "runs"])
+def test_a_command_loads_its_own_module_only(command):
+    """`phi3e2e chat ...` imports phi3e2e.cli.chat, not the other commands (nor the fine-tune settings' pydantic
+    models they bring): part of a `chat --prompt` start."""
+    probe = (
+        "import sys, json\n"
+        f"sys.argv = ['phi3e2e', {command!r}, '--help']\n"
+        "from phi3e2e.cli.app import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('phi3e2e.'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    loaded = json.loads(out.strip().splitlines()[-1])
+    from phi3e2e.cli.app import COMMANDS, GROUPS
+
+    assert f"phi3e2e.cli.{command}" in loaded
+    assert [m for m in loaded if m.split(".")[-1] in COMMANDS + GROUPS and m != f"phi3e2e.cli.{command}"] == []
+    assert "phi3e2e.workflow.settings" not in loaded or command == "runs"
+
+
 def test_version():
     from phi3e2e import __version__
 

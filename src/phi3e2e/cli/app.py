@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import importlib
 import os
 import re
 import sys
@@ -16,40 +17,39 @@ from typing import Annotated, Optional
 import typer
 
 from phi3e2e import __version__
-from phi3e2e.cli import chat, finetune, prepare
-from phi3e2e.cli import deploy as deploy_command
-from phi3e2e.cli import doctor as doctor_command
-from phi3e2e.cli import eval as eval_command
-from phi3e2e.cli import export as export_command
-from phi3e2e.cli import init as init_command
-from phi3e2e.cli import jobs as jobs_command
-from phi3e2e.cli import push as push_command
-from phi3e2e.cli import runs as runs_command
-from phi3e2e.cli import serve as serve_command
-from phi3e2e.cli import sweep as sweep_command
 from phi3e2e.cli.options import help_when_alone, new_app
 from phi3e2e.errors import UserError
 
-app = new_app(
-    "Fine-tune Phi-3 on your Q&A data and chat with the int4 ONNX model it produces.\n\n"
-    "Examples (a typical session):\n\n\b\n"
-    "  phi3e2e prepare                # Phi-3-mini and the sample dataset\n"
-    "  phi3e2e finetune --algo lora   # LoRA -> merge -> int4 ONNX in gen-model/\n"
-    "  phi3e2e chat                   # talk to the newest fine-tuned model"
-)
-app.command()(init_command.init)
-app.command()(prepare.prepare)
-app.command()(finetune.finetune)
-app.command()(sweep_command.sweep)
-app.command()(chat.chat)
-app.command()(eval_command.eval)
-app.command()(export_command.export)
-app.command()(push_command.push)
-app.command()(serve_command.serve)
-app.command()(doctor_command.doctor)
-app.add_typer(deploy_command.app, name="deploy")
-app.add_typer(jobs_command.app, name="jobs")
-app.add_typer(runs_command.app, name="runs")
+# Each command lives in phi3e2e.cli.<name> (a function of that name, or a group's `app`), in the order of
+# `phi3e2e --help`. A run imports its own command's module only: `chat --prompt` then starts without the
+# fine-tune settings' pydantic models the other commands load (~0.1 s; docs/performance.md).
+COMMANDS = ("init", "prepare", "finetune", "sweep", "chat", "eval", "export", "push", "serve", "doctor")
+GROUPS = ("deploy", "jobs", "runs")
+
+
+def build_app(only: Optional[str] = None) -> typer.Typer:
+    """The command line: every command, or `only` that one (what `phi3e2e <only> ...` runs)."""
+    app = new_app(
+        "Fine-tune Phi-3 on your Q&A data and chat with the int4 ONNX model it produces.\n\n"
+        "Examples (a typical session):\n\n\b\n"
+        "  phi3e2e prepare                # Phi-3-mini and the sample dataset\n"
+        "  phi3e2e finetune --algo lora   # LoRA -> merge -> int4 ONNX in gen-model/\n"
+        "  phi3e2e chat                   # talk to the newest fine-tuned model"
+    )
+    for name in COMMANDS:
+        if only in (None, name):
+            app.command()(getattr(importlib.import_module(f"phi3e2e.cli.{name}"), name))
+    for name in GROUPS:
+        if only in (None, name):
+            app.add_typer(importlib.import_module(f"phi3e2e.cli.{name}").app, name=name)
+    app.callback(invoke_without_command=True)(_root)
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":  # `from phi3e2e.cli.app import app`: the whole command line (tests, docs)
+        return build_app()
+    raise AttributeError(name)
 
 
 def _version(value: bool) -> None:
@@ -58,7 +58,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
     version: Annotated[
@@ -80,7 +79,8 @@ QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error"}
 def main() -> None:
     for variable, value in QUIET_LIBRARIES.items():
         os.environ.setdefault(variable, value)
-    cli = typer.main.get_command(app)
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    cli = typer.main.get_command(build_app(command if command in COMMANDS + GROUPS else None))
     try:
         # Not standalone: usage errors come back here instead of Typer's own error panel.
         exit_code = cli.main(prog_name="phi3e2e", standalone_mode=False)
