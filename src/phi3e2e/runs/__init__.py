@@ -10,62 +10,39 @@ overview   `phi3e2e runs`: a row per run, one in full, two compared, one removed
 The names below are the package's public face: `from phi3e2e import runs`, then `runs.NAME`.
 """
 
-from phi3e2e.runs.layout import (
-    ADAPTER,
-    ADAPTER_FILE,
-    BASE_POINTER,
-    CONFIG_FILE,
-    EVAL_FILE,
-    EVAL_PLOT,
-    EVAL_REPORT,
-    FORMS,
-    LOSS_PLOT,
-    MERGED,
-    OLIVE_LOG,
-    ONNX_ADAPTER,
-    ONNX_INT4,
-    REQUIRED_FILES,
-    RUN_FILE,
-    TRAIN_LOG,
-    adapter_base_dir,
-    check_run_name,
-    checkpoints_dir,
-    failed_dir,
-    missing_outputs,
-    olive_cache_dir,
-    partial_dir,
-    shipped_form,
-)
-from phi3e2e.runs.lifecycle import fail_run, finish_run, last_checkpoint, reopen_run, start_run
-from phi3e2e.runs.locks import in_progress, new_run_name, process_alive, run_lock
-from phi3e2e.runs.lookup import LATEST, find_finished_run, finished_runs, match_run, newest_onnx_model, run_folders
-from phi3e2e.runs.record import (
-    SCHEMA_VERSION,
-    AmlRecord,
-    DeployRecord,
-    LossSummary,
-    PushRecord,
-    ResumePoint,
-    RunRecord,
-    Status,
-    SweepTrial,
-    data_fingerprint,
-    elapsed,
-    file_sha256,
-    now,
-    read_record,
-    try_read_record,
-    write_record,
-)
+import importlib
 
-__all__ = [
-    "ADAPTER", "ADAPTER_FILE", "BASE_POINTER", "ONNX_ADAPTER", "shipped_form", "adapter_base_dir",
-    "CONFIG_FILE", "EVAL_FILE", "EVAL_PLOT", "EVAL_REPORT", "FORMS", "LOSS_PLOT", "MERGED", "OLIVE_LOG",
-    "ONNX_INT4", "REQUIRED_FILES", "RUN_FILE", "TRAIN_LOG", "check_run_name", "checkpoints_dir", "failed_dir",
-    "missing_outputs", "new_run_name", "olive_cache_dir", "partial_dir", "fail_run", "finish_run", "last_checkpoint",
-    "reopen_run", "start_run", "in_progress", "process_alive", "run_lock", "LATEST", "find_finished_run", "finished_runs", "match_run", "newest_onnx_model",
-    "run_folders", "SCHEMA_VERSION", "AmlRecord",
-    "DeployRecord", "LossSummary", "PushRecord", "ResumePoint", "RunRecord", "Status",
-    "SweepTrial",
-    "data_fingerprint", "elapsed", "file_sha256", "now", "read_record", "try_read_record", "write_record",
-]  # fmt: skip
+# Loaded on first use (PEP 562): `chat --model DIR` needs layout's names only, not the run record's pydantic models
+# and the fine-tune settings behind them (~50 ms of its start).
+_NAMES_IN = {
+    "layout": (
+        "ADAPTER", "ADAPTER_FILE", "BASE_POINTER", "CONFIG_FILE", "EVAL_FILE", "EVAL_PLOT", "EVAL_REPORT",
+        "FORMS", "LOSS_PLOT", "MERGED", "OLIVE_LOG", "ONNX_ADAPTER", "ONNX_INT4", "REQUIRED_FILES", "RUN_FILE",
+        "TRAIN_LOG", "adapter_base_dir", "check_run_name", "checkpoints_dir", "failed_dir", "missing_outputs",
+        "olive_cache_dir", "partial_dir", "shipped_form",
+    ),
+    "lifecycle": (
+        "fail_run", "finish_run", "last_checkpoint", "reopen_run", "start_run",
+    ),
+    "locks": (
+        "in_progress", "new_run_name", "process_alive", "run_lock",
+    ),
+    "lookup": (
+        "LATEST", "find_finished_run", "finished_runs", "match_run", "newest_onnx_model", "run_folders",
+    ),
+    "record": (
+        "SCHEMA_VERSION", "AmlRecord", "DeployRecord", "LossSummary", "PushRecord", "ResumePoint", "RunRecord",
+        "Status", "SweepTrial", "data_fingerprint", "elapsed", "file_sha256", "now", "read_record",
+        "try_read_record", "write_record",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _NAMES_IN.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value  # once
+    return value
