@@ -260,10 +260,13 @@ from phi3e2e.infer.generation import GenerationOptions
 imported = time.perf_counter()
 engine = GenaiEngine(Path(sys.argv[1]), "cpu")
 loaded = time.perf_counter()
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+memory = {key: int(status[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}  # after the load, and its peak
 session = ChatSession(Path(sys.argv[1]), GenerationOptions(max_new_tokens=1), engine=engine)
 answer = session.ask(sys.argv[2])
 done = time.perf_counter()
-print(json.dumps({"imports": imported - start, "load": loaded - imported, "first_token": done - loaded}))
+print(json.dumps({"imports": imported - start, "load": loaded - imported, "first_token": done - loaded,
+                  "rss_after_load": memory["VmRSS"], "peak_rss_in_load": memory["VmHWM"]}))
 """
 
 # onnxruntime's session alone over the decoder chat loads, with session config entries (argv[3:]), in seconds.
@@ -518,8 +521,17 @@ def goals(result: dict) -> list[str]:
                      "(reads " + ", ".join("{}-{}".format(*r["read_bandwidth_gb_s"]) for r in decode["rounds"]) + " GB/s)"))
     rows += decode_goals(result)
     if "memory" in result:
-        ours = result["memory"]["phi3e2e chat --prompt"]["ratio"]
-        rows.append(("peak RSS ÷ weights read per token ≤ 1.3", f"{ours:.2f}", ours <= 1.3, ""))
+        ours = result["memory"]["phi3e2e chat --prompt"]
+        limit = ""
+        phases = next(iter(result.get("cold_start", {}).get("phases", {}).values()), {})
+        if "peak_rss_in_load" in phases:
+            weights, mb = ours["weights_read_per_token"], 1e6
+            limit = (f"peak {ours['peak_rss'] / mb:.0f} MB against {weights / mb:.0f} MB of weights; in the cold-start "
+                     f"rounds the loaded process held {(phases['rss_after_load'] - weights) / mb:.0f} MB beside the "
+                     f"weights (Python, onnxruntime, genai, the tokenizer), and the load peaked "
+                     f"{(phases['peak_rss_in_load'] - phases['rss_after_load']) / mb:.0f} MB above what it left "
+                     "(onnxruntime packs each weight once more, beside its saved copy)")
+        rows.append(("peak RSS ÷ weights read per token ≤ 1.3", f"{ours['ratio']:.2f}", ours["ratio"] <= 1.3, limit))
     if not rows:
         return []
     return ["", "| goal | measured | met | the measured limit, where not |", "|---|---|---|---|"] + [

@@ -91,13 +91,17 @@ def chat(
     """
     from phi3e2e.infer.chat import ChatSession, GenerationOptions
     from phi3e2e.infer.forms import resolve_model_dir
-    from phi3e2e.runs import newest_onnx_model
 
     if min_length > max_length:
         raise UserError(f"--min-length {min_length} is more than --max-length {max_length}")
     if conversation and not as_json:
         raise UserError("--conversation is for --json (questions from stdin); a chat at the prompt is one conversation")
-    model_dir = resolve_model_dir(model.resolve()) if model else newest_onnx_model(current_project().gen_model)
+    if model:
+        model_dir = resolve_model_dir(model.resolve())
+    else:  # the run records' module (pydantic) only when there are runs to look through
+        from phi3e2e.runs import newest_onnx_model
+
+        model_dir = newest_onnx_model(current_project().gen_model)
     if do_sample:  # before one meaning for temperature, --do-sample switched sampling on (at temperature 1)
         temperature = temperature or 1.0
         typer.echo(f"note: --do-sample is no longer needed: --temperature above 0 samples (sampling at {temperature}); "
