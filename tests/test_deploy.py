@@ -39,7 +39,7 @@ from helpers import quiet, run_cli, send, serve_locally, stop_serving
 from phi3e2e import runs
 from phi3e2e.deploy import manage
 from phi3e2e.deploy.manifests import write_deploy_files
-from phi3e2e.deploy.plan import check_instance_type, deployment_name, plan_deploy
+from phi3e2e.deploy.plan import GIB, answer_kv_gib, check_instance_type, deployment_name, model_size_gib, plan_deploy
 from phi3e2e.deploy.rollout import deploy, split_traffic
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
@@ -377,10 +377,24 @@ def test_cli_mistake_is_one_error_line_and_writes_nothing(project):
     assert sorted(project.gen_model.rglob("*")) == before
 
 
-def test_instance_size_is_checked_against_the_model():
-    with pytest.raises(UserError, match="3.5 GiB of RAM, the model needs about 5.1 .* use Standard_DS2_v2 or larger"):
-        check_instance_type("Standard_DS1_v2", 2.0)
-    assert check_instance_type("Standard_DS3_v2", 2.0) is None
-    assert "not known here" in check_instance_type("Standard_X9_v9", 2.0)
+def test_instance_size_is_checked_against_the_model_and_whole_context_answers(tmp_path):
+    decoder = {"num_hidden_layers": 32, "num_key_value_heads": 32, "head_size": 96}  # Phi-3-mini-4k's, as built
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"context_length": 4096, "decoder": decoder}}))
+    kv = answer_kv_gib(tmp_path)
+    assert kv == pytest.approx(3.0)  # Phi-3-mini on CPU: 32 layers x 32 heads x 96 x 2 x fp32 x 4096 tokens
+    with pytest.raises(UserError, match=r"3.5 GiB of RAM, the model needs at least 6.5 .* use Standard_DS2_v2 or larger"):
+        check_instance_type("Standard_DS1_v2", 2.0, kv)
+    # The default size holds the model and 3 answers at the whole context; the 4th waits (serve queues it).
+    assert "holds 3 of the 4 answers at once" in check_instance_type("Standard_DS3_v2", 2.0, kv)
+    assert check_instance_type("Standard_DS4_v2", 2.0, kv) is None  # 28 GiB: all 4
+    assert "not known here" in check_instance_type("Standard_X9_v9", 2.0, kv)
+
+
+def test_the_model_size_is_what_is_uploaded_not_this_cpus_prepacked_cache(tmp_path):
+    model = tmp_path / "onnx-int4"
+    (model / ".prepacked" / "key").mkdir(parents=True)
+    (model / "model.onnx.data").write_bytes(b"\0" * 3000)
+    (model / ".prepacked" / "key" / "model.onnx.data").write_bytes(b"\0" * 7000)  # .amlignore keeps it out
+    assert model_size_gib(model) * GIB == 3000
     assert deployment_name("20250101-120000-lora") == "r-20250101-120000-lora"
     assert len(deployment_name("a" * 100)) <= 32

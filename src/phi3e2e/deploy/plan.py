@@ -18,7 +18,9 @@ from typing import Optional
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 
-DEFAULT_INSTANCE_TYPE = "Standard_DS3_v2"  # 4 vCPUs, 14 GiB: Phi-3-mini int4 (~2.5 GB) with room for 4 answers
+# 4 vCPUs, 14 GiB: Phi-3-mini int4 (2 GiB) and 3 answers at its whole 4k context at once (3 GiB of KV cache each;
+# shorter answers take less), the 4th waiting its turn
+DEFAULT_INSTANCE_TYPE = "Standard_DS3_v2"
 _NAME = re.compile(r"\A[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]\Z")
 # RAM (GiB) of the CPU sizes Azure ML's managed online endpoints offer (Azure's VM size pages); a size not
 # listed is not checked (a warning says so).
@@ -31,9 +33,9 @@ CPU_RAM_GIB = {
     "Standard_D8as_v4": 32, "Standard_D16as_v4": 64, "Standard_D32as_v4": 128,
 }  # fmt: skip
 # What the node needs beside the model files: the OS, Azure ML's agents and the server (~1.5 GiB), and the
-# KV caches of the answers generated at once (SLOTS; ~0.4 GiB each for Phi-3-mini at 4k context).
+# KV caches of the answers generated at once (SLOTS), each up to the model's context (infer/engines/genai.py's
+# kv_bytes_per_token: 3 GiB for Phi-3-mini at 4k). serve queues the answers whose KV cache would not fit.
 OVERHEAD_GIB = 1.5
-KV_GIB_PER_SLOT = 0.4
 SLOTS = 4  # the deployment's max concurrency: Azure ML sends an instance at most this many requests at once
 GIB = 1 << 30
 
@@ -76,11 +78,24 @@ def default_endpoint(project_root: Path) -> str:
 
 
 def model_size_gib(model_dir: Path) -> float:
-    return sum(path.stat().st_size for path in model_dir.rglob("*") if path.is_file()) / GIB
+    """The files that are uploaded and loaded: not this machine's caches (dot-folders such as .prepacked/, which
+    `.amlignore` keeps out of the upload)."""
+    files = [path for path in model_dir.rglob("*")
+             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(model_dir).parts)]
+    return sum(path.stat().st_size for path in files) / GIB
 
 
-def check_instance_type(instance_type: str, model_gib: float) -> Optional[str]:
-    """A UserError for a GPU size or one too small for the model; a warning (returned) for a size not known here."""
+def answer_kv_gib(model_dir: Path) -> float:
+    """One answer's KV cache at the model's whole context (what serve allots an answer with no max_tokens)."""
+    from phi3e2e.infer.engines.genai import genai_config, kv_bytes_per_token
+
+    settings = genai_config(model_dir)
+    return settings["model"]["context_length"] * kv_bytes_per_token(settings, "cpu") / GIB
+
+
+def check_instance_type(instance_type: str, model_gib: float, kv_gib: float) -> Optional[str]:
+    """A UserError for a GPU size or one too small for the model and one whole-context answer; a warning
+    (returned) for a size not known here, or one where fewer than SLOTS whole-context answers fit at once."""
     from phi3e2e.train.aml.vm_sizes import UNKNOWN, gpu_of
 
     gpu = gpu_of(instance_type)
@@ -90,16 +105,21 @@ def check_instance_type(instance_type: str, model_gib: float) -> Optional[str]:
                         f"{DEFAULT_INSTANCE_TYPE} (a GPU deployment needs a CUDA build of the model "
                         "and image)")  # fmt: skip
     ram = next((gib for name, gib in CPU_RAM_GIB.items() if name.lower() == instance_type.lower()), None)
-    needed = model_gib + OVERHEAD_GIB + SLOTS * KV_GIB_PER_SLOT
+    needed, full = model_gib + OVERHEAD_GIB + kv_gib, model_gib + OVERHEAD_GIB + SLOTS * kv_gib
+    sizes = f"model {model_gib:.1f} GiB + server {OVERHEAD_GIB:g} + {kv_gib:.1f} per answer at the model's whole context"
     if ram is None:
-        return (f"--instance-type {instance_type}: its memory is not known here; the model needs about "
-                f"{needed:.1f} GiB (model {model_gib:.1f} GiB + KV caches + server)")
+        return (f"--instance-type {instance_type}: its memory is not known here; the model needs at least "
+                f"{needed:.1f} GiB, {full:.1f} for {SLOTS} whole-context answers at once ({sizes})")
     if ram < needed:
         by_ram = sorted(CPU_RAM_GIB.items(), key=lambda item: item[1])
         bigger = next((name for name, gib in by_ram if gib >= needed), None)
-        raise UserError(f"--instance-type {instance_type}: {ram:g} GiB of RAM, the model needs about {needed:.1f} "
-                        f"(model {model_gib:.1f} GiB + KV caches of {SLOTS} answers + server)"
-                        + (f"; use {bigger} or larger" if bigger else ""))  # fmt: skip
+        raise UserError(f"--instance-type {instance_type}: {ram:g} GiB of RAM, the model needs at least {needed:.1f} "
+                        f"({sizes})" + (f"; use {bigger} or larger" if bigger else ""))  # fmt: skip
+    if ram < full:
+        fit = int((ram - model_gib - OVERHEAD_GIB) // kv_gib)
+        return (f"--instance-type {instance_type}: {ram:g} GiB of RAM holds {fit} of the {SLOTS} answers at once when "
+                f"each may run to the whole context ({sizes}); the others wait their turn, and answers with a "
+                "max_tokens take less")
     return None
 
 
@@ -134,6 +154,6 @@ def plan_deploy(project, run: Optional[str], endpoint: Optional[str], instance_t
                         f"(an Azure ML run: `phi3e2e jobs download {run_dir.name}` first)")  # fmt: skip
     check_built_for_cpu(run_dir)
     instance_type = instance_type or DEFAULT_INSTANCE_TYPE
-    warning = check_instance_type(instance_type, model_size_gib(model_dir))
+    warning = check_instance_type(instance_type, model_size_gib(model_dir), answer_kv_gib(model_dir))
     request = DeployRequest(run_dir, endpoint, deployment_name(run_dir.name), instance_type, instance_count, traffic)
     return request, warning

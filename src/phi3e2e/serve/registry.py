@@ -188,12 +188,9 @@ def _open_engine(model_dir: Path, device: str):
 
 
 def _kv_bytes_per_token(engine, device: str) -> int:
-    """Keys and values of every layer: what one more token of max_length costs onnxruntime-genai."""
-    from phi3e2e.infer.engines.genai import genai_config
+    from phi3e2e.infer.engines.genai import genai_config, kv_bytes_per_token
 
-    decoder = genai_config(engine.model_dir)["model"]["decoder"]
-    per_layer = decoder["num_key_value_heads"] * decoder["head_size"] * 2
-    return decoder["num_hidden_layers"] * per_layer * (4 if device == "cpu" else 2)
+    return kv_bytes_per_token(genai_config(engine.model_dir), device)
 
 
 def _folder_bytes(folder: Path) -> int:
