@@ -63,6 +63,9 @@ def test_runs_lists_every_run_newest_first_with_its_losses(runs_project):
     assert e2e["eval_loss_base"] == evaluation["base"]["loss"]
     assert e2e["eval_loss_fine_tuned"] == evaluation["fine_tuned"]["loss"]
     assert rows["other"]["eval_loss_base"] is None  # not evaluated: no number made up
+    int4 = runs_project.gen_model / "e2e" / "onnx-int4"  # what ships: its files, not this CPU's prepacked cache
+    assert (int4 / ".prepacked").is_dir()
+    assert e2e["ships_bytes"] == sum(f.stat().st_size for f in int4.iterdir() if f.is_file() and f.name[0] != ".")
     assert rows["building"]["status"] == "interrupted"  # a .partial/ whose builder is gone
     assert rows["broken"]["status"] == "broken" and "run.json" in rows["broken"]["problem"]
     order = [row["name"] for row in json.loads(result.stdout)]

@@ -79,3 +79,10 @@ def disk_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+def shipped_bytes(folder: Path) -> int:
+    """What a model folder ships: its files, not its dot-entries (this machine's caches such as .prepacked/, which
+    push and Azure ML uploads leave out)."""
+    return sum(entry.stat().st_size for entry in folder.rglob("*")
+               if entry.is_file() and not any(part.startswith(".") for part in entry.relative_to(folder).parts))

@@ -22,7 +22,7 @@ from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.prepare.models import check_model_folder
 from phi3e2e.project import Project
-from phi3e2e.storage import publish, staging_name
+from phi3e2e.storage import publish, shipped_bytes, staging_name
 from phi3e2e.workflow.render import render_model_builder
 
 Precision = Literal["int4", "fp16", "fp32"]
@@ -121,8 +121,7 @@ def export(
             "precision": precision,
             "pass": config["passes"]["build"],
             "duration_s": runs.elapsed(start),
-            "size_bytes": sum(f.stat().st_size for f in model_dir.rglob("*")  # a cache (.prepacked/) is not the model
-                              if f.is_file() and not f.relative_to(model_dir).parts[0].startswith(".")),
+            "size_bytes": shipped_bytes(model_dir),  # a cache (.prepacked/) is not the model
         }
         (model_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         publish(model_dir, final)  # the last step: only a verified model ever appears under its name

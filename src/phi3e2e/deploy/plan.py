@@ -17,6 +17,7 @@ from typing import Optional
 
 from phi3e2e import runs
 from phi3e2e.errors import UserError
+from phi3e2e.storage import shipped_bytes
 
 # 4 vCPUs, 14 GiB: Phi-3-mini int4 (2 GiB) and 3 answers at its whole 4k context at once (3 GiB of KV cache each;
 # shorter answers take less), the 4th waiting its turn
@@ -78,11 +79,8 @@ def default_endpoint(project_root: Path) -> str:
 
 
 def model_size_gib(model_dir: Path) -> float:
-    """The files that are uploaded and loaded: not this machine's caches (dot-folders such as .prepacked/, which
-    `.amlignore` keeps out of the upload)."""
-    files = [path for path in model_dir.rglob("*")
-             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(model_dir).parts)]
-    return sum(path.stat().st_size for path in files) / GIB
+    """The files that are uploaded and loaded, not this machine's .prepacked/ cache (`.amlignore` keeps it out)."""
+    return shipped_bytes(model_dir) / GIB
 
 
 def answer_kv_gib(model_dir: Path) -> float:

@@ -19,7 +19,7 @@ from typing import Optional
 from phi3e2e import runs
 from phi3e2e.errors import UserError
 from phi3e2e.project import Project
-from phi3e2e.storage import disk_bytes
+from phi3e2e.storage import disk_bytes, shipped_bytes
 
 RUNNING, INTERRUPTED, BROKEN = "running", "interrupted", "broken"
 
@@ -105,7 +105,7 @@ def _row(project: Project, folder: Path) -> RunRow:
     if record.status == "succeeded":
         form = runs.shipped_form(folder)
         row.ships = "adapter" if form == runs.ONNX_ADAPTER else "merged"
-        row.ships_bytes = disk_bytes(folder / form) if (folder / form).is_dir() else None
+        row.ships_bytes = shipped_bytes(folder / form) if (folder / form).is_dir() else None
         if form == runs.ONNX_ADAPTER:
             row.shared_base = project.relative(runs.adapter_base_dir(folder / form, must_exist=False))
     evaluation = read_evaluation(folder)
