@@ -258,15 +258,28 @@ from phi3e2e.infer.chat import ChatSession
 from phi3e2e.infer.engines.genai import GenaiEngine
 from phi3e2e.infer.generation import GenerationOptions
 imported = time.perf_counter()
+import onnxruntime_genai as og  # chat imports it when it loads the model
+spent = {"genai_import": time.perf_counter() - imported}
+def timed(name, call):
+    def run(*args, **kwargs):
+        begun = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            spent[name] = spent.get(name, 0) + time.perf_counter() - begun
+    return run
+og.Model, og.Tokenizer = timed("session", og.Model), timed("tokenizer", og.Tokenizer)  # GenaiEngine's calls
 engine = GenaiEngine(Path(sys.argv[1]), "cpu")
 loaded = time.perf_counter()
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 memory = {key: int(status[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}  # after the load, and its peak
 session = ChatSession(Path(sys.argv[1]), GenerationOptions(max_new_tokens=1), engine=engine)
+session.chat_format.prompt = timed("chat_template", session.chat_format.prompt)
+engine.encode = timed("encode", engine.encode)
 answer = session.ask(sys.argv[2])
 done = time.perf_counter()
 print(json.dumps({"imports": imported - start, "load": loaded - imported, "first_token": done - loaded,
-                  "rss_after_load": memory["VmRSS"], "peak_rss_in_load": memory["VmHWM"]}))
+                  **spent, "rss_after_load": memory["VmRSS"], "peak_rss_in_load": memory["VmHWM"]}))
 """
 
 # onnxruntime's session alone over the decoder chat loads, with session config entries (argv[3:]), in seconds.
@@ -421,6 +434,13 @@ def report(result: dict) -> str:
         lines += ["", "| inside a fresh phi3e2e process | imports s | model load s | first token s |", "|---|---:|---:|---:|"]
         lines += [f"| {label} | {p['imports']:.2f} | {p['load']:.2f} | {p['first_token']:.2f} |"
                   for label, p in cold["phases"].items()]
+        for label, p in cold["phases"].items():
+            if "session" in p:  # the load and the first token, step by step
+                rest = p["first_token"] - p["chat_template"] - p["encode"]
+                lines += ["", "| of which, s | genai import | config + onnxruntime session | tokenizer | chat template "
+                              "| first encode | prompt pass + first token |", "|---|---:|---:|---:|---:|---:|---:|",
+                          f"| {label} | {p['genai_import']:.3f} | {p['session']:.3f} | {p['tokenizer']:.3f} | "
+                          f"{p['chat_template']:.3f} | {p['encode']:.3f} | {rest:.3f} |"]
         if "session_load" in cold:
             lines += ["", "| onnxruntime's session over the decoder, fresh process | seconds | peak RSS MB |", "|---|---:|---:|"]
             lines += [f"| {label} | {r['seconds']:.2f} | {r['peak_rss'] / mb:.0f} |" for label, r in cold["session_load"].items()]
