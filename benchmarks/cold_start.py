@@ -1,6 +1,6 @@
-"""`phi3e2e chat --prompt` from process start to exit, and its first answer's decode speed, with each start-up lever
-on and off: the weights mapped from this CPU's saved prepacked file (infer/prepacked.py) and glibc's malloc on huge
-pages (infer/huge_pages.py, cli/entry.py); llama.cpp's Python entry on the same model as the anchor.
+"""`phi3e2e chat --prompt` from process start to exit, and its first answer's decode speed, with the weights mapped
+from this CPU's saved prepacked file (infer/prepacked.py) and without it; llama.cpp's Python entry on the same model
+as the anchor.
 
     .venv/bin/python benchmarks/cold_start.py --layers 16 --rounds 5      # after serve_load.py built the model
     .venv/bin/python benchmarks/cold_start.py --layers 32 --rounds 3 --model DIR --gguf FILE   # full_depth.py's

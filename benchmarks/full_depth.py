@@ -327,9 +327,13 @@ def measure_cold_start(onnx_dir: Path, gguf: Path, threads: int, args) -> dict:
     if gguf:
         engines["llama.cpp (llama-cpp-python)"] = llama_cpp_command(gguf, threads, 1)
     runs = {name: [] for name in engines}
+    from phi3e2e.infer.engines.genai import genai_config
+    from phi3e2e.infer.prepacked import saved_model
+
     phases, load = {}, {}
-    decoder = onnx_dir / (saved_prepacked(onnx_dir) or "model.onnx")
-    read_s = read_seconds(decoder.with_name(decoder.name + ".data"))
+    decoder = onnx_dir / (saved_model(onnx_dir, genai_config(onnx_dir)) or "model.onnx")  # the file chat loads
+    data_file = decoder.with_name(decoder.name + ".data")
+    read_s = read_seconds(data_file)
     for command in engines.values():  # untimed: every engine's files into the page cache first, as for a second start
         run_measured(command)
     for repeat in range(args.repeats):
@@ -348,14 +352,8 @@ def measure_cold_start(onnx_dir: Path, gguf: Path, threads: int, args) -> dict:
               "each": runs,
               "phases": {label: {k: statistics.median(p[k] for p in each) for k in each[0]} for label, each in phases.items()},
               "session_load": {label: {k: statistics.median(r[k] for r in each) for k in each[0]} for label, each in load.items()},
-              "reading_the_data_file_s": read_s, "data_file_bytes": decoder.with_name(decoder.name + ".data").stat().st_size}
+              "reading_the_data_file_s": read_s, "data_file_bytes": data_file.stat().st_size}
     return result
-
-
-def saved_prepacked(onnx_dir: Path):
-    from phi3e2e.infer.prepacked import saved_model
-
-    return saved_model(onnx_dir, json.loads((onnx_dir / "genai_config.json").read_text()))
 
 
 def read_seconds(path: Path) -> float:
